@@ -1,0 +1,1 @@
+"""The ``imgsearch`` command line: the top layer; nothing imports it."""

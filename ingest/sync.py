@@ -1,0 +1,243 @@
+"""The writer stage: compare scanned files with the store, embed only what changed, write in batches.
+
+Decisions per file (nothing is decoded to make them):
+- stored with the same size and mtime → unchanged;
+- stored, content hash equal (only touched) → metadata refreshed, unchanged;
+- content hash equal to another stored entry → its vector is reused, no model run
+  (``moved`` when that entry's file is gone, else a copy, counted as ``added``);
+- otherwise → embedded (``added`` or ``updated``).
+Every write is idempotent (delete-then-add by path id), so a killed ingest is finished by re-running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from imgsearch.backbones import Embedder
+from imgsearch.store import RESERVED_KEYS, Store, image_id, path_fields, stored_path
+from ingest.embed import embed_files
+from ingest.scan import Failure, FileInfo, scan
+
+WRITE_BATCH = 256  # rows buffered before a store write: a kill loses at most this much work
+HASH_CHUNK = 1 << 20
+
+
+@dataclass
+class IngestReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    pruned: int = 0
+    decoded: int = 0  # files opened as images (0 on a re-run over unchanged folders)
+    embedded: int = 0  # model runs
+    failures: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "moved": self.moved,
+            "pruned": self.pruned,
+            "failed": self.failed,
+            "decoded": self.decoded,
+            "embedded": self.embedded,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+            "failures": [{"path": f.path, "reason": f.reason} for f in self.failures],
+        }
+
+
+def check_tags(tags: dict[str, str]) -> None:
+    for key in tags:
+        if not key or key in RESERVED_KEYS or key.startswith("imgsearch"):
+            raise ValueError(f"tag name {key!r} is empty or reserved ({', '.join(sorted(RESERVED_KEYS))})")
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _Writer:
+    """Buffers rows and writes them in batches; ids in ``replace`` are deleted just before their add."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.ids: list[str] = []
+        self.vectors: list[np.ndarray] = []
+        self.metas: list[dict[str, Any]] = []
+        self.stale: list[str] = []  # entries to delete after the adds (moved files' old ids)
+
+    def put(self, id_: str, vector: np.ndarray, meta: dict[str, Any], stale: str | None = None) -> None:
+        self.ids.append(id_)
+        self.vectors.append(vector)
+        self.metas.append(meta)
+        if stale:
+            self.stale.append(stale)
+        if len(self.ids) >= WRITE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.ids:
+            self.store.delete(self.ids)  # re-embedded files keep their id: replace, never duplicate
+            self.store.add(self.ids, np.stack(self.vectors), self.metas)
+        if self.stale:
+            self.store.delete(self.stale)
+        self.ids, self.vectors, self.metas, self.stale = [], [], [], []
+
+
+def _metadata(f: FileInfo, sha: str, width: int, height: int, tags: dict[str, str]) -> dict[str, Any]:
+    return {
+        **tags,
+        **path_fields(f.path),
+        "root": f.root,
+        "category": f.category,
+        "size": f.size,
+        "mtime": f.mtime_ns / 1e9,
+        "mtime_ns": f.mtime_ns,
+        "sha256": sha,
+        "width": width,
+        "height": height,
+    }
+
+
+def _find_by_hash(store: Store, hashes: Sequence[str]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    unique = sorted(set(hashes))
+    for s in range(0, len(unique), 500):
+        for id_, meta in store.find({"sha256": {"$in": unique[s : s + 500]}}, embeddings=True).items():
+            found.setdefault(meta["sha256"], []).append((id_, meta))
+    return found
+
+
+def ingest(
+    roots: Sequence[str],
+    store: Store,
+    embedder: Embedder,
+    category: str | None = None,
+    tags: dict[str, str] | None = None,
+    prune: bool = False,
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> IngestReport:
+    """Bring the store in line with the image files under ``roots``; see the module docstring."""
+    tags = dict(tags or {})
+    check_tags(tags)
+    started = time.perf_counter()
+    report = IngestReport()
+    scanned = scan(roots, category)
+    report.failures.extend(scanned.failures)
+    store.create(embedder.fingerprint)
+    files = {image_id(f.path): f for f in scanned.files}
+    stored = store.get(list(files))
+    writer = _Writer(store)
+
+    # 1. unchanged by size+mtime; hash the rest
+    hashed: dict[str, tuple[FileInfo, str]] = {}
+    touched_ids: list[str] = []
+    touched_metas: list[dict[str, Any]] = []
+    for id_, f in files.items():
+        old = stored.get(id_)
+        wanted_static = {"root": f.root, "category": f.category, **tags}
+        same_static = old is not None and all(old.get(k) == v for k, v in wanted_static.items())
+        if old is not None and same_static and old.get("size") == f.size and old.get("mtime_ns") == f.mtime_ns:
+            report.unchanged += 1
+            continue
+        try:
+            sha = file_sha256(f.path)
+        except OSError as err:
+            report.failures.append(Failure(f.path, f"unreadable: {err.strerror or err}"))
+            continue
+        if old is not None and old.get("sha256") == sha:
+            touched_ids.append(id_)
+            touched_metas.append(_metadata(f, sha, int(old.get("width", 0)), int(old.get("height", 0)), tags))
+            if same_static:
+                report.unchanged += 1
+            else:
+                report.updated += 1
+            continue
+        hashed[id_] = (f, sha)
+    if touched_ids:
+        store.update_metadata(touched_ids, touched_metas)
+
+    # 2. reuse vectors of identical content already stored (moves, renames, copies)
+    twins = _find_by_hash(store, [sha for _, sha in hashed.values()])
+    to_embed: list[str] = []
+    for id_, (f, sha) in hashed.items():
+        candidates = [(tid, meta) for tid, meta in twins.get(sha, []) if tid != id_]
+        if not candidates:
+            to_embed.append(id_)
+            continue
+        gone = [(tid, m) for tid, m in candidates if tid not in files and not os.path.lexists(stored_path(m))]
+        twin_id, twin = (gone or candidates)[0]
+        meta = _metadata(f, sha, int(twin.get("width", 0)), int(twin.get("height", 0)), tags)
+        if gone:
+            writer.put(id_, twin["_embedding"], meta, stale=twin_id)
+            twins[sha] = [c for c in twins[sha] if c[0] != twin_id]  # one move per old entry
+            report.moved += 1
+        else:
+            writer.put(id_, twin["_embedding"], meta)
+            report.updated += id_ in stored
+            report.added += id_ not in stored
+
+    # 3. embed the rest
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        report.decoded += 1
+        if progress is not None:
+            progress(done, len(to_embed))
+
+    if progress is not None:
+        progress(0, len(to_embed))
+    paths = [hashed[id_][0].path for id_ in to_embed]
+    results = embed_files(paths, embedder, batch_size=batch_size, on_decoded=tick)
+    for id_, result in zip(to_embed, results, strict=True):
+        f, sha = hashed[id_]
+        if result.vector is None:
+            report.failures.append(Failure(f.path, result.error))
+            continue
+        report.embedded += 1
+        writer.put(id_, result.vector, _metadata(f, sha, result.width, result.height, tags))
+        report.updated += id_ in stored
+        report.added += id_ not in stored
+    writer.flush()
+
+    # 4. prune entries under these roots whose files are gone
+    if prune:
+        prefixes = tuple(os.path.join(os.path.abspath(r), "") for r in roots)
+        exact = {os.path.abspath(r) for r in roots}
+        stale = [
+            id_
+            for id_, meta in store.scan()
+            if id_ not in files
+            and ((p := stored_path(meta)).startswith(prefixes) or p in exact)
+            and not os.path.lexists(p)
+        ]
+        store.delete(stale)
+        report.pruned = len(stale)
+    report.seconds = time.perf_counter() - started
+    return report
