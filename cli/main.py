@@ -11,17 +11,28 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
+from cli.options import (
+    CollectionOpt,
+    DbOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    UrlOpt,
+    VariantOpt,
+    WeightsOpt,
+    fail,
+    run_queries,
+    user_errors,
+)
 from cli.output import json_stdout, progress_bar, say, table
+from cli.report_cmd import report
 from imgsearch.backbones import describe
 
-EXIT_ERROR = 1
 EXIT_PARTIAL = 3
 
 app = typer.Typer(
@@ -32,62 +43,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-DbOpt = Annotated[
-    Path,
-    typer.Option(
-        "--db", envvar="IMGSEARCH_DB", help="Embedded store folder (one process at a time).", show_default=True
-    ),
-]
-UrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--chroma-url",
-        envvar="IMGSEARCH_CHROMA_URL",
-        help="Use a Chroma server instead of the embedded store, e.g. http://127.0.0.1:8000.",
-    ),
-]
-CollectionOpt = Annotated[
-    str, typer.Option("--collection", "-c", envvar="IMGSEARCH_COLLECTION", help="Collection name.")
-]
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Backbone: resnet50 or efficientnet-lite0. Default: the model the collection was built "
-        "with; resnet50 for a new one.",
-    ),
-]
-VariantOpt = Annotated[
-    str | None, typer.Option("--variant", help="Weights variant, e.g. IMAGENET1K_V1 (default) or IMAGENET1K_V2.")
-]
-WeightsOpt = Annotated[
-    Path | None,
-    typer.Option("--weights", envvar="IMGSEARCH_WEIGHTS", help="Local checkpoint (state dict) for the model."),
-]
-DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, or cuda when a GPU is present.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (messages on stderr).")]
-
-
-def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    say(f"error: {message}")
-    raise typer.Exit(code)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Known failures become one clear line on stderr and exit 1, never a traceback."""
-    from imgsearch.backbones import ModelUnavailable
-    from imgsearch.decode import ImageError
-    from imgsearch.store import StoreError
-
-    try:
-        yield
-    except (ModelUnavailable, StoreError, ImageError, ValueError) as err:
-        fail(str(err))
-    except KeyboardInterrupt:
-        fail("interrupted; finished batches are kept, re-run to complete", 130)
 
 
 def _store(db: Path, url: str | None, collection: str) -> Any:
@@ -194,6 +149,9 @@ def search(
     weights: WeightsOpt = None,
     device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
+    open_report: Annotated[
+        bool, typer.Option("--open", help="Also write an HTML report (thumbnails, ranks, scores) to a temp file.")
+    ] = False,
 ) -> None:
     """Find the stored images most similar to each QUERY, best first, with scores.
 
@@ -201,38 +159,21 @@ def search(
     With --json: one object per query per line on stdout.
     """
     with user_errors(), json_stdout(as_json) as emit:
-        from imgsearch.decode import load_image
-        from imgsearch.session import open_embedder
-        from search.filters import parse_where
-        from search.query import embed_queries, ranking_text, search_vectors
+        from imgsearch.store import Location
+        from search.query import ranking_text
 
-        filt = parse_where(where)
-        for q in queries:
-            if not q.is_file():
-                fail(f"query {q}: no such file")
-        store = _store(db, chroma_url, collection)
-        if store.count() == 0:
-            fail(f"{store.location.describe()} is empty: run `imgsearch ingest DIR` first")
-        for q in queries:  # fail on a bad query before the slow model load
-            try:
-                load_image(q)
-            except ValueError:
-                raise
-            except Exception as err:
-                fail(f"query {q}: {err}")
-        embedder = open_embedder(store, model, variant, weights, device)
-        vectors = embed_queries([str(q) for q in queries], embedder)
-        results = search_vectors(store, vectors, k, filt, min_score)
-        fp = embedder.fingerprint
-        for q, hits in zip(queries, results, strict=False):
+        location = Location(db=db, url=chroma_url, collection=collection)
+        found = run_queries(queries, k, where, min_score, location, model, variant, weights, device)
+        for q, hits in zip(queries, found.results, strict=True):
             if as_json:
+                results = [h.as_dict() for h in hits]
                 emit(
                     {
                         "query": str(q),
-                        "model": fp["model"],
+                        "model": found.fingerprint["model"],
                         "k": k,
-                        "where": filt,
-                        "results": [h.as_dict() for h in hits],
+                        "where": found.where,
+                        "results": results,
                     }
                 )
                 continue
@@ -245,8 +186,16 @@ def search(
             )
             print()
         if not as_json:
-            print(ranking_text(fp))
-        store.close()
+            print(ranking_text(found.fingerprint))
+        if open_report:
+            import tempfile
+
+            from search.report import write_report
+
+            out = Path(tempfile.mkdtemp(prefix="imgsearch-")) / "report.html"
+            entries = [(str(q), hits) for q, hits in zip(queries, found.results, strict=True)]
+            path = write_report(entries, found.fingerprint, found.store, out, k, where, min_score=min_score)
+            (say if as_json else print)(f"report: {path}")
 
 
 @app.command()
@@ -302,6 +251,9 @@ def remove(
             emit({"removed": len(ids)})
         else:
             say(f"removed {len(ids)} entries")
+
+
+app.command()(report)
 
 
 def main() -> None:

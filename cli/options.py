@@ -1,0 +1,120 @@
+"""Option aliases and error handling shared by every command, so each command module can import them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from cli.output import say
+
+if TYPE_CHECKING:
+    from imgsearch.store import Location
+    from search.query import Hit
+
+EXIT_ERROR = 1
+
+DbOpt = Annotated[
+    Path,
+    typer.Option(
+        "--db", envvar="IMGSEARCH_DB", help="Embedded store folder (one process at a time).", show_default=True
+    ),
+]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--chroma-url",
+        envvar="IMGSEARCH_CHROMA_URL",
+        help="Use a Chroma server instead of the embedded store, e.g. http://127.0.0.1:8000.",
+    ),
+]
+CollectionOpt = Annotated[
+    str, typer.Option("--collection", "-c", envvar="IMGSEARCH_COLLECTION", help="Collection name.")
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Backbone: resnet50 or efficientnet-lite0. Default: the model the collection was built "
+        "with; resnet50 for a new one.",
+    ),
+]
+VariantOpt = Annotated[
+    str | None, typer.Option("--variant", help="Weights variant, e.g. IMAGENET1K_V1 (default) or IMAGENET1K_V2.")
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option("--weights", envvar="IMGSEARCH_WEIGHTS", help="Local checkpoint (state dict) for the model."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, or cuda when a GPU is present.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (messages on stderr).")]
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    say(f"error: {message}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Known failures become one clear line on stderr and exit 1, never a traceback."""
+    from imgsearch.backbones import ModelUnavailable
+    from imgsearch.decode import ImageError
+    from imgsearch.store import StoreError
+
+    try:
+        yield
+    except (ModelUnavailable, StoreError, ImageError, ValueError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        fail("interrupted; finished batches are kept, re-run to complete", 130)
+
+
+@dataclass
+class Searched:
+    fingerprint: dict[str, Any]
+    store: str  # the store's description
+    where: dict[str, Any] | None
+    results: list[list[Hit]]
+
+
+def run_queries(
+    queries: Sequence[Path],
+    k: int,
+    where: Sequence[str],
+    min_score: float | None,
+    location: Location,
+    model: str | None,
+    variant: str | None,
+    weights: Path | None,
+    device: str,
+) -> Searched:
+    """The search shared by ``search`` and ``report``: every input checked before the slow model load."""
+    from imgsearch.decode import ImageError, load_image
+    from imgsearch.session import open_embedder
+    from imgsearch.store import Store
+    from search.filters import parse_where
+    from search.query import embed_queries, search_vectors
+
+    filt = parse_where(where)
+    for q in queries:
+        if not q.is_file():
+            fail(f"query {q}: no such file")
+        try:
+            load_image(q)
+        except ImageError as err:
+            fail(f"query {q}: {err}")
+    store = Store(location)
+    try:
+        if store.count() == 0:
+            fail(f"{location.describe()} is empty: run `imgsearch ingest DIR` first")
+        embedder = open_embedder(store, model, variant, weights, device)
+        results = search_vectors(store, embed_queries([str(q) for q in queries], embedder), k, filt, min_score)
+    finally:
+        store.close()
+    return Searched(embedder.fingerprint, location.describe(), filt, results)

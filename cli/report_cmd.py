@@ -1,0 +1,101 @@
+"""``imgsearch report``: search like ``search`` does, but write results people can look at.
+
+Registered in cli.main with ``app.command()(report)``; kept in its own module so cli.main stays small.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.options import (
+    CollectionOpt,
+    DbOpt,
+    DeviceOpt,
+    ModelOpt,
+    UrlOpt,
+    VariantOpt,
+    WeightsOpt,
+    fail,
+    run_queries,
+    user_errors,
+)
+from cli.output import say
+
+EXIT_USAGE = 2
+
+
+def _query_files(queries: list[Path], queries_dir: Path | None) -> list[Path]:
+    """QUERY arguments plus every image directly in ``queries_dir`` (sorted by name)."""
+    from ingest.scan import is_image_name
+
+    found = list(queries)
+    if queries_dir is not None:
+        if not queries_dir.is_dir():
+            fail(f"--queries {queries_dir}: no such folder")
+        in_dir = sorted(p for p in queries_dir.iterdir() if p.is_file() and is_image_name(p.name))
+        if not in_dir:
+            fail(f"--queries {queries_dir}: no images in this folder")
+        found += in_dir
+    if not found:
+        fail("nothing to search for: give QUERY image files or --queries DIR", EXIT_USAGE)
+    return found
+
+
+def report(
+    queries: Annotated[
+        list[Path] | None,
+        typer.Argument(metavar="QUERY", help="Query image files (need not be in the library).", show_default=False),
+    ] = None,
+    queries_dir: Annotated[
+        Path | None,
+        typer.Option("--queries", metavar="DIR", help="Also use every image directly in this folder, sorted by name."),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="FILE", help="The HTML report to write (self-contained).")
+    ] = Path("report.html"),
+    k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many results per query.")] = 5,
+    where: Annotated[
+        list[str],
+        typer.Option(
+            help="Filter, ANDed when repeated: category=cats | category=cats,dogs | 'category!=food' | 'width>=640'."
+        ),
+    ] = [],  # noqa: B006
+    min_score: Annotated[
+        float | None, typer.Option(help="Drop results scoring below this (score = cosine similarity).")
+    ] = None,
+    sheet: Annotated[
+        Path | None,
+        typer.Option(
+            "--sheet", metavar="DIR", help="Also write one PNG contact sheet per query here (QUERY-STEM.png)."
+        ),
+    ] = None,
+    db: DbOpt = Path("./imgsearch-db"),
+    chroma_url: UrlOpt = None,
+    collection: CollectionOpt = "images",
+    model: ModelOpt = None,
+    variant: VariantOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Write an HTML report: each query image beside its top-k results, with ranks, scores and thumbnails.
+
+    score = 1 - cosine distance = cosine similarity of the L2-normalised features (1 = same image).
+    Prints the report's absolute path on stdout; opens offline (thumbnails are embedded).
+    """
+    with user_errors():
+        from imgsearch.store import Location
+        from search.report import write_report
+
+        files = _query_files(queries or [], queries_dir)
+        location = Location(db=db, url=chroma_url, collection=collection)
+        say(f"searching {len(files)} quer{'y' if len(files) == 1 else 'ies'} in {location.describe()}")
+        found = run_queries(files, k, where, min_score, location, model, variant, weights, device)
+        entries = [(str(q), hits) for q, hits in zip(files, found.results, strict=True)]
+        path = write_report(entries, found.fingerprint, found.store, out, k, where, sheet, min_score=min_score)
+        if sheet is not None:
+            say(f"wrote {len(entries)} contact sheets to {sheet.resolve()}")
+        say(f"wrote the report for {len(entries)} quer{'y' if len(entries) == 1 else 'ies'}")
+    print(path)

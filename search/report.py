@@ -1,0 +1,338 @@
+"""Query results people can look at: one self-contained HTML report and per-query PNG contact sheets.
+
+Why: a table of scores says little until you see the pictures. The HTML embeds every thumbnail as a
+base64 ``data:`` URI, so the single file opens offline, can be mailed, and never points at the library.
+Each result card carries ``data-rank``, ``data-score``, ``data-distance`` and ``data-id`` (and each
+query section ``data-query``), so tests and scripts can read the page back.
+Thumbnails go through :func:`imgsearch.decode.load_image`, so EXIF rotation and transparency look
+the same as what the model saw.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imgsearch.backbones import describe
+from imgsearch.decode import ImageError, load_image
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from search.query import Hit
+
+Entry = tuple[str, list["Hit"]]  # (query path, its hits best first)
+
+THUMB = 160  # longest side of an HTML thumbnail, pixels
+# Contact sheet geometry (pixels): k+1 tiles of SHEET_TILE x (SHEET_TILE + SHEET_CAPTION) in one row,
+# SHEET_GAP around and between them, under a SHEET_TITLE band. See sheet_size().
+SHEET_TILE = 200
+SHEET_CAPTION = 84
+SHEET_GAP = 12
+SHEET_TITLE = 52
+SHEET_FONT = 14
+SHEET_LINE = 18
+# rough score bands for the colour of a score (see the legend in the report header)
+HIGH, MID = 0.8, 0.5
+
+
+def _text(value: object) -> str:
+    """Escaped text; an undecodable file name (lone surrogates) becomes printable instead of failing."""
+    return html.escape(str(value).encode("utf-8", "replace").decode("utf-8"))
+
+
+def _name(path: str) -> str:
+    return Path(path).name or path
+
+
+def _thumbnail(path: str, max_side: int) -> Image.Image | None:
+    """RGB thumbnail no larger than ``max_side``, or None when the file is gone or unreadable."""
+    try:
+        img = load_image(path, min_side=max_side).image
+    except ImageError:
+        return None
+    img.thumbnail((max_side, max_side))
+    return img
+
+
+def thumbnail_uri(path: str, max_side: int = THUMB) -> str | None:
+    """A ``data:image/jpeg;base64,...`` thumbnail of ``path``, or None when it cannot be read."""
+    img = _thumbnail(path, max_side)
+    if img is None:
+        return None
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def filters_text(where: Sequence[str], min_score: float | None = None) -> str:
+    """The filters as a person reads them: ``category=cats AND score >= 0.5``, or ``none``."""
+    parts = list(where)
+    if min_score is not None:
+        parts.append(f"score >= {min_score:g}")
+    return " AND ".join(parts) if parts else "none"
+
+
+def _band(score: float) -> str:
+    return "high" if score >= HIGH else "mid" if score >= MID else "low"
+
+
+def _shortfall(found: int, k: int, where: Sequence[str], min_score: float | None) -> str | None:
+    """Why a query has fewer than k results, or None when it has all of them."""
+    if found >= k:
+        return None
+    if where or min_score is not None:
+        why = f"no other stored image passes the filters ({filters_text(where, min_score)})"
+    else:
+        why = "the store holds fewer images than that"
+    head = "No results" if found == 0 else f"Only {found} of the {k} requested results"
+    return f"{head}: {why}."
+
+
+_CSS = """
+:root{--ink:#1d2330;--muted:#5b6475;--line:#dfe3ea;--bg:#f4f6f9;--accent:#2f6fdf;--high:#1a8f4c;--mid:#c98a0b;
+--low:#8a93a3}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--ink);font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,
+"Helvetica Neue",Arial,sans-serif}
+header{background:#fff;border-bottom:1px solid var(--line);padding:20px 28px}
+h1{margin:0 0 4px;font-size:22px}
+.lede{margin:0 0 14px;color:var(--muted)}
+.facts{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:0 0 14px}
+.facts dt{font-weight:600;color:var(--muted)}
+.facts dd{margin:0}
+.legend{display:flex;flex-wrap:wrap;gap:8px 18px;align-items:center;padding:10px 12px;background:var(--bg);
+border-radius:8px;color:var(--muted);font-size:13px}
+.legend b{color:var(--ink)}
+.chip{display:inline-block;min-width:52px;padding:1px 8px;border-radius:10px;color:#fff;font-weight:600;
+text-align:center;font-variant-numeric:tabular-nums}
+.chip.high{background:var(--high)}.chip.mid{background:var(--mid)}.chip.low{background:var(--low)}
+main{padding:8px 28px 28px}
+section.query{background:#fff;border:1px solid var(--line);border-radius:12px;padding:14px 16px 16px;margin:18px 0;
+break-inside:avoid}
+section.query h2{margin:0 0 10px;font-size:16px;font-weight:600}
+section.query h2 .count{color:var(--muted);font-weight:400}
+.note{margin:0 0 10px;padding:6px 10px;border-left:4px solid var(--mid);background:#fff7e6;border-radius:4px}
+.row{display:flex;gap:18px;align-items:flex-start}
+.card{width:184px;flex:none;padding:10px;border:1px solid var(--line);border-radius:10px;background:#fff}
+.thumb{width:162px;height:162px;display:flex;align-items:center;justify-content:center;background:#f7f8fa;
+border-radius:6px;overflow:hidden}
+.thumb img{max-width:160px;max-height:160px;object-fit:contain}
+.missing{color:var(--muted);font-size:12px;text-align:center;padding:8px}
+.querycard{border:3px solid var(--accent);background:#eef4ff;padding:8px}
+.querycard .thumb{background:#fff}
+.badge{display:inline-block;margin-top:8px;padding:1px 8px;border-radius:4px;background:var(--accent);color:#fff;
+font-size:12px;font-weight:700;letter-spacing:.06em}
+.arrow{margin-top:64px;color:var(--muted);font-size:26px}
+ol.hits{list-style:none;margin:0;padding:0;display:flex;flex-wrap:wrap;gap:12px}
+.top{display:flex;justify-content:space-between;align-items:baseline;margin-top:8px}
+.rank{font-weight:700;font-size:15px}
+.bar{height:5px;background:var(--line);border-radius:3px;margin:6px 0 4px;overflow:hidden}
+.bar span{display:block;height:100%}
+.high .bar span{background:var(--high)}.mid .bar span{background:var(--mid)}.low .bar span{background:var(--low)}
+.sub,.cat,.name{font-size:12px;color:var(--muted);white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.cat{color:var(--ink)}
+.lbl{color:var(--muted);font-size:11px;font-weight:400}
+.name{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+footer{padding:0 28px 24px;color:var(--muted);font-size:12px}
+"""
+
+
+def _thumb_html(uri: str | None, alt: str) -> str:
+    if uri is None:
+        return '<div class="thumb"><div class="missing">image unavailable<br>(moved or unreadable)</div></div>'
+    return f'<div class="thumb"><img src="{uri}" alt="{_text(alt)}"></div>'
+
+
+def _hit_html(hit: Hit, uri: str | None) -> str:
+    band = _band(hit.score)
+    return (
+        f'<li class="card hit {band}" data-rank="{hit.rank}" data-score="{hit.score:.6f}" '
+        f'data-distance="{hit.distance:.6f}" data-id="{_text(hit.id)}" data-category="{_text(hit.category)}" '
+        f'data-path="{_text(hit.path)}">'
+        f"{_thumb_html(uri, _name(hit.path))}"
+        f'<div class="top"><span class="rank">#{hit.rank}</span>'
+        f'<span><span class="lbl">score</span> <span class="chip {band}" title="score = cosine similarity">'
+        f"{hit.score:.4f}</span></span></div>"
+        f'<div class="bar"><span style="width:{max(0.0, min(1.0, hit.score)) * 100:.1f}%"></span></div>'
+        f'<div class="sub">distance {hit.distance:.4f}</div>'
+        f'<div class="cat"><span class="lbl">category</span> {_text(hit.category or "(none)")}</div>'
+        f'<div class="name" title="{_text(hit.path)}">{_text(_name(hit.path))}</div></li>'
+    )
+
+
+def render_html(
+    entries: Sequence[Entry],
+    fingerprint: dict[str, Any],
+    store_description: str,
+    k: int,
+    where: Sequence[str],
+    min_score: float | None = None,
+) -> str:
+    """One self-contained HTML page: per query, the query image beside its top-k results with scores.
+
+    ``where`` is the list of ``--where`` expressions as typed; they and ``min_score`` are shown in the
+    header and explain a query that got fewer than ``k`` results.
+    """
+    thumbs: dict[str, str | None] = {}  # a library image found by several queries is encoded once
+
+    def uri(path: str) -> str | None:
+        if path not in thumbs:
+            thumbs[path] = thumbnail_uri(path)
+        return thumbs[path]
+
+    fp = fingerprint
+    pooling = "global average pooling" if fp.get("pooling") == "avg" else f"{fp.get('pooling')} pooling"
+    norm = "L2-normalised (unit length)" if fp.get("normalised") == "l2" else f"{fp.get('normalised')}-normalised"
+    facts = [
+        ("Model", describe(fp)),
+        ("Feature", f"{pooling} of the last convolutional layer → a {fp.get('dim')}-dimensional vector, {norm}"),
+        (
+            "Similarity",
+            "cosine: score = 1 − cosine distance = cosine similarity of the query's and the image's feature "
+            "vectors; 1 = identical, higher = more alike",
+        ),
+        ("Store searched", store_description),
+        ("Date", datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")),
+        ("Filters", filters_text(where, min_score)),
+        ("Results per query", f"top {k}"),
+    ]
+    sections = []
+    for number, (query, hits) in enumerate(entries, 1):
+        note = _shortfall(len(hits), k, where, min_score)
+        cards = "".join(_hit_html(h, uri(h.path)) for h in hits)
+        sections.append(
+            f'<section class="query" data-query="{_text(query)}" data-k="{k}" data-count="{len(hits)}">'
+            f'<h2>Query {number}: {_text(_name(query))} <span class="count">— {len(hits)} '
+            f"result{'s' if len(hits) != 1 else ''}, best first</span></h2>"
+            + (f'<p class="note">{_text(note)}</p>' if note else "")
+            + '<div class="row"><figure class="card querycard" style="margin:0">'
+            f"{_thumb_html(uri(query), _name(query))}"
+            f'<figcaption><span class="badge">QUERY</span>'
+            f'<div class="name" title="{_text(query)}">{_text(_name(query))}</div></figcaption></figure>'
+            f'<div class="arrow" aria-hidden="true">→</div><ol class="hits">{cards}</ol></div></section>'
+        )
+    fact_rows = "".join(f"<dt>{_text(name)}</dt><dd>{_text(value)}</dd>" for name, value in facts)
+    legend = (
+        "<span><b>How to read a score</b> (rough guide):</span>"
+        f'<span><span class="chip high">≥ {HIGH:.2f}</span> the same picture or a close copy</span>'
+        f'<span><span class="chip mid">{MID:.2f}–{HIGH:.2f}</span> often the same kind of subject</span>'
+        f'<span><span class="chip low">&lt; {MID:.2f}</span> weak: the nearest there is, may be unrelated</span>'
+        "<span>The features are never negative, so even unrelated images score about 0.2–0.4, not 0. "
+        "Compare scores within one model only.</span>"
+    )
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Image search report — {len(entries)} quer{'y' if len(entries) == 1 else 'ies'}</title>"
+        f"<style>{_CSS}</style></head><body><header><h1>Image search report</h1>"
+        f'<p class="lede">For each query image (blue frame) the {k} stored images most similar to it, '
+        "best first, with their similarity score.</p>"
+        f'<dl class="facts">{fact_rows}</dl><div class="legend">{legend}</div></header>'
+        f"<main>{''.join(sections)}</main>"
+        "<footer>Made by imgsearch. Hover a file name for its full path. Thumbnails are embedded: "
+        "this file works offline.</footer></body></html>\n"
+    )
+
+
+def sheet_size(k: int) -> tuple[int, int]:
+    """(width, height) of a contact sheet for ``k`` results, whatever number of hits it shows.
+
+    width = (k + 1) * SHEET_TILE + (k + 2) * SHEET_GAP;
+    height = SHEET_TITLE + SHEET_TILE + SHEET_CAPTION + 2 * SHEET_GAP.
+    """
+    return (k + 1) * SHEET_TILE + (k + 2) * SHEET_GAP, SHEET_TITLE + SHEET_TILE + SHEET_CAPTION + 2 * SHEET_GAP
+
+
+def _fit(draw: Any, text: str, font: Any, width: int) -> str:
+    """``text`` cut with an ellipsis to fit ``width`` pixels."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def render_sheet(query_path: str, hits: Sequence[Hit], fingerprint: dict[str, Any], out_png: Path, k: int) -> Path:
+    """Write a PNG contact sheet of ``sheet_size(k)``: the query tile, then k result tiles with captions."""
+    from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+    font = ImageFont.load_default(size=SHEET_FONT)
+    bold = ImageFont.load_default(size=SHEET_FONT + 2)
+    sheet = Image.new("RGB", sheet_size(k), "white")
+    draw = ImageDraw.Draw(sheet)
+    text_w = sheet.width - 2 * SHEET_GAP
+    draw.text((SHEET_GAP, SHEET_GAP), _fit(draw, f"query: {query_path}", bold, text_w), fill="#1d2330", font=bold)
+    draw.text(
+        (SHEET_GAP, SHEET_GAP + SHEET_LINE + 4),
+        _fit(draw, f"{describe(fingerprint)}; score = cosine similarity (1 = identical)", font, text_w),
+        fill="#5b6475",
+        font=font,
+    )
+    tiles: list[tuple[str | None, list[str]]] = [(query_path, ["QUERY", _name(query_path)])]
+    tiles += [
+        (
+            h.path,
+            [f"#{h.rank}  score {h.score:.4f}", f"distance {h.distance:.4f}", f"category: {h.category}", _name(h.path)],
+        )
+        for h in hits[:k]
+    ]
+    tiles += [(None, ["no result"])] * (k + 1 - len(tiles))
+    top = SHEET_GAP + SHEET_TITLE
+    for i, (path, lines) in enumerate(tiles):
+        left = SHEET_GAP + i * (SHEET_TILE + SHEET_GAP)
+        box = (left, top, left + SHEET_TILE - 1, top + SHEET_TILE - 1)
+        draw.rectangle(box, fill="#eef4ff" if i == 0 else "#f4f6f9", outline="#2f6fdf" if i == 0 else None, width=3)
+        img = _thumbnail(path, SHEET_TILE) if path else None
+        if img is not None:
+            img = ImageOps.contain(img, (SHEET_TILE - 12, SHEET_TILE - 12))
+            sheet.paste(img, (left + (SHEET_TILE - img.width) // 2, top + (SHEET_TILE - img.height) // 2))
+        elif path:
+            draw.text((left + 8, top + SHEET_TILE // 2 - 8), "image unavailable", fill="#5b6475", font=font)
+        for j, line in enumerate(lines):
+            draw.text(
+                (left + 2, top + SHEET_TILE + 6 + j * SHEET_LINE),
+                _fit(draw, line, bold if j == 0 else font, SHEET_TILE - 4),
+                fill="#2f6fdf" if i == 0 and j == 0 else "#1d2330" if j == 0 else "#5b6475",
+                font=bold if j == 0 else font,
+            )
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out_png, "PNG", optimize=True)
+    return out_png
+
+
+def write_report(
+    entries: Sequence[Entry],
+    fingerprint: dict[str, Any],
+    store_description: str,
+    out: Path,
+    k: int,
+    where: Sequence[str],
+    sheet_dir: Path | None = None,
+    min_score: float | None = None,
+) -> Path:
+    """Write the HTML report to ``out`` (and one ``<query stem>.png`` sheet per query into ``sheet_dir``).
+
+    Returns the report's absolute path. Queries sharing a file stem get ``-2``, ``-3``... sheets.
+    """
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_html(entries, fingerprint, store_description, k, where, min_score), encoding="utf-8")
+    if sheet_dir is not None:
+        used: set[str] = set()
+        for query, hits in entries:
+            stem = base = Path(query).stem
+            n = 1
+            while stem in used:
+                n += 1
+                stem = f"{base}-{n}"
+            used.add(stem)
+            render_sheet(query, hits, fingerprint, Path(sheet_dir) / f"{stem}.png", k)
+    return out
