@@ -21,10 +21,13 @@ from cli.options import (
     DbOpt,
     DeviceOpt,
     JsonOpt,
+    MinScoreOpt,
     ModelOpt,
+    TopKOpt,
     UrlOpt,
     VariantOpt,
     WeightsOpt,
+    WhereOpt,
     fail,
     run_queries,
     user_errors,
@@ -131,16 +134,9 @@ def ingest(
 @app.command()
 def search(
     queries: Annotated[list[Path], typer.Argument(help="Query image files (need not be in the library).")],
-    k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many results per query.")] = 5,
-    where: Annotated[
-        list[str],
-        typer.Option(
-            help="Filter, ANDed when repeated: category=cats | category=cats,dogs | 'category!=food' | 'width>=640'."
-        ),
-    ] = [],  # noqa: B006
-    min_score: Annotated[
-        float | None, typer.Option(help="Drop results scoring below this (score = cosine similarity).")
-    ] = None,
+    k: TopKOpt = 5,
+    where: WhereOpt = [],  # noqa: B006
+    min_score: MinScoreOpt = None,
     db: DbOpt = Path("./imgsearch-db"),
     chroma_url: UrlOpt = None,
     collection: CollectionOpt = "images",

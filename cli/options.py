@@ -52,6 +52,14 @@ WeightsOpt = Annotated[
     typer.Option("--weights", envvar="IMGSEARCH_WEIGHTS", help="Local checkpoint (state dict) for the model."),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, or cuda when a GPU is present.")]
+TopKOpt = Annotated[int, typer.Option("-k", "--top", min=1, help="How many results per query.")]
+WhereOpt = Annotated[
+    list[str],
+    typer.Option(
+        help="Filter, ANDed when repeated: category=cats | category=cats,dogs | 'category!=food' | 'width>=640'."
+    ),
+]
+MinScoreOpt = Annotated[float | None, typer.Option(help="Drop results scoring below this (score = cosine similarity).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (messages on stderr).")]
 
 

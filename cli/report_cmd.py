@@ -14,10 +14,13 @@ from cli.options import (
     CollectionOpt,
     DbOpt,
     DeviceOpt,
+    MinScoreOpt,
     ModelOpt,
+    TopKOpt,
     UrlOpt,
     VariantOpt,
     WeightsOpt,
+    WhereOpt,
     fail,
     run_queries,
     user_errors,
@@ -56,16 +59,9 @@ def report(
     out: Annotated[
         Path, typer.Option("--out", "-o", metavar="FILE", help="The HTML report to write (self-contained).")
     ] = Path("report.html"),
-    k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many results per query.")] = 5,
-    where: Annotated[
-        list[str],
-        typer.Option(
-            help="Filter, ANDed when repeated: category=cats | category=cats,dogs | 'category!=food' | 'width>=640'."
-        ),
-    ] = [],  # noqa: B006
-    min_score: Annotated[
-        float | None, typer.Option(help="Drop results scoring below this (score = cosine similarity).")
-    ] = None,
+    k: TopKOpt = 5,
+    where: WhereOpt = [],  # noqa: B006
+    min_score: MinScoreOpt = None,
     sheet: Annotated[
         Path | None,
         typer.Option(

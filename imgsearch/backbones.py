@@ -8,6 +8,7 @@ vectors of different models are never mixed. torch is imported here only, inside
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -84,7 +85,8 @@ def _build_resnet50(variant: str, weights: Path | None) -> tuple[Any, dict[str, 
         source = f"torchvision {variant} ({enum.url})"
         # torch's cache first (load_state_dict_from_url looks there), then a download with progress
         try:
-            state = enum.get_state_dict(progress=sys.stderr.isatty(), check_hash=True)
+            with contextlib.redirect_stdout(sys.stderr):  # torch prints "Downloading: ..." on stdout
+                state = enum.get_state_dict(progress=sys.stderr.isatty(), check_hash=True)
         except Exception as err:  # URLError, HTTPError, a corrupt cached file, ...
             cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
             raise ModelUnavailable(

@@ -9,5 +9,9 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 echo "installing imgsearch[$extras] into .venv (torch comes from this machine's disk when it has it) ..." >&2
-.venv/bin/python -m pip install -q --upgrade pip >&2
-.venv/bin/python -m pip install -q -e ".[$extras]" >&2
+log=.venv/install.log
+if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[$extras]"; } >"$log" 2>&1; then
+  tail -n 40 "$log" >&2
+  echo "setup failed; the whole pip log is in $log" >&2
+  exit 1
+fi
