@@ -61,6 +61,17 @@ def stored_path(meta: dict[str, Any]) -> str:
     return str(meta["path"])
 
 
+def _rows(res: dict[str, Any], embeddings: bool) -> dict[str, dict[str, Any]]:
+    """A Chroma get() result as id -> metadata, the vector under ``"_embedding"`` when asked for."""
+    rows = {}
+    for i, id_ in enumerate(res["ids"]):
+        meta = dict(res["metadatas"][i] or {})
+        if embeddings:
+            meta["_embedding"] = np.asarray(res["embeddings"][i], dtype=np.float32)
+        rows[id_] = meta
+    return rows
+
+
 @dataclass(frozen=True)
 class Location:
     """Where the store lives: an embedded folder (``db``) or a server (``url``), and the collection."""
@@ -175,12 +186,9 @@ class Store:
     # -- model fingerprint ------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any] | None:
         """The model fingerprint recorded with the collection, or None for a store not made yet."""
-        try:
-            col = self._get_collection()
-        except StoreError as err:
-            if str(err).startswith("no image store"):
-                return None
-            raise
+        if not self.location.url and not (self._embedded_path() / "chroma.sqlite3").exists():
+            return None  # a store not made yet: look without creating anything
+        col = self._get_collection()
         if col is None:
             return None
         raw = (col.metadata or {}).get(FINGERPRINT_KEY)
@@ -209,12 +217,7 @@ class Store:
         include = ["metadatas", "embeddings"] if embeddings else ["metadatas"]
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), PAGE):
-            res = col.get(ids=list(ids[start : start + PAGE]), include=include)
-            for i, id_ in enumerate(res["ids"]):
-                meta = dict(res["metadatas"][i] or {})
-                if embeddings:
-                    meta["_embedding"] = np.asarray(res["embeddings"][i], dtype=np.float32)
-                found[id_] = meta
+            found.update(_rows(col.get(ids=list(ids[start : start + PAGE]), include=include), embeddings))
         return found
 
     def find(self, where: dict[str, Any], embeddings: bool = False) -> dict[str, dict[str, Any]]:
@@ -225,11 +228,7 @@ class Store:
         offset = 0
         while True:
             res = col.get(where=where, include=include, limit=PAGE, offset=offset)
-            for i, id_ in enumerate(res["ids"]):
-                meta = dict(res["metadatas"][i] or {})
-                if embeddings:
-                    meta["_embedding"] = np.asarray(res["embeddings"][i], dtype=np.float32)
-                found[id_] = meta
+            found.update(_rows(res, embeddings))
             if len(res["ids"]) < PAGE:
                 return found
             offset += PAGE
