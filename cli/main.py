@@ -16,24 +16,32 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.bench_cmd import bench_index
+from cli.eval_cmd import evaluate
 from cli.options import (
     CollectionOpt,
+    CropOpt,
     DbOpt,
     DeviceOpt,
+    ExpandOpt,
     JsonOpt,
     MinScoreOpt,
     ModelOpt,
+    PoolingOpt,
+    ScalesOpt,
     TopKOpt,
     UrlOpt,
     VariantOpt,
     WeightsOpt,
     WhereOpt,
     fail,
+    parse_scales,
     run_queries,
     user_errors,
 )
 from cli.output import json_stdout, progress_bar, say, table
 from cli.report_cmd import report
+from cli.service_cmd import StatusOpt, read_worker_status, serve, worker, worker_line
 from imgsearch.backbones import describe
 
 EXIT_PARTIAL = 3
@@ -74,6 +82,9 @@ def ingest(
     variant: VariantOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "cpu",
+    pooling: PoolingOpt = None,
+    crop: CropOpt = None,
+    scales: ScalesOpt = None,
     category: Annotated[
         str | None, typer.Option(help="Category for every file (default: first folder under DIR).")
     ] = None,
@@ -99,7 +110,7 @@ def ingest(
         tags = _parse_tags(tag)
         check_tags(tags)
         store = _store(db, chroma_url, collection)
-        embedder = open_embedder(store, model, variant, weights, device)
+        embedder = open_embedder(store, model, variant, weights, device, pooling, crop, parse_scales(scales))
         say(f"model: {describe(embedder.fingerprint)}; store: {store.location.describe()}")
         with progress_bar("embedding", enabled=not as_json) as tick:
             report = run_ingest(
@@ -137,6 +148,7 @@ def search(
     k: TopKOpt = 5,
     where: WhereOpt = [],  # noqa: B006
     min_score: MinScoreOpt = None,
+    expand: ExpandOpt = 0,
     db: DbOpt = Path("./imgsearch-db"),
     chroma_url: UrlOpt = None,
     collection: CollectionOpt = "images",
@@ -159,7 +171,7 @@ def search(
         from search.query import ranking_text
 
         location = Location(db=db, url=chroma_url, collection=collection)
-        found = run_queries(queries, k, where, min_score, location, model, variant, weights, device)
+        found = run_queries(queries, k, where, min_score, location, model, variant, weights, device, expand)
         for q, hits in zip(queries, found.results, strict=True):
             if as_json:
                 results = [h.as_dict() for h in hits]
@@ -199,9 +211,10 @@ def stats(
     db: DbOpt = Path("./imgsearch-db"),
     chroma_url: UrlOpt = None,
     collection: CollectionOpt = "images",
+    status: StatusOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """How many images the store holds, per category, and which model made them."""
+    """How many images the store holds, per category, and which model made them (and the worker's state)."""
     with user_errors(), json_stdout(as_json) as emit:
         store = _store(db, chroma_url, collection)
         counts: dict[str, int] = {}
@@ -214,6 +227,8 @@ def stats(
             "model": store.fingerprint(),
             "store": store.location.describe(),
         }
+        if (worker_status := read_worker_status(store.location, status)) is not None:
+            out["worker"] = worker_status
         store.close()
         if as_json:
             emit(out)
@@ -222,6 +237,8 @@ def stats(
         print(f"images: {out['count']}")
         print(f"model:  {describe(out['model'])}")
         print(table(["category", "images"], sorted(counts.items()), right=(1,)))
+        if worker_status is not None:
+            print(worker_line(worker_status))
 
 
 @app.command()
@@ -250,6 +267,10 @@ def remove(
 
 
 app.command()(report)
+app.command()(worker)
+app.command()(serve)
+app.command(name="eval")(evaluate)
+app.command(name="bench-index")(bench_index)
 
 
 def main() -> None:

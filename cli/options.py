@@ -60,6 +60,23 @@ WhereOpt = Annotated[
     ),
 ]
 MinScoreOpt = Annotated[float | None, typer.Option(help="Drop results scoring below this (score = cosine similarity).")]
+PoolingOpt = Annotated[
+    str | None,
+    typer.Option(help="Feature pooling: avg (the handout's) or gem (generalised mean, p=3). Default: as recorded."),
+]
+CropOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="center: Resize+CenterCrop (the handout's); full: whole image padded square. Default: as recorded."
+    ),
+]
+ScalesOpt = Annotated[
+    str | None,
+    typer.Option(help="Input sizes, e.g. 224 or 224,320 (features averaged over scales). Default: as recorded."),
+]
+ExpandOpt = Annotated[
+    int, typer.Option(min=0, help="Average query expansion: re-query with the mean of the top N (0 = off).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (messages on stderr).")]
 
 
@@ -101,6 +118,7 @@ def run_queries(
     variant: str | None,
     weights: Path | None,
     device: str,
+    expand: int = 0,
 ) -> Searched:
     """The search shared by ``search`` and ``report``: every input checked before the slow model load."""
     from imgsearch.decode import ImageError, load_image
@@ -122,7 +140,17 @@ def run_queries(
         if store.count() == 0:
             fail(f"{location.describe()} is empty: run `imgsearch ingest DIR` first")
         embedder = open_embedder(store, model, variant, weights, device)
-        results = search_vectors(store, embed_queries([str(q) for q in queries], embedder), k, filt, min_score)
+        vectors = embed_queries([str(q) for q in queries], embedder)
+        results = search_vectors(store, vectors, k, filt, min_score, expand=expand)
     finally:
         store.close()
     return Searched(embedder.fingerprint, location.describe(), filt, results)
+
+
+def parse_scales(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--scales {text!r}: expected sizes like 224 or 224,320") from None

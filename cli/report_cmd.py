@@ -14,6 +14,7 @@ from cli.options import (
     CollectionOpt,
     DbOpt,
     DeviceOpt,
+    ExpandOpt,
     MinScoreOpt,
     ModelOpt,
     TopKOpt,
@@ -62,6 +63,7 @@ def report(
     k: TopKOpt = 5,
     where: WhereOpt = [],  # noqa: B006
     min_score: MinScoreOpt = None,
+    expand: ExpandOpt = 0,
     sheet: Annotated[
         Path | None,
         typer.Option(
@@ -88,7 +90,7 @@ def report(
         files = _query_files(queries or [], queries_dir)
         location = Location(db=db, url=chroma_url, collection=collection)
         say(f"searching {len(files)} quer{'y' if len(files) == 1 else 'ies'} in {location.describe()}")
-        found = run_queries(files, k, where, min_score, location, model, variant, weights, device)
+        found = run_queries(files, k, where, min_score, location, model, variant, weights, device, expand)
         entries = [(str(q), hits) for q, hits in zip(files, found.results, strict=True)]
         path = write_report(entries, found.fingerprint, found.store, out, k, where, sheet, min_score=min_score)
         if sheet is not None:

@@ -16,26 +16,31 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 # demo category -> source folder (relative to the openclipart root)
-CATEGORIES = {  # openclipart folders an ImageNet CNN tells apart (leave-one-out P@5 >= 0.45 in a 28-folder test;
-    # computer/buttons was left out: its 'buttons' are arrows, the same content as shapes/arrows)
-    "stars": "shapes/stars",
-    "jigsaw": "shapes/jigsaw",
+CATEGORIES = {  # openclipart folders with enough distinct drawings; see _Hygiene for what "distinct" means
     "arrows": "shapes/arrows",
-    "stickmen": "people/stickmen",
-    "smilies": "people/smilies",
+    "birds": "animals/birds",
+    "bugs": "animals/bugs",
+    "clothing": "people/clothing",
+    "desserts": "food/desserts",
+    "flags": "signs_and_symbols/flags",
+    "fruit": "food/fruit",
     "games": "recreation/games",
-    "led-digits": "signs_and_symbols/led",
-    "roadsigns": "transportation/roadsigns",
-    "transport-symbols": "transportation/aiga-symbols",
     "hardware": "computer/hardware",
-    "patterns": "special/patterns",
     "mammals": "animals/mammals",
+    "music": "recreation/music",
+    "roadsigns": "transportation/roadsigns",
+    "sports": "recreation/sports",
+    "transport-symbols": "transportation/aiga-symbols",
+    "vehicles": "transportation/vehicles",
 }
-PER_CATEGORY = 42
-MIN_PER_CATEGORY = 35
+PER_CATEGORY = 40
+MIN_PER_CATEGORY = 30
+MAX_HAMMING = 8  # of 64 difference-hash bits: closer counts as a near-duplicate
+MIN_STD = 12.0  # grey-level spread below which a flattened image is near-blank
 QUERIES_PER_CATEGORY = 2
 MAX_SIDE = 256
 SEED = 20261127
@@ -49,16 +54,27 @@ def _reasonable(path: Path) -> bool:
         return img.width * img.height <= MAX_SOURCE_PIXELS
 
 
-def _unique(files: list[Path]) -> list[Path]:
-    """Drop byte-identical files (openclipart has some), so no query is a copy of a library image."""
-    seen: set[str] = set()
-    out = []
-    for f in files:
-        digest = hashlib.sha256(f.read_bytes()).hexdigest()
-        if digest not in seen:
-            seen.add(digest)
-            out.append(f)
-    return out
+class _Hygiene:
+    """Keeps the library a fair test: no byte-identical files, no near-duplicates (the same drawing
+    in another colour or size: a 64-bit difference hash within MAX_HAMMING bits, across categories)
+    and no near-blank images (white art on a transparent background vanishes when flattened)."""
+
+    def __init__(self) -> None:
+        self.digests: set[str] = set()
+        self.hashes: list[int] = []
+
+    def accept(self, source: Path, flat: Image.Image) -> bool:
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        gray = flat.convert("L")
+        if digest in self.digests or float(np.asarray(gray, dtype=np.float32).std()) < MIN_STD:
+            return False
+        small = np.asarray(gray.resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
+        code = int("".join("1" if b else "0" for b in (small[:, 1:] > small[:, :-1]).ravel()), 2)
+        if any(bin(code ^ h).count("1") <= MAX_HAMMING for h in self.hashes):
+            return False
+        self.digests.add(digest)
+        self.hashes.append(code)
+        return True
 
 
 def _flatten(img: Image.Image) -> Image.Image:
@@ -79,23 +95,31 @@ def build(source: Path, out: Path) -> tuple[int, int]:
     for d in (library, queries):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
+    hygiene = _Hygiene()
     n_lib = n_q = 0
     for category, folder in CATEGORIES.items():
         files = sorted((source / folder).rglob("*.png"))
         random.Random(f"{SEED}:{category}").shuffle(files)  # per category: picks do not depend on the list
-        picked = _unique([f for f in files if _reasonable(f)])[: PER_CATEGORY + QUERIES_PER_CATEGORY]
+        picked: list[tuple[Image.Image, Image.Image]] = []  # (shrunk original, flattened)
+        for f in files:
+            if len(picked) == PER_CATEGORY + QUERIES_PER_CATEGORY:
+                break
+            if not _reasonable(f):
+                continue
+            with Image.open(f) as img:
+                small = _shrink(img)
+            flat = _flatten(small)
+            if hygiene.accept(f, flat):
+                picked.append((small, flat))
         if len(picked) < QUERIES_PER_CATEGORY + MIN_PER_CATEGORY:
-            raise SystemExit(f"{source / folder}: only {len(picked)} usable PNGs, need more")
-        held_out, kept = picked[:QUERIES_PER_CATEGORY], picked[QUERIES_PER_CATEGORY:]
+            raise SystemExit(f"{source / folder}: only {len(picked)} distinct usable PNGs, need more")
         (library / category).mkdir()
-        for i, f in enumerate(kept):
-            with Image.open(f) as img:
-                _flatten(_shrink(img)).save(library / category / f"{category}_{i:03d}.jpg", quality=85)
-            n_lib += 1
-        for j, f in enumerate(held_out, 1):
-            with Image.open(f) as img:
-                _shrink(img).save(queries / f"{category}_{j}.png", optimize=True)
+        for j, (small, _) in enumerate(picked[:QUERIES_PER_CATEGORY], 1):
+            small.save(queries / f"{category}_{j}.png", optimize=True)
             n_q += 1
+        for i, (_, flat) in enumerate(picked[QUERIES_PER_CATEGORY:]):
+            flat.save(library / category / f"{category}_{i:03d}.jpg", quality=85)
+            n_lib += 1
     return n_lib, n_q
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgsearch.decode import PREPROCESS_VERSION
+from imgsearch.decode import DEFAULT_VIEWS, HANDOUT_VIEWS, Decoded, Views, load_views
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +39,8 @@ class Backbone:
     dim: int
     variants: tuple[str, ...]
     description: str
-    # (variant, weights file or None) -> (feature network, state dict that was loaded, source text)
+    # (variant, weights file or None) -> (conv trunk, state dict that was loaded, source text);
+    # the trunk returns the last conv stage's feature map, which the Embedder pools
     build: Callable[[str, Path | None], tuple[Any, dict[str, Any], str]]
 
     @property
@@ -96,9 +97,8 @@ def _build_resnet50(variant: str, weights: Path | None) -> tuple[Any, dict[str, 
                 "  copy that file into the cache path above, or use the offline model: --model efficientnet-lite0"
             ) from None
     _load_into(net, state, "torchvision ResNet50", source)
-    # everything up to and including the global average pool: the handout's features()
-    features = torch.nn.Sequential(*list(net.children())[:-1], torch.nn.Flatten(1))
-    return features, state, source
+    # everything before the global average pool and fc: the handout's features() without its pool
+    return torch.nn.Sequential(*list(net.children())[:-2]), state, source
 
 
 def _build_efficientnet_lite0(variant: str, weights: Path | None) -> tuple[Any, dict[str, Any], str]:
@@ -125,15 +125,15 @@ def _build_efficientnet_lite0(variant: str, weights: Path | None) -> tuple[Any, 
     state = _read_checkpoint(weights)
     _load_into(net, state, "EfficientNet-Lite0", str(weights))
 
-    class Features(torch.nn.Module):
+    class Trunk(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.net = net
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.adaptive_avg_pool2d(self.net.extract_features(x), 1).flatten(1)
+            return self.net.extract_features(x)
 
-    return Features(), state, str(weights)
+    return Trunk(), state, str(weights)
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -167,27 +167,57 @@ def _state_digest(state: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-class Embedder:
-    """A loaded backbone: preprocessed batches in, unit-length float32 feature rows out."""
+POOLINGS = ("avg", "gem")
+DEFAULT_POOLING = "gem"  # with DEFAULT_VIEWS, the measured winner (docs/quality.md)
+GEM_P = 3.0  # generalised-mean exponent: 1 = average pooling, large = max pooling
 
-    def __init__(self, net: Any, fingerprint: dict[str, Any], device: str) -> None:
-        self.net = net
+
+class Embedder:
+    """A loaded backbone: image views in, unit-length float32 feature rows out.
+
+    Pooling: ``avg`` is the handout's global average pool; ``gem`` is generalised-mean pooling
+    (p=3), which weights strong activations more. With several views (scales), the per-view
+    features are L2-normalised, averaged and normalised again.
+    """
+
+    def __init__(self, trunk: Any, fingerprint: dict[str, Any], device: str, views: Views, pooling: str) -> None:
+        self.trunk = trunk
         self.fingerprint = fingerprint
         self.device = device
+        self.views = views
+        self.pooling = pooling
         self.dim: int = fingerprint["dim"]
 
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        """(n, 3, 224, 224) float32 → (n, dim) float32 with L2 norm 1."""
+    def load(self, path: str | os.PathLike[str]) -> tuple[list[np.ndarray], Decoded]:
+        """Decode + preprocess ``path`` into this embedder's views (raises ImageError)."""
+        return load_views(path, self.views)
+
+    def embed(self, batches: list[np.ndarray]) -> np.ndarray:
+        """One (n, 3, s, s) float32 batch per view scale → (n, dim) float32 rows with L2 norm 1."""
         import torch
 
-        if len(batch) == 0:
+        n = len(batches[0]) if batches else 0
+        if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        x = x.contiguous(memory_format=torch.channels_last)
+        total = None
         with torch.inference_mode():
-            feats = self.net(x).float()
-            feats = torch.nn.functional.normalize(feats, dim=1)
-        return feats.cpu().numpy().astype(np.float32, copy=False)
+            for batch in batches:
+                x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+                fmap = self.trunk(x.contiguous(memory_format=torch.channels_last)).float()
+                if self.pooling == "gem":
+                    pooled = fmap.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
+                else:
+                    pooled = fmap.mean(dim=(2, 3))
+                feats = torch.nn.functional.normalize(pooled, dim=1)
+                total = feats if total is None else total + feats
+            assert total is not None
+            total = torch.nn.functional.normalize(total, dim=1)
+        return total.cpu().numpy().astype(np.float32, copy=False)
+
+    def embed_files(self, paths: list[str]) -> np.ndarray:
+        """Load and embed a few files at once (queries); raises ImageError for an unusable one."""
+        loaded = [self.load(p)[0] for p in paths]
+        return self.embed([np.stack([views[i] for views in loaded]) for i in range(len(self.views.scales))])
 
 
 def load_embedder(
@@ -195,6 +225,8 @@ def load_embedder(
     variant: str | None = None,
     weights: Path | None = None,
     device: str = "cpu",
+    pooling: str = DEFAULT_POOLING,
+    views: Views | None = None,
 ) -> Embedder:
     """Build ``model`` with its ImageNet weights (or ``weights``), in eval mode, ready to embed."""
     import torch
@@ -204,25 +236,29 @@ def load_embedder(
         raise ModelUnavailable(f"unknown model {model!r}; choose one of: {', '.join(BACKBONES)}")
     variant = variant or backbone.default_variant
     if variant not in backbone.variants:
-        raise ModelUnavailable(
-            f"{model} has no weights variant {variant!r}; choose one of: {', '.join(backbone.variants)}"
-        )
+        choices = ", ".join(backbone.variants)
+        raise ModelUnavailable(f"{model} has no weights variant {variant!r}; choose one of: {choices}")
+    if pooling not in POOLINGS:
+        raise ModelUnavailable(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
+    views = views or DEFAULT_VIEWS
     torch.set_num_threads(os.cpu_count() or 1)
-    net, state, source = backbone.build(variant, weights)
-    net = net.eval().to(device).to(memory_format=torch.channels_last)
+    trunk, state, source = backbone.build(variant, weights)
+    trunk = trunk.eval().to(device).to(memory_format=torch.channels_last)
     fingerprint = {
         "model": model,
         "variant": "file" if weights is not None else variant,
         "weights_digest": _state_digest(state),
         "weights_source": source,
         "dim": backbone.dim,
-        "pooling": "avg",
+        "pooling": pooling,
         "normalised": "l2",
-        "preprocess": PREPROCESS_VERSION,
+        "preprocess": views.version,
+        "crop": views.crop,
+        "scales": list(views.scales),
     }
     if weights is not None:
         fingerprint["weights_file"] = str(Path(weights).resolve())
-    return Embedder(net, fingerprint, device)
+    return Embedder(trunk, fingerprint, device, views, pooling)
 
 
 def fingerprint_mismatch(recorded: dict[str, Any], loaded: dict[str, Any]) -> str | None:
@@ -240,7 +276,24 @@ def describe(fingerprint: dict[str, Any] | None) -> str:
     if not fingerprint:
         return "(no model recorded)"
     fp = fingerprint
+    crop, scales = fp.get("crop", HANDOUT_VIEWS.crop), fp.get("scales", list(HANDOUT_VIEWS.scales))
+    view = "centre crop" if crop == "center" else "whole image"
+    views = f", {view} at {'+'.join(map(str, scales))} px"
     return (
         f"{fp.get('model')} ({fp.get('variant')} weights {fp.get('weights_digest')}, "
-        f"{fp.get('pooling')}-pooled {fp.get('dim')}-d, L2-normalised)"
+        f"{fp.get('pooling')}-pooled {fp.get('dim')}-d, L2-normalised{views})"
+    )
+
+
+def describe_feature(fingerprint: dict[str, Any]) -> str:
+    """How a vector is made, in words: pooling, view(s), dimension, normalisation."""
+    fp = fingerprint
+    pooling = "global average pooling" if fp.get("pooling") == "avg" else "generalised-mean (GeM, p=3) pooling"
+    crop, scales = fp.get("crop", HANDOUT_VIEWS.crop), fp.get("scales", list(HANDOUT_VIEWS.scales))
+    view = "the centre crop" if crop == "center" else "the whole image"
+    sizes = "+".join(map(str, scales))
+    mean = ", averaged over the scales" if len(scales) > 1 else ""
+    return (
+        f"{pooling} of the last convolutional layer over {view} at {sizes} px{mean} "
+        f"→ a {fp.get('dim')}-dimensional vector, L2-normalised (unit length)"
     )

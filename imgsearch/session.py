@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imgsearch.backbones import DEFAULT_MODEL, Embedder, ModelUnavailable, fingerprint_mismatch, load_embedder
+from imgsearch.backbones import (
+    DEFAULT_MODEL,
+    DEFAULT_POOLING,
+    Embedder,
+    ModelUnavailable,
+    fingerprint_mismatch,
+    load_embedder,
+)
+from imgsearch.decode import DEFAULT_VIEWS, HANDOUT_VIEWS, Views
 from imgsearch.store import Store
 
 
@@ -18,8 +26,14 @@ def open_embedder(
     variant: str | None = None,
     weights: Path | None = None,
     device: str = "cpu",
+    pooling: str | None = None,
+    crop: str | None = None,
+    scales: tuple[int, ...] | None = None,
 ) -> Embedder:
-    """Load the embedder that fits ``store`` (or, for a new store, ``model`` or the default)."""
+    """Load the embedder that fits ``store`` (or, for a new store, the given or default settings).
+
+    Each of model, pooling, crop and scales left as None takes the collection's recorded value.
+    """
     recorded = store.fingerprint()
     if recorded is not None:
         if model and model != recorded.get("model"):
@@ -33,7 +47,12 @@ def open_embedder(
             weights = Path(recorded["weights_file"])  # the file this collection was built with
         if variant is None and recorded.get("variant") != "file":
             variant = recorded.get("variant")
-    embedder = load_embedder(model or DEFAULT_MODEL, variant, weights, device)
+        # collections made before views were recorded used the handout's centre crop
+        pooling = pooling or recorded.get("pooling")
+        crop = crop or recorded.get("crop", HANDOUT_VIEWS.crop)
+        scales = scales or tuple(recorded.get("scales", HANDOUT_VIEWS.scales))
+    views = Views(crop or DEFAULT_VIEWS.crop, scales or DEFAULT_VIEWS.scales)
+    embedder = load_embedder(model or DEFAULT_MODEL, variant, weights, device, pooling or DEFAULT_POOLING, views)
     if recorded is not None and (why := fingerprint_mismatch(recorded, embedder.fingerprint)):
         raise ModelUnavailable(
             f"the loaded model does not match the one {store.location.describe()} was built with: {why}. "

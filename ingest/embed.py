@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgsearch.backbones import Embedder
-from imgsearch.decode import ImageError, load_tensor
+from imgsearch.decode import ImageError
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,15 @@ class Embedded:
     error: str = ""
 
 
-def _decode(path: str) -> tuple[np.ndarray, int, int] | str:
+Loaded = tuple[list[np.ndarray], int, int] | str  # (one array per view, width, height) or the error
+
+
+def _decode(embedder: Embedder, path: str) -> Loaded:
     try:
-        tensor, decoded = load_tensor(path)
+        views, decoded = embedder.load(path)
     except ImageError as err:
         return str(err)
-    return tensor, decoded.width, decoded.height
+    return views, decoded.width, decoded.height
 
 
 def embed_files(
@@ -46,8 +49,8 @@ def embed_files(
     workers = workers or max(1, (os.cpu_count() or 1))
     window = batch_size * 2 + workers
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        pending: deque[tuple[str, Future[tuple[np.ndarray, int, int] | str]]] = deque()
-        batch: list[tuple[str, tuple[np.ndarray, int, int] | str]] = []
+        pending: deque[tuple[str, Future[Loaded]]] = deque()
+        batch: list[tuple[str, Loaded]] = []
         source = iter(paths)
         exhausted = False
         while True:
@@ -57,7 +60,7 @@ def embed_files(
                 except StopIteration:
                     exhausted = True
                     break
-                pending.append((path, pool.submit(_decode, path)))
+                pending.append((path, pool.submit(_decode, embedder, path)))
             if not pending and not batch:
                 return
             if pending:
@@ -70,9 +73,10 @@ def embed_files(
                 batch = []
 
 
-def _run_batch(batch: list[tuple[str, tuple[np.ndarray, int, int] | str]], embedder: Embedder) -> Iterator[Embedded]:
-    good = [(p, r) for p, r in batch if not isinstance(r, str)]
-    vectors = embedder.embed(np.stack([r[0] for _, r in good])) if good else np.zeros((0, embedder.dim), np.float32)
+def _run_batch(batch: list[tuple[str, Loaded]], embedder: Embedder) -> Iterator[Embedded]:
+    good = [r for _, r in batch if not isinstance(r, str)]
+    scales = range(len(embedder.views.scales))
+    vectors = embedder.embed([np.stack([r[0][i] for r in good]) for i in scales]) if good else []
     by_path = iter(vectors)
     for path, result in batch:
         if isinstance(result, str):

@@ -140,8 +140,15 @@ def ingest(
     prune: bool = False,
     batch_size: int = 16,
     progress: Callable[[int, int], None] | None = None,
+    ready: Callable[[FileInfo], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> IngestReport:
-    """Bring the store in line with the image files under ``roots``; see the module docstring."""
+    """Bring the store in line with the image files under ``roots``; see the module docstring.
+
+    ``ready`` lets a watcher leave files alone this run (still being copied in): they are neither
+    stored nor pruned. ``should_stop`` is asked before each embedded row is stored: once it says
+    yes, the rows already embedded are written, prune is skipped, and the rest waits for the next run.
+    """
     tags = dict(tags or {})
     check_tags(tags)
     started = time.perf_counter()
@@ -149,7 +156,7 @@ def ingest(
     scanned = scan(roots, category)
     report.failures.extend(scanned.failures)
     store.create(embedder.fingerprint)
-    files = {image_id(f.path): f for f in scanned.files}
+    files = {image_id(f.path): f for f in scanned.files if ready is None or ready(f)}
     stored = store.get(list(files))
     writer = _Writer(store)
 
@@ -216,6 +223,8 @@ def ingest(
     paths = [hashed[id_][0].path for id_ in to_embed]
     results = embed_files(paths, embedder, batch_size=batch_size, on_decoded=tick)
     for id_, result in zip(to_embed, results, strict=True):
+        if should_stop is not None and should_stop():
+            break
         f, sha = hashed[id_]
         if result.vector is None:
             report.failures.append(Failure(f.path, result.error))
@@ -227,7 +236,7 @@ def ingest(
     writer.flush()
 
     # 4. prune entries under these roots whose files are gone
-    if prune:
+    if prune and not (should_stop is not None and should_stop()):
         prefixes = tuple(os.path.join(os.path.abspath(r), "") for r in roots)
         exact = {os.path.abspath(r) for r in roots}
         stale = [

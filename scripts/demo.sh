@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole job in one command: set up, ingest the bundled library (503 images, 12 categories),
-# search it with the 24 held-out query images, print each query's top-5 with scores, write report.html.
+# The whole job in one command: set up, ingest the bundled library (593 images, 15 categories),
+# search it with the 30 held-out query images, print each query's top-5 with scores, write report.html.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh efficientnet

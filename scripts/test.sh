@@ -12,5 +12,5 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "note: chromium is not installed (apt-get install chromium); the browser test will be skipped" >&2
   fi
 fi
-scripts/setup.sh "efficientnet,test"
+scripts/setup.sh "efficientnet,serve,test"
 exec .venv/bin/python -m pytest "$@"

@@ -4,7 +4,8 @@
     category=cats,dogs       any of
     category!=food           not equal (``!=a,b``: none of)
     width>=640               numeric: > >= < <=
-Several expressions are ANDed. Values that parse as numbers compare as numbers.
+Several expressions are ANDed. For = and != a number-looking value matches both the number and
+the text (``year=2019`` finds the number 2019 and a folder named "2019").
 """
 
 from __future__ import annotations
@@ -44,12 +45,17 @@ def parse_one(expr: str) -> dict[str, Any]:
         if isinstance(value, str):
             raise FilterError(f"--where {expr!r}: {op} needs a number, got {raw!r}")
         return {key: {_OPS[op]: value}}
-    values = [_value(v.strip()) for v in raw.split(",") if v.strip()]
-    if not values:
+    texts = [v.strip() for v in raw.split(",") if v.strip()]
+    if not texts:
         raise FilterError(f"--where {expr!r} has no value after {op!r}")
+    # a number-looking value may be stored as a number (width) or as text (a folder named 2019)
+    values: list[str | int | float] = [*texts, *(v for v in map(_value, texts) if not isinstance(v, str))]
     if len(values) == 1:
         return {key: {"$eq" if op == "=" else "$ne": values[0]}}
-    return {key: {"$in" if op == "=" else "$nin": values}}
+    strings = [v for v in values if isinstance(v, str)]
+    numbers = [v for v in values if not isinstance(v, str)]
+    parts = [{key: {"$in" if op == "=" else "$nin": group}} for group in (strings, numbers) if group]
+    return parts[0] if len(parts) == 1 else {"$or" if op == "=" else "$and": parts}
 
 
 def parse_where(exprs: Sequence[str] | None) -> dict[str, Any] | None:

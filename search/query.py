@@ -12,14 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from imgsearch.backbones import Embedder
-from imgsearch.decode import load_tensor
+from imgsearch.backbones import Embedder, describe_feature
 from imgsearch.store import Store, stored_path
-
-RANKING = (
-    "ranked by cosine similarity of L2-normalised {model} features "
-    "(global average pool, {dim}-d); score = 1 - cosine distance"
-)
 
 
 @dataclass(frozen=True)
@@ -46,7 +40,31 @@ class Hit:
 
 def embed_queries(paths: Sequence[str], embedder: Embedder) -> np.ndarray:
     """The query side of the one preprocessing path. Raises ImageError for an unusable file."""
-    return embedder.embed(np.stack([load_tensor(p)[0] for p in paths]))
+    return embedder.embed_files(list(paths))
+
+
+def expand_queries(
+    store: Store,
+    vectors: np.ndarray,
+    n: int,
+    where: dict[str, Any] | None = None,
+    exclude: Sequence[str | None] | None = None,
+) -> np.ndarray:
+    """Average query expansion: each query plus its ``n`` nearest stored vectors, renormalised.
+
+    Neighbours of a picture mostly show the same thing from other angles, so their mean is a
+    steadier query. ``exclude`` (one id or None per query) keeps a leave-one-out query from
+    expanding with itself.
+    """
+    skip = list(exclude) if exclude is not None else [None] * len(vectors)
+    rows = store.query(vectors, n + 1, where)
+    neighbours = [[id_ for id_, _, _ in row if id_ != own][:n] for row, own in zip(rows, skip, strict=True)]
+    stored = store.get(sorted({i for ids in neighbours for i in ids}), embeddings=True)
+    out = np.array(vectors, dtype=np.float32, copy=True)
+    for q, ids in enumerate(neighbours):
+        for id_ in ids:
+            out[q] += stored[id_]["_embedding"]
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def search_vectors(
@@ -55,14 +73,23 @@ def search_vectors(
     k: int = 5,
     where: dict[str, Any] | None = None,
     min_score: float | None = None,
+    expand: int = 0,
+    exclude: Sequence[str | None] | None = None,
 ) -> list[list[Hit]]:
-    """Top-k hits per query vector, best first, dropping those below ``min_score``."""
+    """Top-k hits per query vector, best first, dropping those below ``min_score``.
+
+    ``expand`` > 0 applies average query expansion with that many neighbours; ``exclude`` gives
+    per query an id to leave out of its results (leave-one-out evaluation).
+    """
+    if expand > 0:
+        vectors = expand_queries(store, vectors, expand, where, exclude)
+    skip = list(exclude) if exclude is not None else [None] * len(vectors)
     results = []
-    for row in store.query(vectors, k, where):
-        hits = []
+    for row, own in zip(store.query(vectors, k + (exclude is not None), where), skip, strict=True):
+        hits: list[Hit] = []
         for id_, distance, meta in row:
             score = 1.0 - distance
-            if min_score is not None and score < min_score:
+            if id_ == own or (min_score is not None and score < min_score) or len(hits) == k:
                 continue
             hits.append(
                 Hit(len(hits) + 1, id_, score, distance, stored_path(meta), str(meta.get("category", "")), meta)
@@ -72,4 +99,8 @@ def search_vectors(
 
 
 def ranking_text(fingerprint: dict[str, Any]) -> str:
-    return RANKING.format(model=fingerprint.get("model", "?"), dim=fingerprint.get("dim", "?"))
+    """The one line under a result table that says how it was ranked."""
+    return (
+        f"ranked by cosine similarity of {fingerprint.get('model', '?')} features ({describe_feature(fingerprint)}); "
+        "score = 1 - cosine distance"
+    )

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgsearch.backbones import describe
+from imgsearch.backbones import describe, describe_feature
 from imgsearch.decode import ImageError, load_image
 
 if TYPE_CHECKING:
@@ -187,11 +187,9 @@ def render_html(
         return thumbs[path]
 
     fp = fingerprint
-    pooling = "global average pooling" if fp.get("pooling") == "avg" else f"{fp.get('pooling')} pooling"
-    norm = "L2-normalised (unit length)" if fp.get("normalised") == "l2" else f"{fp.get('normalised')}-normalised"
     facts = [
         ("Model", describe(fp)),
-        ("Feature", f"{pooling} of the last convolutional layer → a {fp.get('dim')}-dimensional vector, {norm}"),
+        ("Feature", describe_feature(fp)),
         (
             "Similarity",
             "cosine: score = 1 − cosine distance = cosine similarity of the query's and the image's feature "

@@ -10,10 +10,15 @@ from conftest import LIBRARY, QUERIES
 from PIL import Image
 from torchvision import transforms
 
-from imgsearch.decode import CROP, ImageError, load_image, load_tensor, preprocess
+from imgsearch.decode import CROP, ImageError, load_image, load_views, preprocess
 
 PHOTO = sorted((LIBRARY / "mammals").iterdir())[0]
 CLIPART = sorted(QUERIES.iterdir())[0]  # a PNG with transparency
+
+
+def _one(path: Path) -> tuple[np.ndarray, object]:
+    views, decoded = load_views(path)
+    return views[0], decoded
 
 
 def test_preprocess_equals_torchvision_pipeline() -> None:
@@ -62,8 +67,8 @@ def test_exif_rotation_is_applied(tmp_path: Path) -> None:
     upright.save(tmp_path / "upright.jpg", quality=95)
     rot = load_image(tmp_path / "rotated.jpg")
     assert rot.image.size == upright.size and (rot.width, rot.height) == upright.size
-    a, _ = load_tensor(tmp_path / "rotated.jpg")
-    b, _ = load_tensor(tmp_path / "upright.jpg")
+    a, _ = _one(tmp_path / "rotated.jpg")
+    b, _ = _one(tmp_path / "upright.jpg")
     assert np.abs(a - b).mean() < 0.05
 
 
@@ -106,6 +111,6 @@ def test_extreme_aspect_ratio_stays_small(tmp_path: Path) -> None:
     Image.new("RGB", (10000, 10), "blue").save(tmp_path / "strip.png")
     Image.new("RGB", (1, 1), "red").save(tmp_path / "dot.png")
     for name in ("strip.png", "dot.png"):
-        tensor, _ = load_tensor(tmp_path / name)
+        tensor, _ = _one(tmp_path / name)
         assert tensor.shape == (3, CROP, CROP) and np.isfinite(tensor).all()
-    assert load_tensor(tmp_path / "dot.png")[0].std(axis=(1, 2)).max() < 1e-6  # one red pixel: flat red
+    assert _one(tmp_path / "dot.png")[0].std(axis=(1, 2)).max() < 1e-6  # one red pixel: flat red

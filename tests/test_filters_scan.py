@@ -15,8 +15,11 @@ def test_where_expressions() -> None:
     assert parse_where([]) is None
     assert parse_where(["category=cats"]) == {"category": {"$eq": "cats"}}
     assert parse_where(["category=cats,dogs"]) == {"category": {"$in": ["cats", "dogs"]}}
+    assert parse_where(["width>=640"]) == {"width": {"$gte": 640}}
     assert parse_where(["category!=food"]) == {"category": {"$ne": "food"}}
     assert parse_where(["category!=a,b"]) == {"category": {"$nin": ["a", "b"]}}
+    assert parse_where(["year=2019"]) == {"$or": [{"year": {"$in": ["2019"]}}, {"year": {"$in": [2019]}}]}
+    assert parse_where(["year!=2019"]) == {"$and": [{"year": {"$nin": ["2019"]}}, {"year": {"$nin": [2019]}}]}
     assert parse_where(["width>=640", "height<480.5"]) == {
         "$and": [{"width": {"$gte": 640}}, {"height": {"$lt": 480.5}}]
     }

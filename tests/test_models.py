@@ -11,7 +11,7 @@ import torchvision
 from conftest import QUERIES, copy_library, run_cli, run_json
 
 from imgsearch.backbones import ModelUnavailable, load_embedder
-from imgsearch.decode import load_tensor
+from imgsearch.decode import HANDOUT_VIEWS, load_views
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +23,15 @@ def resnet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _one(path: Path) -> tuple[np.ndarray, object]:
+    views, decoded = load_views(path)
+    return views[0], decoded
+
+
 def test_resnet50_from_weights_file_gives_2048d_unit_vectors(resnet_checkpoint: Path) -> None:
-    emb = load_embedder("resnet50", weights=resnet_checkpoint)
-    batch = np.stack([load_tensor(p)[0] for p in sorted(QUERIES.iterdir())[:3]])
-    vecs = emb.embed(batch)
+    emb = load_embedder("resnet50", weights=resnet_checkpoint, pooling="avg", views=HANDOUT_VIEWS)
+    batch = np.stack([_one(p)[0] for p in sorted(QUERIES.iterdir())[:3]])
+    vecs = emb.embed([batch])
     assert vecs.shape == (3, 2048) and vecs.dtype == np.float32
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     fp = emb.fingerprint

@@ -87,3 +87,17 @@ def test_remove_by_file_and_folder(tmp_path: Path) -> None:
     assert out == {"removed": 2}
     (stats,) = run_json("stats", "--db", db)
     assert stats["count"] == 3 and list(stats["categories"]) == [sorted(lib.iterdir())[1].name]
+
+
+def test_new_collections_get_the_tuned_hnsw_settings(tmp_path: Path) -> None:
+    lib = copy_library(tmp_path / "lib", categories=1, per_category=2)
+    run_json("ingest", lib, "--db", tmp_path / "db", "--model", "efficientnet-lite0")
+    store = Store(Location(db=tmp_path / "db"))
+    hnsw = store.require().configuration["hnsw"]
+    store.close()
+    assert (hnsw["space"], hnsw["max_neighbors"], hnsw["ef_construction"], hnsw["ef_search"]) == (
+        "cosine",
+        32,
+        200,
+        200,
+    )

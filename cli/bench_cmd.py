@@ -1,0 +1,66 @@
+"""``imgsearch bench-index``: exact vs HNSW vs LSH on a collection's vectors and on scaled-up copies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.options import CollectionOpt, DbOpt, JsonOpt, UrlOpt, fail, user_errors
+from cli.output import json_stdout, say
+
+
+def bench_index(
+    db: DbOpt = Path("./imgsearch-db"),
+    chroma_url: UrlOpt = None,
+    collection: CollectionOpt = "images",
+    sizes: Annotated[str, typer.Option(help="Synthetic set sizes (perturbed real vectors), comma-separated.")] = (
+        "100000,1000000"
+    ),
+    hnsw_max: Annotated[int, typer.Option(help="Skip Chroma HNSW above this size (it inserts ~700 vectors/s).")] = (
+        100_000
+    ),
+    queries: Annotated[int, typer.Option(min=1, help="Queries per set (perturbed, not in the set).")] = 200,
+    out: Annotated[Path | None, typer.Option(help="Write the table here (Markdown; JSON beside it).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the recall-vs-latency plot here (PNG).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recall@10 against exact search, query latency, build time and size of each index type.
+
+    Exact brute force, Chroma's HNSW (default and tuned), and random-hyperplane LSH (several bits x
+    tables), on the collection's stored vectors and on larger sets made by perturbing them.
+    """
+    with user_errors(), json_stdout(as_json) as emit:
+        import numpy as np
+
+        from imgsearch.store import Location, Store
+        from search.index_bench import bench, markdown, perturbed
+        from search.index_bench import plot as draw
+
+        store = Store(Location(db=db, url=chroma_url, collection=collection))
+        ids = [i for i, _ in store.scan()]
+        if len(ids) < 20:
+            fail(f"{store.location.describe()} holds {len(ids)} vectors; ingest at least 20 first")
+        stored = store.get(ids, embeddings=True)
+        store.close()
+        real = np.stack([stored[i]["_embedding"] for i in ids]).astype(np.float32)
+        rng = np.random.default_rng(0)
+        picks = rng.choice(len(real), size=min(queries, len(real)), replace=False)
+        rows = bench("stored", real, perturbed(real[picks], len(picks), seed=1), log=say)
+        for n in (int(s) for s in sizes.split(",") if s.strip()):
+            base = perturbed(real, n, seed=2)
+            rows += bench(f"{n // 1000}k", base, perturbed(real, queries, seed=3), hnsw=n <= hnsw_max, log=say)
+            del base
+        table = markdown(rows)
+        if out is not None:
+            out.write_text(table)
+            out.with_suffix(".json").write_text(json.dumps([r.as_dict() for r in rows], indent=1) + "\n")
+        if plot is not None:
+            draw(rows, plot)
+            say(f"plot: {plot}")
+        if as_json:
+            emit({"rows": [r.as_dict() for r in rows]})
+        else:
+            print(table)

@@ -1,0 +1,126 @@
+"""``imgsearch eval``: measure retrieval quality on a labelled folder tree (category = first folder)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.options import (
+    CollectionOpt,
+    CropOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    PoolingOpt,
+    ScalesOpt,
+    UrlOpt,
+    VariantOpt,
+    WeightsOpt,
+    fail,
+    parse_scales,
+    user_errors,
+)
+from cli.output import json_stdout, progress_bar, say, table
+from imgsearch.backbones import describe
+
+BASELINE_FILE = Path(__file__).resolve().parents[1] / "search" / "baseline.json"
+
+
+def _baseline(model: str) -> dict[str, Any]:
+    """The checked-in figures of the handout's recipe (avg pool, centre crop, cosine) on the demo library."""
+    try:
+        return json.loads(BASELINE_FILE.read_text()).get(model, {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def evaluate(
+    library: Annotated[Path, typer.Argument(help="Labelled folder tree: DIR/CATEGORY/images.")],
+    queries: Annotated[
+        Path | None, typer.Option("--queries", metavar="QDIR", help="Held-out queries instead of leave-one-out.")
+    ] = None,
+    copies: Annotated[bool, typer.Option("--copies", help="Also measure copy detection (transformed copies).")] = False,
+    n_copies: Annotated[int, typer.Option(min=1, help="Library images copied for --copies.")] = 50,
+    expand: Annotated[int, typer.Option(min=0, help="Average query expansion with N neighbours (0 = off).")] = 0,
+    whiten: Annotated[
+        bool, typer.Option(help="PCA-whiten (learned on the library; exact search) - an experiment, not stored.")
+    ] = False,
+    db: Annotated[
+        Path | None, typer.Option("--db", help="Embedded store to ingest into (default: a temporary one).")
+    ] = None,
+    chroma_url: UrlOpt = None,
+    collection: CollectionOpt = "images",
+    model: ModelOpt = None,
+    variant: VariantOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "cpu",
+    pooling: PoolingOpt = None,
+    crop: CropOpt = None,
+    scales: ScalesOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest DIR (real ingest path), then report mAP, P@1, P@5, P@10 and recall@10, overall and per category.
+
+    Leave-one-out by default: every library image queries the rest. A relevant result shares the
+    query's category. The handout's baseline (avg pool, centre crop, cosine; demo library) is shown
+    beside the figures.
+    """
+    with user_errors(), json_stdout(as_json) as emit:
+        if not library.is_dir():
+            fail(f"no such folder: {library}")
+        if queries is not None and not queries.is_dir():
+            fail(f"--queries {queries}: no such folder")
+        from imgsearch.session import open_embedder
+        from imgsearch.store import Location, Store
+        from ingest.sync import ingest
+        from search.evaluate import METRICS, copy_detection, evaluate, held_out_queries
+
+        with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as tmp:
+            store = Store(Location(db=db or Path(tmp) / "db", url=chroma_url, collection=collection))
+            embedder = open_embedder(store, model, variant, weights, device, pooling, crop, parse_scales(scales))
+            fp = embedder.fingerprint
+            with progress_bar("ingesting", enabled=not as_json) as tick:
+                report = ingest([str(library)], store, embedder, progress=tick)
+            say(f"library: {store.count()} images ({report.embedded} embedded now, {report.failed} failed)")
+            held = held_out_queries(queries) if queries is not None else None
+            result = evaluate(store, embedder, held, expand=expand, whiten=whiten)
+            found = copy_detection(store, embedder, n_copies, expand=expand, whiten=whiten) if copies else None
+            store.close()
+        baseline = _baseline(fp["model"])
+        out: dict[str, Any] = {
+            "model": fp,
+            "expand": expand,
+            "whiten": whiten,
+            **result.as_dict(),
+            "baseline": baseline,
+        }
+        if found is not None:
+            out["copies"] = found.as_dict()
+        if as_json:
+            emit(out)
+            return
+        base = baseline.get("leave-one-out" if queries is None else "held-out", {})
+        print(f"{result.mode} evaluation: {result.queries} queries, {result.queries_per_second:.1f} queries/s")
+        print(f"model: {describe(fp)}; query expansion {expand}, whitening {'on' if whiten else 'off'}")
+        rows = [(m, _fmt(result.overall[m]), _fmt(base.get(m))) for m in METRICS]
+        print(table(["metric", "this run", "handout baseline*"], rows, right=(1, 2)))
+        print()
+        cat_rows = [(c, *(_fmt(v[m]) for m in METRICS)) for c, v in result.per_category.items()]
+        print(table(["category", *METRICS], cat_rows, right=tuple(range(1, len(METRICS) + 1))))
+        if found is not None:
+            print()
+            print(f"copy detection: {found.originals} originals, share of copies whose original ranks first")
+            base_copies = baseline.get("copies", {}).get("rank1", {})
+            rows = [(t, _fmt(v), _fmt(base_copies.get(t))) for t, v in found.rank1.items()]
+            rows.append(("mean", _fmt(found.mean_rank1), _fmt(baseline.get("copies", {}).get("mean_rank1"))))
+            print(table(["transform", "rank-1", "handout baseline*"], rows, right=(1, 2)))
+        print()
+        print("* the handout's recipe (avg pool, centre crop 224, cosine) with this model on examples/library")

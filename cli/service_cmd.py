@@ -1,0 +1,179 @@
+"""``imgsearch worker`` and ``imgsearch serve``: imgsearch as long-running processes.
+
+Registered in cli.main with ``app.command()(worker)`` and ``app.command()(serve)``. An embedded
+store belongs to one process, so with it ``serve --watch DIR`` runs the worker inside the web
+process; with a Chroma server (``--chroma-url``) any number of workers and web servers can share it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.options import (
+    CollectionOpt,
+    DbOpt,
+    DeviceOpt,
+    ModelOpt,
+    UrlOpt,
+    VariantOpt,
+    WeightsOpt,
+    fail,
+    user_errors,
+)
+from cli.output import say
+
+StatusOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--status",
+        envvar="IMGSEARCH_STATUS",
+        metavar="FILE",
+        help="The worker's JSON status file (default: imgsearch-worker-COLLECTION.json in the store folder; "
+        "for a Chroma server, ~/.local/state/imgsearch/worker-HOST_PORT-COLLECTION.json).",
+        show_default=False,
+    ),
+]
+IntervalOpt = Annotated[
+    float, typer.Option("--interval", min=0.1, metavar="SECONDS", help="Seconds between scans of the folders.")
+]
+SettleOpt = Annotated[
+    float,
+    typer.Option(
+        "--settle",
+        min=0.0,
+        metavar="SECONDS",
+        help="Read a file only once its size and mtime have held still this long (files being copied in).",
+    ),
+]
+
+
+def _missing(dirs: list[Path]) -> None:
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        fail(f"no such folder: {', '.join(missing)}")
+
+
+def read_worker_status(location: Any, status: Path | None) -> dict[str, Any] | None:
+    """The worker status for ``stats``: ``--status FILE``, else the default file of ``location``."""
+    from ingest.worker import default_status_path, read_status
+
+    return read_status(status or default_status_path(location))
+
+
+def worker_line(status: dict[str, Any]) -> str:
+    """One human line about a worker's status, for ``stats``."""
+    return (
+        f"worker: {status.get('state')} (pid {status.get('pid')}), last sync {status.get('last_sync') or 'never'}, "
+        f"{status.get('pending')} settling, {status.get('queue')} queued, {status.get('failed')} failed"
+        + (f", error: {status['error']}" if status.get("error") else "")
+    )
+
+
+def worker(
+    dirs: Annotated[list[Path], typer.Argument(metavar="DIR", help="Folders to keep in sync, recursively.")],
+    interval: IntervalOpt = 5.0,
+    settle: SettleOpt = 2.0,
+    status: StatusOpt = None,
+    db: DbOpt = Path("./imgsearch-db"),
+    chroma_url: UrlOpt = None,
+    collection: CollectionOpt = "images",
+    model: ModelOpt = None,
+    variant: VariantOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 16,
+) -> None:
+    """Keep the store in sync with DIRs as files come and go: added, changed, moved and deleted files.
+
+    Scans every --interval seconds; a file is read once its size has held still for --settle seconds.
+    Logs one line per sync on stderr and writes its state to --status FILE (shown by `imgsearch stats`).
+    SIGTERM/SIGINT: the sync under way stores what it has embedded, then the worker exits 0.
+    """
+    with user_errors():
+        _missing(dirs)
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            if not stop.is_set():
+                say(f"{signal.Signals(signum).name}: storing what is embedded, then exiting")
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        from imgsearch.backbones import describe
+        from imgsearch.session import open_embedder
+        from imgsearch.store import Location, Store
+        from ingest.worker import Worker, default_status_path
+
+        location = Location(db=db, url=chroma_url, collection=collection)
+        store = Store(location)
+        embedder = open_embedder(store, model, variant, weights, device)
+        status_path = status or default_status_path(location)
+        say(f"model: {describe(embedder.fingerprint)}; status file: {status_path}")
+        Worker([str(d) for d in dirs], store, embedder, settle, status_path, batch_size=batch_size).run(stop, interval)
+        store.close()
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+    watch: Annotated[
+        list[Path],
+        typer.Option("--watch", metavar="DIR", help="Also run the worker on DIR in this process (repeatable)."),
+    ] = [],  # noqa: B006
+    interval: IntervalOpt = 5.0,
+    settle: SettleOpt = 2.0,
+    status: StatusOpt = None,
+    max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Largest query image accepted (413 above).")] = 20.0,
+    db: DbOpt = Path("./imgsearch-db"),
+    chroma_url: UrlOpt = None,
+    collection: CollectionOpt = "images",
+    model: ModelOpt = None,
+    variant: VariantOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Serve the search page (GET /) and its JSON API with FastAPI + uvicorn.
+
+    API: POST /api/search (multipart `image`, form `k`, `where`, `min_score`; returns the `search --json`
+    object), POST /api/search/by-id/ID, GET /api/images/ID/thumb, GET /api/stats, /healthz, /readyz.
+    With the embedded store no other process may use it, so --watch DIR runs the worker in here;
+    with --chroma-url run `imgsearch worker` separately (any number of web servers and workers).
+    """
+    with user_errors():
+        _missing(watch)
+        try:
+            import uvicorn
+
+            from search.web import create_app
+        except ImportError as err:
+            fail(f"imgsearch serve needs FastAPI and uvicorn: pip install 'imgsearch[serve]' ({err})")
+        from imgsearch.store import Location
+
+        app = create_app(
+            Location(db=db, url=chroma_url, collection=collection),
+            model=model,
+            variant=variant,
+            weights=weights,
+            device=device,
+            watch_dirs=[os.path.abspath(d) for d in watch],
+            interval=interval,
+            settle=settle,
+            status_path=status,
+            max_upload_mb=max_upload_mb,
+            log=say,
+        )
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+        # uvicorn shuts down cleanly on SIGTERM/SIGINT and then re-raises the signal; these no-op
+        # handlers (restored by uvicorn once it is done) turn that into a normal exit 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: None)
+        server.run()
+        if not server.started:
+            fail(f"the web server did not start on {host}:{port} (see the messages above)")

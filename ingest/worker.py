@@ -1,0 +1,227 @@
+"""The watch worker: keep a store in sync with folders that people keep copying photos into.
+
+Each cycle scans the folders (walk + stat, nothing is opened) and runs the incremental ingest only
+when the settled files differ from the last sync: new, changed, moved and deleted files are all
+handled by :func:`ingest.sync.ingest`. A file is read only once its (size, mtime) has held still for
+``settle`` seconds, so a photo still being copied in is never embedded half-written; a file that
+failed is retried only after it changes. Stopping (SIGTERM) is checked between rows: rows already
+embedded are written, nothing is half-written, and the next start finishes the job (ingest is
+idempotent). The worker's state goes to a JSON status file, replaced atomically, that
+``imgsearch stats`` and the web app's ``/api/stats`` read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from imgsearch.backbones import Embedder
+from imgsearch.store import DEFAULT_DB, Location, Store
+from ingest.scan import FileInfo, scan
+from ingest.sync import IngestReport, ingest
+
+State = tuple[int, int]  # (size, mtime_ns): what a scan sees of a file
+STATUS_EVERY = 1.0  # seconds between status-file writes while a sync is running
+MAX_LISTED_FAILURES = 200  # failures written to the status file (the count is always complete)
+
+
+def default_status_path(location: Location) -> Path:
+    """The status file of the worker of ``location``, where worker, serve and stats on this machine
+    all look: in the store folder, or for a server under ``$XDG_STATE_HOME/imgsearch`` (other
+    machines or containers share one with ``--status FILE``)."""
+    if location.url:
+        server = re.sub(r"[^A-Za-z0-9.-]+", "_", location.url.split("://")[-1]).strip("_")
+        state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+        return state / "imgsearch" / f"worker-{server}-{location.collection}.json"
+    return Path(location.db or DEFAULT_DB).expanduser().resolve() / f"imgsearch-worker-{location.collection}.json"
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    """A worker's last written status, or None when there is none (it is replaced atomically)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Worker:
+    """Watches ``roots`` for one store. ``run`` loops until its stop event is set; ``cycle`` is one pass."""
+
+    def __init__(
+        self,
+        roots: Sequence[str],
+        store: Store,
+        embedder: Embedder,
+        settle: float = 2.0,
+        status_path: Path | None = None,
+        log: Callable[[str], None] = _stderr,
+        batch_size: int = 16,
+    ) -> None:
+        self.roots = [os.path.abspath(r) for r in roots]
+        self.store = store
+        self.embedder = embedder
+        self.settle = settle
+        self.status_path = status_path
+        self.log = log
+        self.batch_size = batch_size
+        self._seen: dict[str, tuple[State, float]] = {}  # path -> (state, monotonic time it took that state)
+        self._synced: dict[str, State] | None = None  # the settled files the last finished sync stored
+        self._failed: dict[str, tuple[State, str]] = {}  # path -> (state when it failed, reason)
+        self._last_write = 0.0
+        self._status_error = ""  # the last status-file write error, logged once
+        self.status: dict[str, Any] = {
+            "pid": os.getpid(),
+            "state": "starting",
+            "roots": self.roots,
+            "store": store.location.describe(),
+            "model": embedder.fingerprint.get("model"),
+            "started_at": _now(),
+            "updated_at": _now(),
+            "last_sync": None,
+            "last_report": None,
+            "pending": 0,
+            "queue": 0,
+            "failed": 0,
+            "failures": [],
+            "count": None,
+            "cycles": 0,
+            "error": None,
+        }
+
+    # -- state -------------------------------------------------------------------------------
+    def _write_status(self, **changes: Any) -> None:
+        self.status.update(changes, updated_at=_now())
+        self._last_write = time.monotonic()
+        if self.status_path is None:
+            return
+        try:
+            self.status_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.status_path.with_name(f".{self.status_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.status, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            os.replace(tmp, self.status_path)  # readers never see a half-written file
+        except OSError as err:  # the status is a window on the work, not a reason to stop it
+            if str(err) != self._status_error:
+                self.log(f"{_now()} cannot write the status file: {err}")
+            self._status_error = str(err)
+        else:
+            self._status_error = ""
+
+    def _progress(self, done: int, total: int) -> None:
+        self.status["queue"] = total - done
+        if time.monotonic() - self._last_write >= STATUS_EVERY:
+            self._write_status()
+
+    def _observe(self, files: Sequence[FileInfo]) -> dict[str, State]:
+        """Record each file's (size, mtime) and since when it has held it; returns them by path."""
+        now, wall = time.monotonic(), time.time()
+        seen: dict[str, tuple[State, float]] = {}
+        for f in files:
+            state = (f.size, f.mtime_ns)
+            old = self._seen.get(f.path)
+            if old is not None and old[0] == state:
+                since = old[1]
+            elif old is None and wall - f.mtime_ns / 1e9 >= self.settle:
+                since = now - self.settle  # first seen and untouched for a while (a move, or at start-up)
+            else:
+                since = now  # new and fresh, or changed since the last scan: still being written?
+            seen[f.path] = (state, since)
+        self._seen = seen
+        return {path: state for path, (state, _) in seen.items()}
+
+    def _settled(self, path: str, state: State, now: float) -> bool:
+        failed = self._failed.get(path)
+        return now - self._seen[path][1] >= self.settle and (failed is None or failed[0] != state)
+
+    # -- work --------------------------------------------------------------------------------
+    def cycle(self, stop: threading.Event | None = None) -> IngestReport | None:
+        """One scan, and an ingest when the settled files differ from the last sync. None: nothing to do."""
+        self.status["error"] = None
+        missing = [r for r in self.roots if not os.path.exists(r)]
+        if missing:  # an unmounted folder must not read as "every file deleted"
+            self.log(f"{_now()} not syncing: {', '.join(missing)} is missing (unmounted?); nothing pruned")
+            self._write_status(state="idle", cycles=self.status["cycles"] + 1)
+            return None
+        snapshot = self._observe(scan(self.roots).files)
+        now = time.monotonic()
+        ready = {path: state for path, state in snapshot.items() if self._settled(path, state, now)}
+        known_failed = sum(1 for p, (state, _) in self._failed.items() if snapshot.get(p) == state)
+        pending = len(snapshot) - len(ready) - known_failed
+        cycles = self.status["cycles"] + 1
+        if ready == self._synced:
+            self._write_status(state="idle", pending=pending, queue=0, cycles=cycles)
+            return None
+
+        prune = self._synced is None or any(p not in snapshot for p in self._synced)
+        self._write_status(state="syncing", pending=pending, cycles=cycles)
+        report = ingest(
+            self.roots,
+            self.store,
+            self.embedder,
+            prune=prune,
+            batch_size=self.batch_size,
+            progress=self._progress,
+            ready=lambda f: ready.get(f.path) == (f.size, f.mtime_ns),
+            should_stop=stop.is_set if stop is not None else None,
+        )
+        stopped = stop is not None and stop.is_set()
+        new_failures = {f.path: f.reason for f in report.failures}
+        for path, reason in new_failures.items():
+            if self._failed.get(path, (None, ""))[1] != reason:
+                self.log(f"{_now()} failed: {path}: {reason}")
+        self._failed = {  # a failure is kept until its file changes or goes
+            p: (snapshot.get(p, (-1, -1)), r) for p, r in new_failures.items()
+        } | {p: v for p, v in self._failed.items() if p not in new_failures and snapshot.get(p) == v[0]}
+        if not stopped:
+            self._synced = {p: s for p, s in ready.items() if p not in self._failed}
+        count = self.store.count()
+        summary = report.as_dict()
+        tail = "stopped: the rest is left for the next run" if stopped else f"store holds {count}"
+        self.log(
+            f"{_now()} sync: added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
+            f"moved {report.moved}, pruned {report.pruned}, failed {report.failed} | {report.embedded} embedded "
+            f"in {report.seconds:.1f} s; {pending} waiting to settle; {tail}"
+        )
+        failures = [{"path": p, "reason": r} for p, (_, r) in sorted(self._failed.items())]
+        self._write_status(
+            state="stopping" if stopped else "idle",
+            last_sync=_now(),
+            last_report={k: v for k, v in summary.items() if k != "failures"},
+            pending=pending,
+            queue=0,
+            failed=len(failures),
+            failures=failures[:MAX_LISTED_FAILURES],
+            count=count,
+        )
+        return report
+
+    def run(self, stop: threading.Event, interval: float = 5.0) -> None:
+        """Sync every ``interval`` seconds until ``stop`` is set; a sync under way finishes its current row."""
+        self.log(
+            f"{_now()} watching {', '.join(self.roots)} every {interval:g} s (files settle for {self.settle:g} s) "
+            f"into {self.store.location.describe()}"
+        )
+        while not stop.is_set():
+            try:
+                self.cycle(stop)
+            except Exception as err:  # a server restart or a full disk must not end a long-running worker
+                self.log(f"{_now()} sync failed ({type(err).__name__}: {err}); retrying in {interval:g} s")
+                self._write_status(state="error", error=f"{type(err).__name__}: {err}")
+            stop.wait(interval)
+        self._write_status(state="stopped", queue=0)
+        self.log(f"{_now()} stopped")

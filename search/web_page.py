@@ -1,0 +1,234 @@
+"""The one page `imgsearch serve` shows at ``/``: self-contained (no CDN; the service may run offline).
+
+It talks only to the JSON API of :mod:`search.web`: ``/api/stats`` for the store's facts and
+categories, ``/api/search`` for an uploaded query, ``/api/search/by-id/{id}`` for "more like this",
+and ``/api/images/{id}/thumb`` for every picture. Results are built with ``textContent``, never
+``innerHTML``, so a file name cannot inject markup. Each result card carries ``data-rank``,
+``data-score``, ``data-id`` and ``data-category`` for tests and scripts.
+"""
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>imgsearch</title>
+<style>
+:root{--ink:#1d2330;--muted:#5b6475;--line:#dfe3ea;--bg:#f4f6f9;--accent:#2f6fdf;--high:#1a8f4c;--mid:#c98a0b;
+--low:#8a93a3;--bad:#c0392b}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--ink);font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,
+"Helvetica Neue",Arial,sans-serif}
+header{background:#fff;border-bottom:1px solid var(--line);padding:16px 28px}
+h1{margin:0 0 2px;font-size:22px}
+.lede{margin:0 0 8px;color:var(--muted)}
+.facts{display:flex;flex-wrap:wrap;gap:4px 22px;color:var(--muted);font-size:13px}
+.facts b{color:var(--ink);font-weight:600}
+main{padding:16px 28px 28px}
+.panel{display:flex;flex-wrap:wrap;gap:18px;align-items:stretch;background:#fff;border:1px solid var(--line);
+border-radius:12px;padding:14px 16px}
+#drop{flex:1 1 320px;min-height:92px;display:flex;align-items:center;justify-content:center;text-align:center;
+border:2px dashed #b7c3d6;border-radius:10px;color:var(--muted);cursor:pointer;padding:10px}
+#drop.over{border-color:var(--accent);background:#eef4ff;color:var(--ink)}
+#drop b{color:var(--accent)}
+.controls{display:flex;flex-wrap:wrap;gap:14px 20px;align-items:center}
+.controls label{display:flex;flex-direction:column;gap:4px;font-size:12px;font-weight:600;color:var(--muted)}
+.controls input,.controls select{font:inherit;padding:5px 8px;border:1px solid var(--line);border-radius:6px;
+background:#fff;color:var(--ink)}
+#k{width:76px}
+#category{min-width:180px}
+#minscore{width:150px;padding:0}
+.status{margin:14px 0 0;color:var(--muted);min-height:20px}
+.error{margin:14px 0 0;padding:8px 12px;border-left:4px solid var(--bad);background:#fdecea;border-radius:4px}
+.row{display:flex;gap:18px;align-items:flex-start;margin-top:12px}
+.card{width:184px;flex:none;padding:10px;border:1px solid var(--line);border-radius:10px;background:#fff}
+.thumb{width:162px;height:162px;display:flex;align-items:center;justify-content:center;background:#f7f8fa;
+border-radius:6px;overflow:hidden}
+.thumb img{max-width:160px;max-height:160px;object-fit:contain}
+.querycard{border:3px solid var(--accent);background:#eef4ff;padding:8px}
+.querycard .thumb{background:#fff}
+.badge{display:inline-block;margin-top:8px;padding:1px 8px;border-radius:4px;background:var(--accent);color:#fff;
+font-size:12px;font-weight:700;letter-spacing:.06em}
+.arrow{margin-top:64px;color:var(--muted);font-size:26px}
+ol.hits{list-style:none;margin:0;padding:0;display:flex;flex-wrap:wrap;gap:12px}
+li.hit{cursor:pointer;transition:box-shadow .1s}
+li.hit:hover{box-shadow:0 0 0 2px var(--accent)}
+.top{display:flex;justify-content:space-between;align-items:baseline;margin-top:8px}
+.rank{font-weight:700;font-size:15px}
+.chip{display:inline-block;min-width:52px;padding:1px 8px;border-radius:10px;color:#fff;font-weight:600;
+text-align:center;font-variant-numeric:tabular-nums}
+.high .chip{background:var(--high)}.mid .chip{background:var(--mid)}.low .chip{background:var(--low)}
+.bar{height:5px;background:var(--line);border-radius:3px;margin:6px 0 4px;overflow:hidden}
+.bar span{display:block;height:100%}
+.high .bar span{background:var(--high)}.mid .bar span{background:var(--mid)}.low .bar span{background:var(--low)}
+.cat,.name,.more{font-size:12px;color:var(--muted);white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.cat{color:var(--ink)}
+.lbl{color:var(--muted);font-size:11px;font-weight:400}
+.name{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+.more{color:var(--accent);margin-top:2px}
+.empty{color:var(--muted);padding:30px 0;text-align:center}
+footer{padding:0 28px 24px;color:var(--muted);font-size:12px}
+</style>
+</head>
+<body>
+<header>
+<h1>imgsearch</h1>
+<p class="lede">Search the library by image: drop a picture and see the most similar stored images, best first.
+Score = cosine similarity of the CNN features (1 = the same picture). Click a result for more like it.</p>
+<div class="facts"><span>store <b id="store">…</b></span><span>images <b id="count">…</b></span>
+<span>model <b id="model">…</b></span><span>worker <b id="worker">…</b></span></div>
+</header>
+<main>
+<div class="panel">
+<div id="drop" tabindex="0" role="button"><div><b>Drop an image here</b> or click to choose one<br>
+<span class="lbl">it is only used for this search, never stored</span></div></div>
+<input id="file" type="file" accept="image/*" hidden>
+<div class="controls">
+<label>results (k)<input id="k" type="number" min="1" max="100" value="10"></label>
+<label>category<select id="category"><option value="">all categories</option></select></label>
+<label><span>minimum score: <span id="minscore-value">none</span></span>
+<input id="minscore" type="range" min="0" max="1" step="0.05" value="0"></label>
+</div>
+</div>
+<div id="error" class="error" hidden></div>
+<p id="status" class="status"></p>
+<div id="results"><p class="empty">No query yet: drop an image above.</p></div>
+</main>
+<footer>Scores: <span style="color:var(--high)">■</span> ≥ 0.8 very similar · <span style="color:var(--mid)">■</span>
+≥ 0.5 related · <span style="color:var(--low)">■</span> below 0.5 weak. Ranked by the store's cosine index.</footer>
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+let query = null;  // {file, url, name} for an upload, or {id, name} for "more like this"
+let shownCategories = "";  // the category list in the select, so a refresh only rebuilds it on a change
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+function baseName(path) { return String(path).split("/").pop(); }
+function band(score) { return score >= 0.8 ? "high" : score >= 0.5 ? "mid" : "low"; }
+function showError(message) { $("error").textContent = message; $("error").hidden = !message; }
+
+async function loadStats() {
+  const res = await fetch("/api/stats");
+  if (!res.ok) { $("store").textContent = "not ready (" + res.status + ")"; return; }
+  const s = await res.json();
+  $("store").textContent = s.store;
+  $("count").textContent = s.count;
+  $("model").textContent = s.model ? s.model.model + " (" + s.model.dim + "-d)" : "none";
+  const w = s.worker;
+  $("worker").textContent = !w ? "no status file" : w.state + (w.last_sync ? ", last sync " +
+    new Date(w.last_sync).toLocaleTimeString() : "") + ", " + w.pending + " settling, " + w.queue +
+    " queued, " + w.failed + " failed";
+  const key = JSON.stringify(s.categories);
+  if (key === shownCategories) return;
+  shownCategories = key;
+  const select = $("category"), chosen = select.value;
+  select.replaceChildren(new Option("all categories", ""));
+  for (const [name, n] of Object.entries(s.categories)) select.add(new Option(name + " (" + n + ")", name));
+  select.value = chosen;
+}
+
+function thumb(src, alt) {
+  const box = el("div", "thumb"), img = el("img");
+  img.src = src; img.alt = alt;
+  box.append(img);
+  return box;
+}
+
+function filtersText() {
+  const parts = [];
+  if ($("category").value) parts.push("category " + $("category").value);
+  if (Number($("minscore").value) > 0) parts.push("score ≥ " + $("minscore").value);
+  return parts.length ? " (" + parts.join(", ") + ")" : "";
+}
+
+function render(data, seconds, filters) {
+  const out = $("results");
+  out.replaceChildren();
+  const row = el("div", "row");
+  const qcard = el("div", "card querycard");
+  qcard.append(thumb(query.url || "/api/images/" + query.id + "/thumb", query.name));
+  qcard.append(el("span", "badge", query.id ? "MORE LIKE" : "QUERY"));
+  qcard.append(el("div", "name", query.name));
+  row.append(qcard, el("div", "arrow", "→"));
+  const list = el("ol", "hits");
+  for (const hit of data.results) {
+    const card = el("li", "card hit " + band(hit.score));
+    Object.assign(card.dataset, {rank: hit.rank, score: hit.score, id: hit.id, category: hit.category});
+    card.title = hit.path + "\\nclick: more like this";
+    card.append(thumb("/api/images/" + hit.id + "/thumb", baseName(hit.path)));
+    const top = el("div", "top");
+    const score = el("span");
+    score.append(el("span", "lbl", "score "), el("span", "chip", hit.score.toFixed(4)));
+    top.append(el("span", "rank", "#" + hit.rank), score);
+    const bar = el("div", "bar"), fill = el("span");
+    fill.style.width = (Math.max(0, Math.min(1, hit.score)) * 100).toFixed(1) + "%";
+    bar.append(fill);
+    const cat = el("div", "cat");
+    cat.append(el("span", "lbl", "category "), document.createTextNode(hit.category || "(none)"));
+    card.append(top, bar, cat, el("div", "name", baseName(hit.path)), el("div", "more", "more like this"));
+    card.addEventListener("click", () => { query = {id: hit.id, name: baseName(hit.path)}; search(); });
+    list.append(card);
+  }
+  row.append(list);
+  out.append(row);
+  if (!data.results.length) list.append(el("li", "empty", "No stored image passes the filters."));
+  $("status").textContent = data.results.length + " of " + data.k + " results for " + query.name + filters +
+    " in " + seconds.toFixed(2) + " s, model " + data.model;
+}
+
+async function search() {
+  if (!query) return;
+  const form = new FormData();
+  form.append("k", $("k").value || "10");
+  if ($("category").value) form.append("where", "category=" + $("category").value);
+  if (Number($("minscore").value) > 0) form.append("min_score", $("minscore").value);
+  let url = "/api/search";
+  if (query.id) url = "/api/search/by-id/" + encodeURIComponent(query.id);
+  else form.append("image", query.file, query.name);
+  $("status").textContent = "searching…";
+  showError("");
+  const started = performance.now(), filters = filtersText();
+  try {
+    const res = await fetch(url, {method: "POST", body: form});
+    const data = await res.json().catch(() => ({detail: res.statusText}));
+    if (!res.ok) {
+      const detail = Array.isArray(data.detail) ? data.detail.map((d) => d.msg).join("; ") : data.detail;
+      throw new Error(detail || "HTTP " + res.status);
+    }
+    render(data, (performance.now() - started) / 1000, filters);
+    window.scrollTo({top: 0});
+  } catch (err) {
+    $("status").textContent = "";
+    showError("Search failed: " + err.message);
+  }
+}
+
+function useFile(file) {
+  if (!file) return;
+  if (query && query.url) URL.revokeObjectURL(query.url);
+  query = {file: file, url: URL.createObjectURL(file), name: file.name || "pasted image"};
+  search();
+}
+
+const drop = $("drop");
+drop.addEventListener("click", () => $("file").click());
+drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("file").click(); });
+$("file").addEventListener("change", (e) => { useFile(e.target.files[0]); e.target.value = ""; });
+for (const ev of ["dragenter", "dragover"]) drop.addEventListener(ev, (e) => { e.preventDefault();
+  drop.classList.add("over"); });
+for (const ev of ["dragleave", "drop"]) drop.addEventListener(ev, () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => { e.preventDefault(); useFile(e.dataTransfer.files[0]); });
+$("minscore").addEventListener("input", () => {
+  $("minscore-value").textContent = Number($("minscore").value) > 0 ? "≥ " + $("minscore").value : "none"; });
+for (const id of ["k", "category", "minscore"]) $(id).addEventListener("change", search);
+loadStats().catch(() => {});
+setInterval(() => loadStats().catch(() => {}), 5000);
+</script>
+</body>
+</html>
+"""
