@@ -23,6 +23,9 @@ def bench_index(
         100_000
     ),
     queries: Annotated[int, typer.Option(min=1, help="Queries per set (perturbed, not in the set).")] = 200,
+    lsh: Annotated[
+        str, typer.Option(help="LSH settings to try, BITSxTABLES, comma-separated.")
+    ] = "16x8,12x8,10x16,8x16",
     out: Annotated[Path | None, typer.Option(help="Write the table here (Markdown; JSON beside it).")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the recall-vs-latency plot here (PNG).")] = None,
     as_json: JsonOpt = False,
@@ -39,6 +42,12 @@ def bench_index(
         from search.index_bench import bench, markdown, perturbed
         from search.index_bench import plot as draw
 
+        try:
+            configs = [
+                (int(b), int(t)) for b, t in (part.lower().split("x") for part in lsh.split(",") if part.strip())
+            ]
+        except ValueError:
+            fail(f"--lsh {lsh!r}: expected BITSxTABLES pairs such as 12x8,8x16")
         store = Store(Location(db=db, url=chroma_url, collection=collection))
         ids = [i for i, _ in store.scan()]
         if len(ids) < 20:
@@ -48,10 +57,11 @@ def bench_index(
         real = np.stack([stored[i]["_embedding"] for i in ids]).astype(np.float32)
         rng = np.random.default_rng(0)
         picks = rng.choice(len(real), size=min(queries, len(real)), replace=False)
-        rows = bench("stored", real, perturbed(real[picks], len(picks), seed=1), log=say)
+        rows = bench("stored", real, perturbed(real[picks], len(picks), seed=1), lsh=configs, log=say)
         for n in (int(s) for s in sizes.split(",") if s.strip()):
             base = perturbed(real, n, seed=2)
-            rows += bench(f"{n // 1000}k", base, perturbed(real, queries, seed=3), hnsw=n <= hnsw_max, log=say)
+            queries_n = perturbed(real, queries, seed=3)
+            rows += bench(f"{n // 1000}k", base, queries_n, hnsw=n <= hnsw_max, lsh=configs, log=say)
             del base
         table = markdown(rows)
         if out is not None:

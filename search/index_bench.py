@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,12 @@ def _chroma(
 
 
 def bench(
-    name: str, base: np.ndarray, queries: np.ndarray, hnsw: bool = True, log: Callable[[str], None] = print
+    name: str,
+    base: np.ndarray,
+    queries: np.ndarray,
+    hnsw: bool = True,
+    lsh: Sequence[tuple[int, int]] = LSH_CONFIGS,
+    log: Callable[[str], None] = print,
 ) -> list[Row]:
     """Every method on one dataset; recall@10 against exact search."""
     rows = []
@@ -122,7 +127,7 @@ def bench(
             found, ms, build, size = _chroma(base, queries, config)
             rows.append(Row(name, len(base), method, _recall(found, truth), ms, build, size))
             log(f"{name}: {method} recall {rows[-1].recall_at_10:.3f}, {ms:.2f} ms/query, build {build:.0f} s")
-    for bits, tables in LSH_CONFIGS:
+    for bits, tables in lsh:
         started = time.perf_counter()
         index = HyperplaneLSH(bits, tables).build(base)
         build = time.perf_counter() - started

@@ -54,7 +54,19 @@ def test_lsh_finds_true_neighbours_and_trades_recall_for_candidates(small_store:
 def test_bench_index_command(small_store: Path, tmp_path: Path) -> None:
     out, plot = tmp_path / "bench.md", tmp_path / "bench.png"
     (res,) = run_json(
-        "bench-index", "--db", small_store, "--sizes", "3000", "--queries", "20", "--out", out, "--plot", plot
+        "bench-index",
+        "--db",
+        small_store,
+        "--sizes",
+        "3000",
+        "--queries",
+        "20",
+        "--lsh",
+        "12x8,6x16",
+        "--out",
+        out,
+        "--plot",
+        plot,
     )
     rows = res["rows"]
     assert {r["dataset"] for r in rows} == {"stored", "3k"}
@@ -62,7 +74,10 @@ def test_bench_index_command(small_store: Path, tmp_path: Path) -> None:
     assert exact and all(r["recall_at_10"] == 1.0 for r in exact)
     hnsw = [r for r in rows if r["method"].startswith("hnsw")]
     assert len(hnsw) == 4 and all(r["recall_at_10"] >= 0.9 for r in hnsw)
-    assert sum(r["method"].startswith("LSH") for r in rows) >= 6
+    assert sorted({r["method"] for r in rows if r["method"].startswith("LSH")}) == [
+        "LSH 12 bits x 8 tables",
+        "LSH 6 bits x 16 tables",
+    ]
     assert "| 3k (3,000) | exact" in out.read_text() and out.with_suffix(".json").exists()
     with Image.open(plot) as img:
         assert img.format == "PNG" and img.width > 800
