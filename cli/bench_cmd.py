@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated
@@ -48,6 +49,8 @@ def bench_index(
             ]
         except ValueError:
             fail(f"--lsh {lsh!r}: expected BITSxTABLES pairs such as 12x8,8x16")
+        if plot is not None and importlib.util.find_spec("matplotlib") is None:
+            fail("--plot needs matplotlib: pip install 'imgsearch[bench]'")
         store = Store(Location(db=db, url=chroma_url, collection=collection))
         ids = [i for i, _ in store.scan()]
         if len(ids) < 20:

@@ -152,7 +152,10 @@ def markdown(rows: list[Row]) -> str:
 
 
 def plot(rows: list[Row], out: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install 'imgsearch[bench]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
