@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from imgsearch.backbones import describe, describe_feature
 from imgsearch.decode import ImageError, load_image
+from search.style import CARDS_CSS, HIGH, MID
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -37,8 +38,6 @@ SHEET_GAP = 12
 SHEET_TITLE = 52
 SHEET_FONT = 14
 SHEET_LINE = 18
-# rough score bands for the colour of a score (see the legend in the report header)
-HIGH, MID = 0.8, 0.5
 
 
 def _text(value: object) -> str:
@@ -94,12 +93,9 @@ def _shortfall(found: int, k: int, where: Sequence[str], min_score: float | None
     return f"{head}: {why}."
 
 
-_CSS = """
-:root{--ink:#1d2330;--muted:#5b6475;--line:#dfe3ea;--bg:#f4f6f9;--accent:#2f6fdf;--high:#1a8f4c;--mid:#c98a0b;
---low:#8a93a3}
-*{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--ink);font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,
-"Helvetica Neue",Arial,sans-serif}
+_CSS = (
+    CARDS_CSS
+    + """
 header{background:#fff;border-bottom:1px solid var(--line);padding:20px 28px}
 h1{margin:0 0 4px;font-size:22px}
 .lede{margin:0 0 14px;color:var(--muted)}
@@ -109,8 +105,6 @@ h1{margin:0 0 4px;font-size:22px}
 .legend{display:flex;flex-wrap:wrap;gap:8px 18px;align-items:center;padding:10px 12px;background:var(--bg);
 border-radius:8px;color:var(--muted);font-size:13px}
 .legend b{color:var(--ink)}
-.chip{display:inline-block;min-width:52px;padding:1px 8px;border-radius:10px;color:#fff;font-weight:600;
-text-align:center;font-variant-numeric:tabular-nums}
 .chip.high{background:var(--high)}.chip.mid{background:var(--mid)}.chip.low{background:var(--low)}
 main{padding:8px 28px 28px}
 section.query{background:#fff;border:1px solid var(--line);border-radius:12px;padding:14px 16px 16px;margin:18px 0;
@@ -119,28 +113,10 @@ section.query h2{margin:0 0 10px;font-size:16px;font-weight:600}
 section.query h2 .count{color:var(--muted);font-weight:400}
 .note{margin:0 0 10px;padding:6px 10px;border-left:4px solid var(--mid);background:#fff7e6;border-radius:4px}
 .row{display:flex;gap:18px;align-items:flex-start}
-.card{width:184px;flex:none;padding:10px;border:1px solid var(--line);border-radius:10px;background:#fff}
-.thumb{width:162px;height:162px;display:flex;align-items:center;justify-content:center;background:#f7f8fa;
-border-radius:6px;overflow:hidden}
-.thumb img{max-width:160px;max-height:160px;object-fit:contain}
 .missing{color:var(--muted);font-size:12px;text-align:center;padding:8px}
-.querycard{border:3px solid var(--accent);background:#eef4ff;padding:8px}
-.querycard .thumb{background:#fff}
-.badge{display:inline-block;margin-top:8px;padding:1px 8px;border-radius:4px;background:var(--accent);color:#fff;
-font-size:12px;font-weight:700;letter-spacing:.06em}
-.arrow{margin-top:64px;color:var(--muted);font-size:26px}
-ol.hits{list-style:none;margin:0;padding:0;display:flex;flex-wrap:wrap;gap:12px}
-.top{display:flex;justify-content:space-between;align-items:baseline;margin-top:8px}
-.rank{font-weight:700;font-size:15px}
-.bar{height:5px;background:var(--line);border-radius:3px;margin:6px 0 4px;overflow:hidden}
-.bar span{display:block;height:100%}
-.high .bar span{background:var(--high)}.mid .bar span{background:var(--mid)}.low .bar span{background:var(--low)}
-.sub,.cat,.name{font-size:12px;color:var(--muted);white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.cat{color:var(--ink)}
-.lbl{color:var(--muted);font-size:11px;font-weight:400}
-.name{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-footer{padding:0 28px 24px;color:var(--muted);font-size:12px}
+.sub{font-size:12px;color:var(--muted);white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 """
+)
 
 
 def _thumb_html(uri: str | None, alt: str) -> str:
@@ -221,8 +197,8 @@ def render_html(
         f'<span><span class="chip high">≥ {HIGH:.2f}</span> the same picture or a close copy</span>'
         f'<span><span class="chip mid">{MID:.2f}–{HIGH:.2f}</span> often the same kind of subject</span>'
         f'<span><span class="chip low">&lt; {MID:.2f}</span> weak: the nearest there is, may be unrelated</span>'
-        "<span>The features are never negative, so even unrelated images score about 0.2–0.4, not 0. "
-        "Compare scores within one model only.</span>"
+        "<span>The features are never negative, so even unrelated images score about 0.5–0.7, not 0. "
+        "Compare scores within one model and one collection only.</span>"
     )
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'

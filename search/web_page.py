@@ -7,19 +7,20 @@ and ``/api/images/{id}/thumb`` for every picture. Results are built with ``textC
 ``data-score``, ``data-id`` and ``data-category`` for tests and scripts.
 """
 
-PAGE = """<!doctype html>
+from search.style import CARDS_CSS, HIGH, MID
+
+PAGE = (
+    (
+        """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>imgsearch</title>
 <style>
-:root{--ink:#1d2330;--muted:#5b6475;--line:#dfe3ea;--bg:#f4f6f9;--accent:#2f6fdf;--high:#1a8f4c;--mid:#c98a0b;
---low:#8a93a3;--bad:#c0392b}
-*{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--ink);font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,
-"Helvetica Neue",Arial,sans-serif}
-header{background:#fff;border-bottom:1px solid var(--line);padding:16px 28px}
+"""
+        + CARDS_CSS
+        + """header{background:#fff;border-bottom:1px solid var(--line);padding:16px 28px}
 h1{margin:0 0 2px;font-size:22px}
 .lede{margin:0 0 8px;color:var(--muted)}
 .facts{display:flex;flex-wrap:wrap;gap:4px 22px;color:var(--muted);font-size:13px}
@@ -41,33 +42,11 @@ background:#fff;color:var(--ink)}
 .status{margin:14px 0 0;color:var(--muted);min-height:20px}
 .error{margin:14px 0 0;padding:8px 12px;border-left:4px solid var(--bad);background:#fdecea;border-radius:4px}
 .row{display:flex;gap:18px;align-items:flex-start;margin-top:12px}
-.card{width:184px;flex:none;padding:10px;border:1px solid var(--line);border-radius:10px;background:#fff}
-.thumb{width:162px;height:162px;display:flex;align-items:center;justify-content:center;background:#f7f8fa;
-border-radius:6px;overflow:hidden}
-.thumb img{max-width:160px;max-height:160px;object-fit:contain}
-.querycard{border:3px solid var(--accent);background:#eef4ff;padding:8px}
-.querycard .thumb{background:#fff}
-.badge{display:inline-block;margin-top:8px;padding:1px 8px;border-radius:4px;background:var(--accent);color:#fff;
-font-size:12px;font-weight:700;letter-spacing:.06em}
-.arrow{margin-top:64px;color:var(--muted);font-size:26px}
-ol.hits{list-style:none;margin:0;padding:0;display:flex;flex-wrap:wrap;gap:12px}
 li.hit{cursor:pointer;transition:box-shadow .1s}
 li.hit:hover{box-shadow:0 0 0 2px var(--accent)}
-.top{display:flex;justify-content:space-between;align-items:baseline;margin-top:8px}
-.rank{font-weight:700;font-size:15px}
-.chip{display:inline-block;min-width:52px;padding:1px 8px;border-radius:10px;color:#fff;font-weight:600;
-text-align:center;font-variant-numeric:tabular-nums}
 .high .chip{background:var(--high)}.mid .chip{background:var(--mid)}.low .chip{background:var(--low)}
-.bar{height:5px;background:var(--line);border-radius:3px;margin:6px 0 4px;overflow:hidden}
-.bar span{display:block;height:100%}
-.high .bar span{background:var(--high)}.mid .bar span{background:var(--mid)}.low .bar span{background:var(--low)}
-.cat,.name,.more{font-size:12px;color:var(--muted);white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.cat{color:var(--ink)}
-.lbl{color:var(--muted);font-size:11px;font-weight:400}
-.name{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-.more{color:var(--accent);margin-top:2px}
+.more{font-size:12px;color:var(--accent);margin-top:2px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .empty{color:var(--muted);padding:30px 0;text-align:center}
-footer{padding:0 28px 24px;color:var(--muted);font-size:12px}
 </style>
 </head>
 <body>
@@ -94,8 +73,9 @@ Score = cosine similarity of the CNN features (1 = the same picture). Click a re
 <p id="status" class="status"></p>
 <div id="results"><p class="empty">No query yet: drop an image above.</p></div>
 </main>
-<footer>Scores: <span style="color:var(--high)">■</span> ≥ 0.8 very similar · <span style="color:var(--mid)">■</span>
-≥ 0.5 related · <span style="color:var(--low)">■</span> below 0.5 weak. Ranked by the store's cosine index.</footer>
+<footer>Scores: <span style="color:var(--high)">■</span> ≥ __HIGH__ the same picture or a close copy ·
+<span style="color:var(--mid)">■</span> ≥ __MID__ often the same kind of subject ·
+<span style="color:var(--low)">■</span> below __MID__ weak. Ranked by the store's cosine index.</footer>
 <script>
 "use strict";
 const $ = (id) => document.getElementById(id);
@@ -109,7 +89,7 @@ function el(tag, cls, text) {
   return node;
 }
 function baseName(path) { return String(path).split("/").pop(); }
-function band(score) { return score >= 0.8 ? "high" : score >= 0.5 ? "mid" : "low"; }
+function band(score) { return score >= __HIGH__ ? "high" : score >= __MID__ ? "mid" : "low"; }
 function showError(message) { $("error").textContent = message; $("error").hidden = !message; }
 
 async function loadStats() {
@@ -232,3 +212,7 @@ setInterval(() => loadStats().catch(() => {}), 5000);
 </body>
 </html>
 """
+    )
+    .replace("__HIGH__", f"{HIGH:.2f}")
+    .replace("__MID__", f"{MID:.2f}")
+)
