@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.options import (
+    BackendOpt,
     CollectionOpt,
     CropOpt,
     DeviceOpt,
@@ -61,7 +62,8 @@ def evaluate(
     model: ModelOpt = None,
     variant: VariantOpt = None,
     weights: WeightsOpt = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
+    backend: BackendOpt = None,
     pooling: PoolingOpt = None,
     crop: CropOpt = None,
     scales: ScalesOpt = None,
@@ -78,14 +80,15 @@ def evaluate(
             fail(f"no such folder: {library}")
         if queries is not None and not queries.is_dir():
             fail(f"--queries {queries}: no such folder")
-        from imgsearch.session import open_embedder
+        from imgsearch.session import ModelChoice, open_embedder
         from imgsearch.store import Location, Store
         from ingest.sync import ingest
         from search.evaluate import METRICS, copy_detection, evaluate, held_out_queries
 
         with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as tmp:
             store = Store(Location(db=db or Path(tmp) / "db", url=chroma_url, collection=collection))
-            embedder = open_embedder(store, model, variant, weights, device, pooling, crop, parse_scales(scales))
+            choice = ModelChoice(model, variant, weights, device, backend, pooling, crop, parse_scales(scales))
+            embedder = open_embedder(store, choice)
             fp = embedder.fingerprint
             with progress_bar("ingesting", enabled=not as_json) as tick:
                 report = ingest([str(library)], store, embedder, progress=tick)

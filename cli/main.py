@@ -19,6 +19,7 @@ import typer
 from cli.bench_cmd import bench_index
 from cli.eval_cmd import evaluate
 from cli.options import (
+    BackendOpt,
     CollectionOpt,
     CropOpt,
     DbOpt,
@@ -81,7 +82,8 @@ def ingest(
     model: ModelOpt = None,
     variant: VariantOpt = None,
     weights: WeightsOpt = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
+    backend: BackendOpt = None,
     pooling: PoolingOpt = None,
     crop: CropOpt = None,
     scales: ScalesOpt = None,
@@ -103,14 +105,15 @@ def ingest(
         missing = [str(d) for d in dirs if not os.path.exists(d)]
         if missing:
             fail(f"no such folder: {', '.join(missing)}")
-        from imgsearch.session import open_embedder
+        from imgsearch.session import ModelChoice, open_embedder
         from ingest.sync import check_tags
         from ingest.sync import ingest as run_ingest
 
         tags = _parse_tags(tag)
         check_tags(tags)
         store = _store(db, chroma_url, collection)
-        embedder = open_embedder(store, model, variant, weights, device, pooling, crop, parse_scales(scales))
+        choice = ModelChoice(model, variant, weights, device, backend, pooling, crop, parse_scales(scales))
+        embedder = open_embedder(store, choice)
         say(f"model: {describe(embedder.fingerprint)}; store: {store.location.describe()}")
         with progress_bar("embedding", enabled=not as_json) as tick:
             report = run_ingest(
@@ -155,7 +158,8 @@ def search(
     model: ModelOpt = None,
     variant: VariantOpt = None,
     weights: WeightsOpt = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
+    backend: BackendOpt = None,
     as_json: JsonOpt = False,
     open_report: Annotated[
         bool, typer.Option("--open", help="Also write an HTML report (thumbnails, ranks, scores) to a temp file.")
@@ -167,11 +171,13 @@ def search(
     With --json: one object per query per line on stdout.
     """
     with user_errors(), json_stdout(as_json) as emit:
+        from imgsearch.session import ModelChoice
         from imgsearch.store import Location
         from search.query import ranking_text
 
         location = Location(db=db, url=chroma_url, collection=collection)
-        found = run_queries(queries, k, where, min_score, location, model, variant, weights, device, expand)
+        choice = ModelChoice(model, variant, weights, device, backend)
+        found = run_queries(queries, k, where, min_score, location, choice, expand)
         for q, hits in zip(queries, found.results, strict=True):
             if as_json:
                 results = [h.as_dict() for h in hits]

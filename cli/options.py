@@ -13,6 +13,7 @@ import typer
 from cli.output import say
 
 if TYPE_CHECKING:
+    from imgsearch.session import ModelChoice
     from imgsearch.store import Location
     from search.query import Hit
 
@@ -51,7 +52,22 @@ WeightsOpt = Annotated[
     Path | None,
     typer.Option("--weights", envvar="IMGSEARCH_WEIGHTS", help="Local checkpoint (state dict) for the model."),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, or cuda when a GPU is present.")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="auto: cuda (fp16 autocast) when torch sees a GPU and --backend is torch, else cpu; or cpu, cuda.",
+    ),
+]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="How the model runs: auto (torch on a GPU, else onnx), torch (eager fp32), onnx (ONNX Runtime fp32, "
+        "same vectors), int8 (ONNX Runtime, quantised: fastest, cosine >= 0.98). Default: int8 if the collection "
+        "was built with it, else auto.",
+    ),
+]
 TopKOpt = Annotated[int, typer.Option("-k", "--top", min=1, help="How many results per query.")]
 WhereOpt = Annotated[
     list[str],
@@ -114,10 +130,7 @@ def run_queries(
     where: Sequence[str],
     min_score: float | None,
     location: Location,
-    model: str | None,
-    variant: str | None,
-    weights: Path | None,
-    device: str,
+    choice: ModelChoice,
     expand: int = 0,
 ) -> Searched:
     """The search shared by ``search`` and ``report``: every input checked before the slow model load."""
@@ -139,7 +152,7 @@ def run_queries(
     try:
         if store.count() == 0:
             fail(f"{location.describe()} is empty: run `imgsearch ingest DIR` first")
-        embedder = open_embedder(store, model, variant, weights, device)
+        embedder = open_embedder(store, choice)
         vectors = embed_queries([str(q) for q in queries], embedder)
         results = search_vectors(store, vectors, k, filt, min_score, expand=expand)
     finally:

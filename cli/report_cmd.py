@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from cli.options import (
+    BackendOpt,
     CollectionOpt,
     DbOpt,
     DeviceOpt,
@@ -76,7 +77,8 @@ def report(
     model: ModelOpt = None,
     variant: VariantOpt = None,
     weights: WeightsOpt = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
+    backend: BackendOpt = None,
 ) -> None:
     """Write an HTML report: each query image beside its top-k results, with ranks, scores and thumbnails.
 
@@ -84,13 +86,15 @@ def report(
     Prints the report's absolute path on stdout; opens offline (thumbnails are embedded).
     """
     with user_errors():
+        from imgsearch.session import ModelChoice
         from imgsearch.store import Location
         from search.report import write_report
 
         files = _query_files(queries or [], queries_dir)
         location = Location(db=db, url=chroma_url, collection=collection)
         say(f"searching {len(files)} quer{'y' if len(files) == 1 else 'ies'} in {location.describe()}")
-        found = run_queries(files, k, where, min_score, location, model, variant, weights, device, expand)
+        choice = ModelChoice(model, variant, weights, device, backend)
+        found = run_queries(files, k, where, min_score, location, choice, expand)
         entries = [(str(q), hits) for q, hits in zip(files, found.results, strict=True)]
         path = write_report(entries, found.fingerprint, found.store, out, k, where, sheet, min_score=min_score)
         if sheet is not None:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.options import (
+    BackendOpt,
     CollectionOpt,
     DbOpt,
     DeviceOpt,
@@ -86,7 +87,8 @@ def worker(
     model: ModelOpt = None,
     variant: VariantOpt = None,
     weights: WeightsOpt = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
+    backend: BackendOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 16,
 ) -> None:
     """Keep the store in sync with DIRs as files come and go: added, changed, moved and deleted files.
@@ -107,13 +109,13 @@ def worker(
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         from imgsearch.backbones import describe
-        from imgsearch.session import open_embedder
+        from imgsearch.session import ModelChoice, open_embedder
         from imgsearch.store import Location, Store
         from ingest.worker import Worker, default_status_path
 
         location = Location(db=db, url=chroma_url, collection=collection)
         store = Store(location)
-        embedder = open_embedder(store, model, variant, weights, device)
+        embedder = open_embedder(store, ModelChoice(model, variant, weights, device, backend))
         status_path = status or default_status_path(location)
         say(f"model: {describe(embedder.fingerprint)}; status file: {status_path}")
         Worker([str(d) for d in dirs], store, embedder, settle, status_path, batch_size=batch_size).run(stop, interval)
@@ -137,7 +139,8 @@ def serve(
     model: ModelOpt = None,
     variant: VariantOpt = None,
     weights: WeightsOpt = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
+    backend: BackendOpt = None,
 ) -> None:
     """Serve the search page (GET /) and its JSON API with FastAPI + uvicorn.
 
@@ -154,14 +157,12 @@ def serve(
             from search.web import create_app
         except ImportError as err:
             fail(f"imgsearch serve needs FastAPI and uvicorn: pip install 'imgsearch[serve]' ({err})")
+        from imgsearch.session import ModelChoice
         from imgsearch.store import Location
 
         app = create_app(
             Location(db=db, url=chroma_url, collection=collection),
-            model=model,
-            variant=variant,
-            weights=weights,
-            device=device,
+            ModelChoice(model, variant, weights, device, backend),
             watch_dirs=[os.path.abspath(d) for d in watch],
             interval=interval,
             settle=settle,

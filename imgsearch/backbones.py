@@ -15,14 +15,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from imgsearch.decode import DEFAULT_VIEWS, HANDOUT_VIEWS, Decoded, Views, load_views
-
-if TYPE_CHECKING:
-    import torch
+from imgsearch.runtime import DEFAULT_BACKEND, BackendUnavailable, Runner, make_runner, resolve, usable_cpus
 
 DEFAULT_MODEL = "resnet50"
 # the fingerprint keys that must agree for two sets of vectors to be comparable
@@ -175,13 +173,14 @@ GEM_P = 3.0  # generalised-mean exponent: 1 = average pooling, large = max pooli
 class Embedder:
     """A loaded backbone: image views in, unit-length float32 feature rows out.
 
+    ``run`` executes the conv trunk on the chosen backend and device (imgsearch.runtime).
     Pooling: ``avg`` is the handout's global average pool; ``gem`` is generalised-mean pooling
     (p=3), which weights strong activations more. With several views (scales), the per-view
     features are L2-normalised, averaged and normalised again.
     """
 
-    def __init__(self, trunk: Any, fingerprint: dict[str, Any], device: str, views: Views, pooling: str) -> None:
-        self.trunk = trunk
+    def __init__(self, run: Runner, fingerprint: dict[str, Any], device: str, views: Views, pooling: str) -> None:
+        self.run = run
         self.fingerprint = fingerprint
         self.device = device
         self.views = views
@@ -202,8 +201,7 @@ class Embedder:
         total = None
         with torch.inference_mode():
             for batch in batches:
-                x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-                fmap = self.trunk(x.contiguous(memory_format=torch.channels_last)).float()
+                fmap = self.run(np.ascontiguousarray(batch, dtype=np.float32))
                 if self.pooling == "gem":
                     pooled = fmap.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
                 else:
@@ -227,8 +225,13 @@ def load_embedder(
     device: str = "cpu",
     pooling: str = DEFAULT_POOLING,
     views: Views | None = None,
+    backend: str = DEFAULT_BACKEND,
 ) -> Embedder:
-    """Build ``model`` with its ImageNet weights (or ``weights``), in eval mode, ready to embed."""
+    """Build ``model`` with its ImageNet weights (or ``weights``), in eval mode, ready to embed.
+
+    ``backend`` and ``device`` are resolved by :func:`imgsearch.runtime.resolve`; when ``auto`` picked
+    onnx and it cannot run here (no onnx package, cache not writable), eager torch takes over.
+    """
     import torch
 
     backbone = BACKBONES.get(model)
@@ -240,10 +243,14 @@ def load_embedder(
         raise ModelUnavailable(f"{model} has no weights variant {variant!r}; choose one of: {choices}")
     if pooling not in POOLINGS:
         raise ModelUnavailable(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
+    requested = backend
+    try:
+        backend, device = resolve(backend, device)
+    except BackendUnavailable as err:
+        raise ModelUnavailable(str(err)) from None
     views = views or DEFAULT_VIEWS
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cpus())
     trunk, state, source = backbone.build(variant, weights)
-    trunk = trunk.eval().to(device).to(memory_format=torch.channels_last)
     fingerprint = {
         "model": model,
         "variant": "file" if weights is not None else variant,
@@ -255,10 +262,19 @@ def load_embedder(
         "preprocess": views.version,
         "crop": views.crop,
         "scales": list(views.scales),
+        "backend": backend,  # informational: backends agree closely (docs in imgsearch/runtime.py)
     }
     if weights is not None:
         fingerprint["weights_file"] = str(Path(weights).resolve())
-    return Embedder(trunk, fingerprint, device, views, pooling)
+    try:
+        run = make_runner(trunk.eval(), backend, device, fingerprint, views)
+    except (BackendUnavailable, OSError) as err:
+        if requested != "auto":
+            raise ModelUnavailable(f"--backend {backend}: {err}") from None
+        print(f"note: {err}; running the model with eager PyTorch instead", file=sys.stderr)
+        fingerprint["backend"] = "torch"
+        run = make_runner(trunk.eval(), "torch", device, fingerprint, views)
+    return Embedder(run, fingerprint, device, views, pooling)
 
 
 def fingerprint_mismatch(recorded: dict[str, Any], loaded: dict[str, Any]) -> str | None:

@@ -9,9 +9,12 @@ numpy so that decode threads never touch torch.
 from __future__ import annotations
 
 import os
+import re
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -26,8 +29,14 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 # every camera sold today while bounding a decode to ~300 MB of RAM.
 MAX_PIXELS = 100_000_000
 MAX_ASPECT = 16  # longer side / shorter side kept before resizing (see preprocess)
+# crop="full" pads to a square before resizing; a longer side is shrunk to this first, so the square
+# stays under 50 MB (images up to this size are preprocessed exactly as before)
+FULL_MAX_SIDE = 4096
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# load_image checks MAX_PIXELS itself before decoding; Pillow's warning (at 89 MP, below our cap) is
+# noise, and warnings.catch_warnings is not thread-safe in decode threads, so it is not used.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageError(Exception):
@@ -43,12 +52,16 @@ class Decoded:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to RGB; transparency is composited on white (clip art, logos, screenshots)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
+    if img.mode in ("I;16", "I;16B", "I;16L"):
+        # integer maths: float64 copies of a 100 MP image would take 2.4 GB (bench/fuzz_decode.py)
+        arr = np.asarray(img).astype(np.uint16, copy=False)
+        img = Image.fromarray((arr // 257 if arr.max(initial=0) > 255 else arr).astype(np.uint8), "L")
+    elif img.mode == "I":
+        arr = np.asarray(img, dtype=np.float32)
         top = 65535.0 if arr.max(initial=0) > 255 else 255.0
         img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
     elif img.mode == "F":
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float32))
         lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
         scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
         img = Image.fromarray(scaled.astype(np.uint8), "L")
@@ -69,25 +82,20 @@ def load_image(path: str | os.PathLike[str], min_side: int = RESIZE) -> Decoded:
     Raises :class:`ImageError` with a specific reason for anything that is not a usable image.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > MAX_PIXELS:
-                    raise ImageError(
-                        f"too large: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel cap "
-                        "(decompression-bomb guard)"
-                    )
-                if width < 1 or height < 1:
-                    raise ImageError(f"empty image ({width}x{height})")
-                if img.format == "JPEG" and min_side > 0:
-                    img.draft(None, (min_side, min_side))  # keeps both sides >= min_side
-                img.seek(0)  # first frame of animated GIF/WebP or multi-page TIFF
-                img.load()
-                oriented = ImageOps.exif_transpose(img)
-                if oriented.size != img.size and oriented.size[::-1] == img.size:
-                    width, height = height, width
-                return Decoded(_to_rgb(oriented), width, height)
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(_too_large(f"{width}x{height}"))
+            if width < 1 or height < 1:
+                raise ImageError(f"empty image ({width}x{height})")
+            if img.format == "JPEG" and min_side > 0:
+                img.draft(None, (min_side, min_side))  # keeps both sides >= min_side
+            img.seek(0)  # first frame of animated GIF/WebP or multi-page TIFF
+            img.load()
+            oriented = ImageOps.exif_transpose(img)
+            if oriented.size != img.size and oriented.size[::-1] == img.size:
+                width, height = height, width
+            return Decoded(_to_rgb(oriented), width, height)
     except ImageError:
         raise
     except FileNotFoundError:
@@ -98,9 +106,12 @@ def load_image(path: str | os.PathLike[str], min_side: int = RESIZE) -> Decoded:
         raise ImageError("is a directory, not an image file") from None
     except UnidentifiedImageError:
         raise ImageError(_unidentified_reason(path)) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"too large: {err}") from None
+    except Image.DecompressionBombError as err:  # Pillow's own cap, checked inside Image.open
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        raise ImageError(_too_large(f"{int(pixels[1]):,} pixels" if pixels else "the image")) from None
     except OSError as err:
+        if err.errno is not None:  # the file system's error (I/O error, symlink loop, ...), not the data's
+            raise ImageError(f"cannot read the file: {err.strerror or err}") from None
         raise ImageError(f"corrupt or truncated image data ({err})") from None
     except (SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError) as err:
         # PIL's plugins raise these on malformed headers and chunks
@@ -120,7 +131,46 @@ def _unidentified_reason(path: str | os.PathLike[str]) -> str:
         return "empty file (0 bytes)"
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
         return "not an image: the file holds HTML/XML text (a failed download?)"
+    for magic, name in _MAGIC.items():
+        if head.startswith(magic) and (name != "WebP" or head[8:12] == b"webp"):
+            return f"corrupt {name} file: {_plugin_error(path, name)}"
     return "not an image: unknown or unsupported file format"
+
+
+# file signatures (lower-cased, as ``head`` is) of the formats ingest looks for
+_MAGIC = {
+    b"\x89png\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"gif8": "GIF",
+    b"riff": "WebP",
+    b"ii*\x00": "TIFF",
+    b"mm\x00*": "TIFF",
+    b"bm": "BMP",
+}
+
+
+def _plugin_error(path: str | os.PathLike[str], name: str) -> str:
+    """Why Pillow's plugin for ``name`` refused a file that starts like one (Image.open hides it)."""
+    from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
+
+    plugins: dict[str, Any] = {
+        "PNG": PngImagePlugin.PngImageFile,
+        "JPEG": JpegImagePlugin.JpegImageFile,
+        "GIF": GifImagePlugin.GifImageFile,
+        "TIFF": TiffImagePlugin.TiffImageFile,
+        "BMP": BmpImagePlugin.BmpImageFile,
+    }
+    if name not in plugins:
+        return "its header cannot be read"
+    try:
+        plugins[name](path).close()
+    except (SyntaxError, OSError, ValueError, TypeError, EOFError, IndexError, KeyError, struct.error) as err:
+        return f"its header cannot be read ({err})"
+    return "its header cannot be read"
+
+
+def _too_large(what: str) -> str:
+    return f"too large: {what} is over the {MAX_PIXELS:,}-pixel cap (decompression-bomb guard)"
 
 
 @dataclass(frozen=True)
@@ -166,6 +216,12 @@ def _normalise(img: Image.Image) -> np.ndarray:
 
 
 def _full(img: Image.Image, size: int) -> np.ndarray:
+    if max(img.size) > FULL_MAX_SIDE:
+        # a long thin image (60000x4: 1 KB as PNG) would make a 60000x60000 square (10 GB): shrink first
+        scale = FULL_MAX_SIDE / max(img.size)
+        img = img.resize(
+            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BILINEAR
+        )
     side = max(img.size)
     mean = tuple(round(float(m) * 255) for m in MEAN)
     square = Image.new("RGB", (side, side), mean)
@@ -211,4 +267,7 @@ def load_views(path: str | os.PathLike[str], views: Views | None = None) -> tupl
     """
     views = views or Views()
     decoded = load_image(path, min_side=views.min_side)
-    return [preprocess(decoded.image, size, views.crop) for size in views.scales], decoded
+    try:
+        return [preprocess(decoded.image, size, views.crop) for size in views.scales], decoded
+    except MemoryError:
+        raise ImageError(f"not enough memory to preprocess this {decoded.width}x{decoded.height} image") from None

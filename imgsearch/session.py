@@ -6,6 +6,7 @@ does not match the collection's recorded fingerprint is refused before anything 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from imgsearch.backbones import (
@@ -17,23 +18,30 @@ from imgsearch.backbones import (
     load_embedder,
 )
 from imgsearch.decode import DEFAULT_VIEWS, HANDOUT_VIEWS, Views
+from imgsearch.runtime import DEFAULT_BACKEND
 from imgsearch.store import Store
 
 
-def open_embedder(
-    store: Store,
-    model: str | None = None,
-    variant: str | None = None,
-    weights: Path | None = None,
-    device: str = "cpu",
-    pooling: str | None = None,
-    crop: str | None = None,
-    scales: tuple[int, ...] | None = None,
-) -> Embedder:
-    """Load the embedder that fits ``store`` (or, for a new store, the given or default settings).
+@dataclass(frozen=True)
+class ModelChoice:
+    """What the user asked for. Each setting left as None takes the collection's recorded value
+    (or, for a new collection, the default)."""
 
-    Each of model, pooling, crop and scales left as None takes the collection's recorded value.
-    """
+    model: str | None = None
+    variant: str | None = None
+    weights: Path | None = None
+    device: str = "auto"
+    backend: str | None = None
+    pooling: str | None = None
+    crop: str | None = None
+    scales: tuple[int, ...] | None = None
+
+
+def open_embedder(store: Store, choice: ModelChoice | None = None) -> Embedder:
+    """Load the embedder that fits ``store`` (or, for a new store, the given or default settings)."""
+    c = choice or ModelChoice()
+    model, variant, weights, backend = c.model, c.variant, c.weights, c.backend
+    pooling, crop, scales = c.pooling, c.crop, c.scales
     recorded = store.fingerprint()
     if recorded is not None:
         if model and model != recorded.get("model"):
@@ -51,8 +59,19 @@ def open_embedder(
         pooling = pooling or recorded.get("pooling")
         crop = crop or recorded.get("crop", HANDOUT_VIEWS.crop)
         scales = scales or tuple(recorded.get("scales", HANDOUT_VIEWS.scales))
+        # fp32 backends give the same vectors, so each machine may pick its own; int8 stays int8
+        if backend is None and recorded.get("backend") == "int8":
+            backend = "int8"
     views = Views(crop or DEFAULT_VIEWS.crop, scales or DEFAULT_VIEWS.scales)
-    embedder = load_embedder(model or DEFAULT_MODEL, variant, weights, device, pooling or DEFAULT_POOLING, views)
+    embedder = load_embedder(
+        model or DEFAULT_MODEL,
+        variant,
+        weights,
+        c.device,
+        pooling or DEFAULT_POOLING,
+        views,
+        backend or DEFAULT_BACKEND,
+    )
     if recorded is not None and (why := fingerprint_mismatch(recorded, embedder.fingerprint)):
         raise ModelUnavailable(
             f"the loaded model does not match the one {store.location.describe()} was built with: {why}. "

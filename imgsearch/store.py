@@ -300,7 +300,14 @@ class Store:
             col.delete(ids=list(ids[s : s + step]))
 
     def close(self) -> None:
-        """Release the embedded store's lock (it is also released when the process dies)."""
+        """Close the Chroma client, then release the embedded store's lock (the kernel also releases it
+        when the process dies). The client goes first: chromadb caches one instance per folder in the
+        process, and one kept past the lock would serve stale data after another process wrote
+        ("Error finding id"). The handle reconnects, and locks again, if it is used after this."""
+        with self._connecting:
+            client, self._client, self._collection = self._client, None, None
+            if client is not None and hasattr(client, "close"):
+                client.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -6,7 +6,6 @@ the model; at most ``window`` images are in flight, so memory stays flat however
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,6 +15,7 @@ import numpy as np
 
 from imgsearch.backbones import Embedder
 from imgsearch.decode import ImageError
+from imgsearch.runtime import usable_cpus
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def embed_files(
     on_decoded: Callable[[], None] | None = None,
 ) -> Iterator[Embedded]:
     """Yield one :class:`Embedded` per path, in input order, a batch at a time."""
-    workers = workers or max(1, (os.cpu_count() or 1))
+    workers = workers or usable_cpus()
     window = batch_size * 2 + workers
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         pending: deque[tuple[str, Future[Loaded]]] = deque()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -52,7 +53,9 @@ def _stat_file(path: str, root: str, category: str, result: ScanResult) -> None:
         result.failures.append(Failure(path, reason))
         return
     except OSError as err:
-        result.failures.append(Failure(path, f"cannot stat: {err.strerror}"))
+        loop = err.errno == errno.ELOOP
+        reason = "symlink loop (the link points back to itself)" if loop else f"cannot stat: {err.strerror}"
+        result.failures.append(Failure(path, reason))
         return
     if os.path.isdir(path):
         return

@@ -15,18 +15,21 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from imgsearch.backbones import Embedder
+from imgsearch.runtime import usable_cpus
 from imgsearch.store import RESERVED_KEYS, Store, image_id, path_fields, stored_path
 from ingest.embed import embed_files
 from ingest.scan import Failure, FileInfo, scan
 
 WRITE_BATCH = 256  # rows buffered before a store write: a kill loses at most this much work
 HASH_CHUNK = 1 << 20
+VANISHED = "file vanished before it could be read (deleted or moved during the ingest)"
 
 
 @dataclass
@@ -61,7 +64,8 @@ class IngestReport:
             "embedded": self.embedded,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
-            "failures": [{"path": f.path, "reason": f.reason} for f in self.failures],
+            # a non-UTF-8 name is shown readable, its exact bytes in path_b64 (as the store keeps it)
+            "failures": [{**path_fields(f.path), "reason": f.reason} for f in self.failures],
         }
 
 
@@ -105,6 +109,28 @@ class _Writer:
         if self.stale:
             self.store.delete(self.stale)
         self.ids, self.vectors, self.metas, self.stale = [], [], [], []
+
+
+def _hash(f: FileInfo) -> str | Failure:
+    try:
+        return file_sha256(f.path)
+    except FileNotFoundError:
+        return Failure(f.path, VANISHED)
+    except OSError as err:
+        return Failure(f.path, f"unreadable: {err.strerror or err}")
+
+
+def _changed_since_scan(f: FileInfo) -> str:
+    """Why the file no longer is what the scan saw (its vector would not match its metadata), or ""."""
+    try:
+        st = os.stat(f.path)
+    except FileNotFoundError:
+        return VANISHED
+    except OSError as err:
+        return f"unreadable: {err.strerror or err}"
+    if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
+        return "changed while being read (still being written?); it is read again on the next run"
+    return ""
 
 
 def _metadata(f: FileInfo, sha: str, width: int, height: int, tags: dict[str, str]) -> dict[str, Any]:
@@ -151,19 +177,20 @@ def ingest(
     """
     tags = dict(tags or {})
     check_tags(tags)
+    store.create(embedder.fingerprint)  # connecting is start-up, like loading the model: not timed
     started = time.perf_counter()
     report = IngestReport()
     scanned = scan(roots, category)
     report.failures.extend(scanned.failures)
-    store.create(embedder.fingerprint)
     files = {image_id(f.path): f for f in scanned.files if ready is None or ready(f)}
     stored = store.get(list(files))
     writer = _Writer(store)
 
-    # 1. unchanged by size+mtime; hash the rest
+    # 1. unchanged by size+mtime; hash the rest (in threads: hashlib releases the GIL)
     hashed: dict[str, tuple[FileInfo, str]] = {}
     touched_ids: list[str] = []
     touched_metas: list[dict[str, Any]] = []
+    changed: list[tuple[str, FileInfo, bool]] = []
     for id_, f in files.items():
         old = stored.get(id_)
         wanted_static = {"root": f.root, "category": f.category, **tags}
@@ -171,11 +198,14 @@ def ingest(
         if old is not None and same_static and old.get("size") == f.size and old.get("mtime_ns") == f.mtime_ns:
             report.unchanged += 1
             continue
-        try:
-            sha = file_sha256(f.path)
-        except OSError as err:
-            report.failures.append(Failure(f.path, f"unreadable: {err.strerror or err}"))
+        changed.append((id_, f, same_static))
+    with ThreadPoolExecutor(usable_cpus(), thread_name_prefix="hash") as pool:
+        shas = list(pool.map(_hash, [f for _, f, _ in changed]))
+    for (id_, f, same_static), sha in zip(changed, shas, strict=True):
+        if isinstance(sha, Failure):
+            report.failures.append(sha)
             continue
+        old = stored.get(id_)
         if old is not None and old.get("sha256") == sha:
             touched_ids.append(id_)
             touched_metas.append(_metadata(f, sha, int(old.get("width", 0)), int(old.get("height", 0)), tags))
@@ -226,8 +256,8 @@ def ingest(
         if should_stop is not None and should_stop():
             break
         f, sha = hashed[id_]
-        if result.vector is None:
-            report.failures.append(Failure(f.path, result.error))
+        if (changed := _changed_since_scan(f)) or result.vector is None:
+            report.failures.append(Failure(f.path, changed or result.error))
             continue
         report.embedded += 1
         writer.put(id_, result.vector, _metadata(f, sha, result.width, result.height, tags))

@@ -314,3 +314,37 @@ def copy_detection(
             matched.append(row[0].score)
     rank1 = {name: round(float(np.mean(v)), 4) for name, v in per.items() if v}
     return CopyDetection(len(originals), rank1, _percentiles(matched))
+
+
+@dataclass
+class Agreement:
+    """How closely one backend's vectors follow the reference backend's, image by image."""
+
+    images: int
+    cosine_min: float
+    cosine_mean: float
+    overlap: float  # mean share of each image's top-k neighbours that both backends return
+    k: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "cosine_min": round(self.cosine_min, 5),
+            "cosine_mean": round(self.cosine_mean, 5),
+            f"top{self.k}_overlap": round(self.overlap, 4),
+        }
+
+
+def agreement(reference: np.ndarray, other: np.ndarray, k: int = 10) -> Agreement:
+    """Per-image cosine between two backends' unit vectors of the same images, and the overlap of
+    every image's leave-one-out top-k under each (exact search: this compares vectors, not indexes)."""
+
+    def neighbours(vectors: np.ndarray) -> np.ndarray:
+        sims = vectors @ vectors.T
+        np.fill_diagonal(sims, -np.inf)
+        return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+    cos = np.sum(reference * other, axis=1)
+    ours, theirs = neighbours(reference), neighbours(other)
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(ours, theirs, strict=True)])
+    return Agreement(len(cos), float(cos.min()), float(cos.mean()), float(overlap), k)

@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgsearch.backbones import Embedder, ModelUnavailable, describe
 from imgsearch.decode import ImageError, load_image
-from imgsearch.session import open_embedder
+from imgsearch.session import ModelChoice, open_embedder
 from imgsearch.store import Location, Store, StoreError, stored_path
 from ingest.worker import Worker, default_status_path, read_status
 from search.filters import FilterError, parse_where
@@ -86,10 +86,7 @@ class _Service:
     def __init__(
         self,
         location: Location,
-        model: str | None,
-        variant: str | None,
-        weights: Path | None,
-        device: str,
+        choice: ModelChoice,
         watch_dirs: Sequence[str],
         interval: float,
         settle: float,
@@ -97,7 +94,7 @@ class _Service:
         log: Callable[[str], None],
     ) -> None:
         self.store = Store(location)
-        self.model, self.variant, self.weights, self.device = model, variant, weights, device
+        self.choice = choice
         self.watch_dirs, self.interval, self.settle = list(watch_dirs), interval, settle
         self.status_path = status_path
         self.log = log
@@ -129,12 +126,12 @@ class _Service:
         while not self.stop.is_set():
             try:
                 if self.embedder is None:
-                    if self.model is None and not self.watch_dirs and self.store.fingerprint() is None:
+                    if self.choice.model is None and not self.watch_dirs and self.store.fingerprint() is None:
                         raise StoreError(
                             f"{self.store.location.describe()} has no collection yet, so its model is unknown: "
                             "waiting for a worker to create it (or pass --model)"
                         )
-                    embedder = open_embedder(self.store, self.model, self.variant, self.weights, self.device)
+                    embedder = open_embedder(self.store, self.choice)
                     if self.watch_dirs:
                         self.store.create(embedder.fingerprint)  # the worker's store, connected here once
                     self.embedder = embedder
@@ -216,10 +213,7 @@ class _Service:
 
 def create_app(
     location: Location,
-    model: str | None = None,
-    variant: str | None = None,
-    weights: Path | None = None,
-    device: str = "cpu",
+    choice: ModelChoice | None = None,
     watch_dirs: Sequence[str] = (),
     interval: float = 5.0,
     settle: float = 2.0,
@@ -229,7 +223,7 @@ def create_app(
 ) -> FastAPI:
     """The app for one store; the model loads when the app starts, the worker (``watch_dirs``) after it."""
     status_path = status_path or default_status_path(location)
-    service = _Service(location, model, variant, weights, device, watch_dirs, interval, settle, status_path, log)
+    service = _Service(location, choice or ModelChoice(), watch_dirs, interval, settle, status_path, log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:

@@ -1,0 +1,233 @@
+"""Where a backbone's conv trunk runs: eager torch (CPU, or CUDA with fp16 autocast) or ONNX Runtime.
+
+Every runner maps one preprocessed float32 batch to the trunk's feature map; the embedder pools and
+normalises it, so all backends share one pooling path and differ only in the trunk's arithmetic.
+
+- ``auto`` (the default): ``torch`` on a GPU, else ``onnx`` (same vectors, 1.3-3x faster on CPUs).
+- ``torch``: eager PyTorch, ``channels_last``; the reference (and the only one that uses a GPU).
+- ``onnx``: the same fp32 network exported to ONNX and run by ONNX Runtime (equal to 1e-4).
+- ``int8``: that ONNX model statically quantised: uint8 activations whose ranges come from fixed
+  images in ``imgsearch/calibration`` (so it is the same on every machine), per-channel int8 weights,
+  except the first :data:`WIDE_CONVS` convolutions, which keep 16-bit weights: their error flows
+  through the whole network (with them at 8 bits EfficientNet-Lite0's vectors fell to cosine 0.97
+  of fp32 on some images; at 16 bits ≥ 0.98), and they are a few percent of its arithmetic.
+
+The exported and quantised models are cached under :func:`cache_dir`, keyed by the weights digest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgsearch.decode import Views, load_views
+
+if TYPE_CHECKING:
+    import torch
+
+BACKENDS = {
+    "auto": "torch on a GPU, else onnx",
+    "torch": "eager PyTorch fp32 (fp16 autocast on CUDA)",
+    "onnx": "ONNX Runtime fp32",
+    "int8": "ONNX Runtime int8 (static quantisation)",
+}
+DEFAULT_BACKEND = "auto"
+DEVICES = ("auto", "cpu", "cuda")
+EXPORT_VERSION = "3"  # bump when the export or quantisation recipe changes: old cache files are ignored
+CALIBRATION = Path(__file__).with_name("calibration")
+WIDE_CONVS = 4
+
+Runner = Callable[[np.ndarray], "torch.Tensor"]
+
+
+class BackendUnavailable(Exception):
+    """The backend or device cannot be used here; the message says why and what to do."""
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (taskset, cgroups' cpusets), not all the machine has."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve(backend: str, device: str) -> tuple[str, str]:
+    """The backend and device to run: ``auto`` → torch on CUDA when torch sees a GPU, else onnx."""
+    if backend not in BACKENDS:
+        raise BackendUnavailable(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend, resolve_device(device, backend)
+    device = resolve_device(device, "torch")
+    return ("onnx" if device == "cpu" else "torch"), device
+
+
+def resolve_device(device: str, backend: str) -> str:
+    """``auto`` → ``cuda`` when torch sees a GPU and the backend is torch, else ``cpu``."""
+    import torch
+
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise BackendUnavailable(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if backend == "torch" and torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if backend != "torch":
+            raise BackendUnavailable(
+                f"--backend {backend} runs on the CPU only: use --device cpu, or --backend torch with --device {device}"
+            )
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
+    return device
+
+
+def cache_dir() -> Path:
+    """``$IMGSEARCH_CACHE``, else ``$XDG_CACHE_HOME/imgsearch``, else ``~/.cache/imgsearch``."""
+    if env := os.environ.get("IMGSEARCH_CACHE"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgsearch"
+
+
+def make_runner(trunk: Any, backend: str, device: str, fingerprint: dict[str, Any], views: Views) -> Runner:
+    """A function from a (n, 3, s, s) float32 batch to the trunk's (n, C, h, w) float32 feature map."""
+    import torch
+
+    if backend not in BACKENDS:
+        raise BackendUnavailable(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend == "torch":
+        trunk = trunk.to(device).to(memory_format=torch.channels_last)
+        cuda = device.startswith("cuda")
+
+        def run_torch(batch: np.ndarray) -> torch.Tensor:
+            x = torch.from_numpy(batch).to(device, non_blocking=cuda)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+                return trunk(x.contiguous(memory_format=torch.channels_last)).float()
+
+        return run_torch
+
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # errors only: its graph-cleanup notes would flood the terminal
+    path = _onnx_model(trunk, fingerprint, views, int8=backend == "int8")
+    try:
+        session = _session(path)
+    except Exception as err:  # a damaged cache file (ORT has its own exception types): build it again
+        print(f"cannot load {path} ({err}); building it again", file=sys.stderr)
+        path.unlink(missing_ok=True)
+        session = _session(_onnx_model(trunk, fingerprint, views, int8=backend == "int8"))
+
+    def run_onnx(batch: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"x": batch})[0])
+
+    return run_onnx
+
+
+def _onnx_model(trunk: Any, fingerprint: dict[str, Any], views: Views, int8: bool) -> Path:
+    """The cached ONNX file for these weights, exported (and quantised) on first use."""
+    try:
+        import onnx  # noqa: F401 - needed by the exporter and the quantiser
+    except ImportError:
+        raise BackendUnavailable(
+            "the onnx package is not installed (it exports the model for ONNX Runtime): pip install onnx"
+        ) from None
+    stem = f"{fingerprint['model']}-{fingerprint['weights_digest']}-v{EXPORT_VERSION}"
+    fp32 = cache_dir() / f"{stem}.onnx"
+    if not fp32.is_file():
+        print(f"exporting {fingerprint['model']} to ONNX → {fp32} (once) ...", file=sys.stderr)
+        _atomic(fp32, lambda tmp: _export(trunk, tmp))
+    if not int8:
+        return fp32
+    # the calibration views depend on the scales, so the int8 file does too
+    q = cache_dir() / f"{stem}-int8-{'+'.join(map(str, views.scales))}-{views.crop}.onnx"
+    if not q.is_file():
+        print(f"quantising {fingerprint['model']} to int8 → {q} (once) ...", file=sys.stderr)
+        _atomic(q, lambda tmp: _quantise(fp32, tmp, views))
+    return q
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via a temporary file and rename, so a killed export never leaves a half file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _export(trunk: Any, path: Path) -> None:
+    import warnings
+
+    import torch
+
+    example = torch.zeros(1, 3, 224, 224)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(
+            trunk.cpu().to(memory_format=torch.contiguous_format),
+            (example,),
+            str(path),
+            input_names=["x"],
+            output_names=["features"],
+            dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "features": {0: "n", 2: "fh", 3: "fw"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def calibration_batches(views: Views) -> list[np.ndarray]:
+    """The fixed calibration images through the ONE preprocessing function, one batch per scale."""
+    loaded = [load_views(p, views)[0] for p in sorted(CALIBRATION.glob("*.jpg"))]
+    return [np.stack([v[i] for v in loaded]) for i in range(len(views.scales))]
+
+
+def _quantise(fp32: Path, path: Path, views: Views) -> None:
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    samples = [{"x": one[None]} for batch in calibration_batches(views) for one in batch]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter(samples)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.rows, None)
+
+    # fold batch norms into the convolutions first (4x faster int8: the int8 kernels then fuse)
+    prepared = path.with_name(path.name + ".prepared")
+    logging.disable(logging.WARNING)  # the quantiser's notes and advice
+    try:
+        quant_pre_process(str(fp32), str(prepared))
+        convs = [n for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
+        wide = {n.input[1]: [{"quant_type": QuantType.QInt16, "axis": 0}] for n in convs[:WIDE_CONVS]}
+        quantize_static(
+            str(prepared),
+            str(path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={"TensorQuantOverrides": wide},
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+        prepared.unlink(missing_ok=True)
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = usable_cpus()
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
