@@ -440,9 +440,10 @@ def test_worker_follows_the_folder_while_the_api_searches(service: Service) -> N
 
 def test_sigterm_mid_batch_leaves_a_consistent_store(service: Service) -> None:
     before = service.count()
-    for cat in folders(LIBRARY)[5:7]:
+    # enough images that the sync lasts seconds even with the fast default backend
+    for cat in folders(LIBRARY)[5:9]:
         (service.lib / cat.name).mkdir()
-        for src in sorted(cat.iterdir())[:20]:
+        for src in sorted(cat.iterdir())[:40]:
             shutil.copy2(src, service.lib / cat.name / src.name)
     on_disk = images_under(service.lib)
     new = len(on_disk) - before
