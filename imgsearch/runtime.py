@@ -94,11 +94,14 @@ def cache_dir() -> Path:
 
 
 def make_runner(trunk: Any, backend: str, device: str, fingerprint: dict[str, Any], views: Views) -> Runner:
-    """A function from a (n, 3, s, s) float32 batch to the trunk's (n, C, h, w) float32 feature map."""
+    """A function from a (n, 3, s, s) float32 batch to the trunk's (n, C, h, w) float32 feature map.
+
+    ``backend`` and ``device`` are what :func:`resolve` returned (the user's input is checked there).
+    """
     import torch
 
-    if backend not in BACKENDS:
-        raise BackendUnavailable(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend not in ("torch", "onnx", "int8"):
+        raise ValueError(f"make_runner needs a resolved backend (torch, onnx or int8), not {backend!r}")
     if backend == "torch":
         trunk = trunk.to(device).to(memory_format=torch.channels_last)
         cuda = device.startswith("cuda")

@@ -190,7 +190,7 @@ def ingest(
     hashed: dict[str, tuple[FileInfo, str]] = {}
     touched_ids: list[str] = []
     touched_metas: list[dict[str, Any]] = []
-    changed: list[tuple[str, FileInfo, bool]] = []
+    changed: list[tuple[str, FileInfo, dict[str, Any] | None, bool]] = []
     for id_, f in files.items():
         old = stored.get(id_)
         wanted_static = {"root": f.root, "category": f.category, **tags}
@@ -198,14 +198,13 @@ def ingest(
         if old is not None and same_static and old.get("size") == f.size and old.get("mtime_ns") == f.mtime_ns:
             report.unchanged += 1
             continue
-        changed.append((id_, f, same_static))
+        changed.append((id_, f, old, same_static))
     with ThreadPoolExecutor(usable_cpus(), thread_name_prefix="hash") as pool:
-        shas = list(pool.map(_hash, [f for _, f, _ in changed]))
-    for (id_, f, same_static), sha in zip(changed, shas, strict=True):
+        shas = list(pool.map(_hash, [f for _, f, _, _ in changed]))
+    for (id_, f, old, same_static), sha in zip(changed, shas, strict=True):
         if isinstance(sha, Failure):
             report.failures.append(sha)
             continue
-        old = stored.get(id_)
         if old is not None and old.get("sha256") == sha:
             touched_ids.append(id_)
             touched_metas.append(_metadata(f, sha, int(old.get("width", 0)), int(old.get("height", 0)), tags))
@@ -256,8 +255,8 @@ def ingest(
         if should_stop is not None and should_stop():
             break
         f, sha = hashed[id_]
-        if (changed := _changed_since_scan(f)) or result.vector is None:
-            report.failures.append(Failure(f.path, changed or result.error))
+        if (unstable := _changed_since_scan(f)) or result.vector is None:
+            report.failures.append(Failure(f.path, unstable or result.error))
             continue
         report.embedded += 1
         writer.put(id_, result.vector, _metadata(f, sha, result.width, result.height, tags))
