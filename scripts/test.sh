@@ -8,6 +8,7 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "installing chromium (headless browser tests) ..." >&2
     apt-get update -q >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >&2
+    apt-get clean  # the downloaded .debs are not needed once installed; the venv needs the disk
   else
     echo "note: chromium is not installed (apt-get install chromium); the browser test will be skipped" >&2
   fi
