@@ -179,10 +179,9 @@ class Embedder:
     features are L2-normalised, averaged and normalised again.
     """
 
-    def __init__(self, run: Runner, fingerprint: dict[str, Any], device: str, views: Views, pooling: str) -> None:
+    def __init__(self, run: Runner, fingerprint: dict[str, Any], views: Views, pooling: str) -> None:
         self.run = run
         self.fingerprint = fingerprint
-        self.device = device
         self.views = views
         self.pooling = pooling
         self.dim: int = fingerprint["dim"]
@@ -274,7 +273,7 @@ def load_embedder(
         print(f"note: {err}; running the model with eager PyTorch instead", file=sys.stderr)
         fingerprint["backend"] = "torch"
         run = make_runner(trunk.eval(), "torch", device, fingerprint, views)
-    return Embedder(run, fingerprint, device, views, pooling)
+    return Embedder(run, fingerprint, views, pooling)
 
 
 def fingerprint_mismatch(recorded: dict[str, Any], loaded: dict[str, Any]) -> str | None:

@@ -111,23 +111,23 @@ class _Writer:
         self.ids, self.vectors, self.metas, self.stale = [], [], [], []
 
 
+def _unreadable(err: OSError) -> str:
+    return VANISHED if isinstance(err, FileNotFoundError) else f"unreadable: {err.strerror or err}"
+
+
 def _hash(f: FileInfo) -> str | Failure:
     try:
         return file_sha256(f.path)
-    except FileNotFoundError:
-        return Failure(f.path, VANISHED)
     except OSError as err:
-        return Failure(f.path, f"unreadable: {err.strerror or err}")
+        return Failure(f.path, _unreadable(err))
 
 
 def _changed_since_scan(f: FileInfo) -> str:
     """Why the file no longer is what the scan saw (its vector would not match its metadata), or ""."""
     try:
         st = os.stat(f.path)
-    except FileNotFoundError:
-        return VANISHED
     except OSError as err:
-        return f"unreadable: {err.strerror or err}"
+        return _unreadable(err)
     if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
         return "changed while being read (still being written?); it is read again on the next run"
     return ""
