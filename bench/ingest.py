@@ -10,16 +10,19 @@ which bounds end to end / model-only even with a perfect overlap; then how close
 backend's vectors follow eager fp32 (EfficientNet-Lite0's real weights on the demo library).
 
 Speed does not depend on weight values, so ResNet50 runs with random weights (a checkpoint saved
-once and passed with --weights, the product's own path). Speed rows use the handout's features
-(average pool, centre crop 224) so that every row does the same arithmetic; the shipped default
-(GeM, whole image at 224+320 px) costs about 3x that and is shown for reference.
+once and passed with --weights, the product's own path); ``--model efficientnet-lite0`` measures
+the offline backbone with its real weights. Rows 2-3 use the handout's features (average pool,
+centre crop 224) so that every backend does the same arithmetic; row 4 runs ``imgsearch ingest``
+with the handout preset and with the shipped defaults (no feature flags: the default preset and
+the default backend), and the headline ratio is the shipped defaults against row 1.
 
 The camera-sized JPEGs (8-12 megapixels, quality 90) are mosaics of real images (the demo library
 and the calibration photos) with film grain, so they compress like photos; they are generated once
 into the cache folder (``$IMGSEARCH_CACHE/bench``). Folders larger than the number of distinct
 images repeat them with a unique JPEG comment, so every file is new to ingest and runs the model.
 
-    python bench/ingest.py [--images 200] [--rss 500,2000] [--device cpu|cuda] [--json] [--out docs/ingest-bench]
+    python bench/ingest.py [--model resnet50|efficientnet-lite0] [--images 200] [--rss 500,2000]
+                           [--device cpu|cuda] [--json] [--out docs/ingest-bench]
     python bench/ingest.py --device cuda --no-store   # on a GPU machine without Chroma installed
 """
 
@@ -42,11 +45,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from imgsearch.decode import DEFAULT_VIEWS, HANDOUT_VIEWS, MEAN, STD, Views, load_views  # noqa: E402
+from imgsearch.decode import HANDOUT_VIEWS, MEAN, STD, Views, load_views  # noqa: E402
+from imgsearch.presets import DEFAULT_PRESET, PRESETS  # noqa: E402
 from imgsearch.runtime import BACKENDS, CALIBRATION, cache_dir, resolve, usable_cpus  # noqa: E402
 
-HANDOUT_FEATURES = ["--pooling", "avg", "--crop", "center", "--scales", "224"]
-DEFAULT_FEATURES = ["--pooling", "gem", "--crop", "full", "--scales", "224,320"]
+HANDOUT_FEATURES = ["--features", "handout"]
+DEFAULT_FEATURES: list[str] = []  # what a user gets without flags
+SHIPPED = PRESETS[DEFAULT_PRESET]
+MODELS = {
+    "resnet50": "ResNet50 with random weights (speed does not depend on weight values)",
+    "efficientnet-lite0": "EfficientNet-Lite0 with its real ImageNet weights",
+}
 SIZES = ((4000, 3000), (3648, 2736), (3456, 2304))  # 12, 10 and 8 megapixels
 DISTINCT = 200  # distinct camera images; larger folders repeat them with a unique comment
 TARGETS = {  # issue 5's acceptance figures
@@ -148,17 +157,27 @@ def random_resnet50() -> Path:
     return path
 
 
-def handout_way(files: list[Path], weights: Path, seconds: float) -> dict[str, Any]:
-    """The handout's loop: PIL full decode, torchvision transforms, batch of 1, eager fp32."""
+def model_weights(model: str) -> Path | None:
+    """The checkpoint the rows pass with --weights: random for ResNet50, none (shipped) otherwise."""
+    return random_resnet50() if model == "resnet50" else None
+
+
+def handout_way(files: list[Path], model: str, weights: Path | None, seconds: float) -> dict[str, Any]:
+    """The handout's loop: PIL full decode, torchvision transforms, batch of 1, eager fp32, the conv
+    trunk then a global average pool (for ResNet50, exactly its children()[:-1])."""
     import torch
     from PIL import Image
     from torchvision import transforms
-    from torchvision.models import resnet50
+
+    from imgsearch.backbones import BACKBONES
 
     torch.set_num_threads(usable_cpus())
-    net = resnet50(weights=None)
-    net.load_state_dict(torch.load(weights, weights_only=True))
-    features = torch.nn.Sequential(*list(net.children())[:-1]).eval()
+    backbone = BACKBONES[model]
+    trunk = backbone.build(backbone.default_variant, weights)[0].eval()
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        return trunk(x).mean(dim=(2, 3))
+
     tf = transforms.Compose(
         [
             transforms.Resize(256),
@@ -188,14 +207,20 @@ def sample_batches(files: list[Path], views: Views) -> list[np.ndarray]:
 
 
 def model_only(
-    backend: str, device: str, weights: Path, batches: list[np.ndarray], seconds: float, shipped: bool = False
+    model: str,
+    backend: str,
+    device: str,
+    weights: Path | None,
+    batches: list[np.ndarray],
+    seconds: float,
+    shipped: bool = False,
 ) -> float:
     """Images/s of the embedder alone (trunk + pooling) on pre-made tensors of 8 images: the
-    handout's features, or with ``shipped`` the product's default ones (GeM, whole image, 2 scales)."""
+    handout's features, or with ``shipped`` the default preset's."""
     from imgsearch.backbones import load_embedder
 
-    views, pooling = (DEFAULT_VIEWS, "gem") if shipped else (HANDOUT_VIEWS, "avg")
-    embedder = load_embedder("resnet50", weights=weights, device=device, pooling=pooling, views=views, backend=backend)
+    views, pooling = (Views(SHIPPED.crop, SHIPPED.scales), SHIPPED.pooling) if shipped else (HANDOUT_VIEWS, "avg")
+    embedder = load_embedder(model, weights=weights, device=device, pooling=pooling, views=views, backend=backend)
     embedder.embed(batches)
     embedder.embed(batches)  # warm-up (allocations, ORT's first run, cuDNN autotuning)
     done, started = 0, time.perf_counter()
@@ -231,14 +256,12 @@ def bound(model_ips: float, costs: dict[str, float]) -> float:
     return model_ms / (model_ms + costs["decode_preprocess_ms"] + costs["sha256_ms"])
 
 
-def pipeline(files: list[Path], backend: str, device: str, weights: Path) -> float:
+def pipeline(files: list[Path], model: str, backend: str, device: str, weights: Path | None) -> float:
     """Images/s of ingest's decode → preprocess → embed stage alone, in this process (no store)."""
     from imgsearch.backbones import load_embedder
     from ingest.embed import embed_files
 
-    embedder = load_embedder(
-        "resnet50", weights=weights, device=device, pooling="avg", views=HANDOUT_VIEWS, backend=backend
-    )
+    embedder = load_embedder(model, weights=weights, device=device, pooling="avg", views=HANDOUT_VIEWS, backend=backend)
     started = time.perf_counter()
     done = sum(e.vector is not None for e in embed_files(list(map(str, files)), embedder))
     return done / (time.perf_counter() - started)
@@ -256,11 +279,16 @@ def _peak_rss_kb(pid: int) -> int:
     return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
 
 
-def end_to_end(folder: Path, backend: str, device: str, weights: Path, features: list[str]) -> dict[str, Any]:
-    """`imgsearch ingest` as a user runs it, in its own process; peak RSS from the kernel (wait4)."""
+def end_to_end(
+    folder: Path, model: str, backend: str | None, device: str, weights: Path | None, features: list[str]
+) -> dict[str, Any]:
+    """`imgsearch ingest` as a user runs it, in its own process (``backend`` None: the default one);
+    peak RSS from the kernel."""
     with tempfile.TemporaryDirectory(prefix="imgsearch-bench-") as tmp:
         cmd = [sys.executable, "-m", "cli.main", "ingest", str(folder), "--db", f"{tmp}/db", "--json"]
-        cmd += ["--model", "resnet50", "--weights", str(weights), "--backend", backend, "--device", device, *features]
+        cmd += ["--model", model, "--device", device, *features]
+        cmd += ["--weights", str(weights)] if weights else []
+        cmd += ["--backend", backend] if backend else []
         with open(f"{tmp}/out", "w+") as out, open(f"{tmp}/err", "w+") as err:
             started = time.perf_counter()
             proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err)
@@ -312,6 +340,7 @@ def backend_agreement(backends: list[str], device: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet50", choices=list(MODELS), help="backbone to measure")
     parser.add_argument("--images", type=int, default=200, help="camera-sized JPEGs for the end-to-end rows")
     parser.add_argument("--rss", default="500,2000", help="folder sizes for the peak-RSS rows ('' = skip)")
     parser.add_argument("--seconds", type=float, default=8.0, help="timing window of the handout and model rows")
@@ -328,12 +357,12 @@ def main() -> None:
         raise SystemExit(f"--backends must include torch (the eager reference) and {default} (the default here)")
 
     folder = camera_folder(args.images)
-    weights = random_resnet50()
+    weights = model_weights(args.model)
     files = sorted(folder.glob("*.jpg"))
     for f in files:
         f.read_bytes()  # every row reads from a warm page cache, not only those after the first
     log(f"handout's way on {folder} ...")
-    handout = handout_way(files, weights, args.seconds)
+    handout = handout_way(files, args.model, weights, args.seconds)
     log("per-image CPU cost of decode + preprocess and of hashing ...")
     costs = cpu_costs(files)
     model: dict[str, float] = {}
@@ -341,36 +370,38 @@ def main() -> None:
     for b in backends:
         dev = args.device if b == "torch" else "cpu"
         log(f"model only: {b} on {dev} ...")
-        model[b] = model_only(b, dev, weights, handout_batches, args.seconds)
+        model[b] = model_only(args.model, b, dev, weights, handout_batches, args.seconds)
     default_dev = args.device if default == "torch" else "cpu"
     log(f"model only: {default} on {default_dev}, default features ...")
-    model_shipped = model_only(
-        default, default_dev, weights, sample_batches(files, DEFAULT_VIEWS), args.seconds, shipped=True
-    )
+    shipped_views = Views(SHIPPED.crop, SHIPPED.scales)
+    shipped_batches = sample_batches(files, shipped_views)
+    model_shipped = model_only(args.model, default, default_dev, weights, shipped_batches, args.seconds, shipped=True)
     stage: dict[str, float] = {}
     for b in backends:
         dev = args.device if b == "torch" else "cpu"
         log(f"pipeline without store: {b} on {dev} ...")
-        stage[b] = pipeline(files, b, dev, weights)
+        stage[b] = pipeline(files, args.model, b, dev, weights)
     e2e: dict[str, dict[str, Any]] = {}
     for b in backends if not args.no_store else []:
         dev = args.device if b == "torch" else "cpu"
         for name, feats in (("handout features", HANDOUT_FEATURES), ("default features", DEFAULT_FEATURES)):
             log(f"end to end: imgsearch ingest ({b} on {dev}, {name}) of {len(files)} images ...")
-            e2e[f"{b}, {name}"] = end_to_end(folder, b, dev, weights, feats)
+            e2e[f"{b}, {name}"] = end_to_end(folder, args.model, b, dev, weights, feats)
     rss = {}
     for n in [int(x) for x in args.rss.split(",") if x and not args.no_store]:
         big = camera_folder(n)
-        log(f"peak RSS: imgsearch ingest ({default}, handout features) of {n} images ...")
-        rss[str(n)] = end_to_end(big, default, args.device, weights, HANDOUT_FEATURES)
+        log(f"peak RSS: imgsearch ingest (shipped defaults) of {n} images ...")
+        rss[str(n)] = end_to_end(big, args.model, None, args.device, weights, DEFAULT_FEATURES)
     agree = {} if args.no_agreement else backend_agreement(backends, args.device)
 
     h = handout["images_per_second"]
     fastest = max(model, key=lambda b: model[b])
     # without the store rows, the pipeline stage stands in for end to end
     through = {b: e2e[f"{b}, handout features"]["images_per_second"] if e2e else stage[b] for b in backends}
+    # the default backend with no feature flags is exactly what `imgsearch ingest DIR` runs
+    shipped_ips = e2e[f"{default}, default features"]["images_per_second"] if e2e else stage[default]
     ratios = {
-        "end_to_end_default_vs_handout": through[default] / h,
+        "end_to_end_default_vs_handout": shipped_ips / h,
         "end_to_end_default_vs_its_model_only": through[default] / model[default],
         "fastest_model_only_vs_eager": model[fastest] / model["torch"],
         "fastest_end_to_end_vs_handout": through[fastest] / h,
@@ -382,7 +413,9 @@ def main() -> None:
             "processor": platform.processor() or platform.machine(),
             "device": args.device,
         },
-        "model": "resnet50, random weights (speed does not depend on weight values)",
+        "model": args.model,
+        "model_note": MODELS[args.model],
+        "default_preset": DEFAULT_PRESET,
         "images": describe_folder(folder),
         "handout_way": handout,
         "model_only_images_per_second": {b: round(v, 2) for b, v in model.items()},
@@ -419,7 +452,8 @@ def tables(r: dict[str, Any]) -> str:
     h = r["handout_way"]["images_per_second"]
     eager = r["model_only_images_per_second"]["torch"]
     img = r["images"]
-    out(f"ResNet50 with random weights (speed does not depend on weight values); {r['machine']['cpus']} CPUs")
+    out(f"{MODELS[r.get('model', 'resnet50')]}; {r['machine']['cpus']} CPUs")
+    out(f"shipped defaults: the {r.get('default_preset')!r} feature preset on the {r['default_backend']} backend")
     out(f"{img['files']} camera-sized JPEGs, {img['megapixels_mean']} MP and {img['mb_mean']} MB on average\n")
     out(f"{'row':58} {'img/s':>8} {'x handout':>10} {'x eager':>8} {'peak RSS':>9}")
     rows = [("1. handout's way (1 at a time, full decode, eager fp32)", h, "")]

@@ -1,9 +1,20 @@
-"""Measure feature variants on a labelled library: leave-one-out quality and copy detection.
+"""Feature variants and presets, measured on photos (and the clip-art demo), in one table.
 
-Runs `imgsearch eval --copies --json` once per variant (each ingests into its own temporary
-store) and prints a Markdown table; `--out FILE` also writes it (docs/quality.md embeds it).
+Runs `imgsearch eval --copies --json` once per variant and set (each ingests into its own temporary
+store through the real ingest path) on:
 
-    python bench/variants.py [--library examples/library] [--model efficientnet-lite0] [--out docs/variants.md]
+- caltech101-dev: category search, leave-one-out over 3,000 photos in 100 classes;
+- holidays-dev: instance search, 150 held-out queries against 255 photos of the same places/objects;
+- examples/library: the clip-art demo (reported second: it is a demo, never the yardstick);
+
+each with copy detection (50 library images x 10 edits). Cost per image is ingest's wall time per
+image on caltech101-dev (small JPEGs, so it is mostly the model). The photo sets are read from
+``../shared/datasets`` (``--datasets``); sets that are absent are skipped with a note.
+
+    python bench/variants.py [--model efficientnet-lite0] [--only WORD ...] [--out docs/quality.md]
+
+With ``--out`` the tables replace the part of that file between the ``<!-- variants -->`` and
+``<!-- /variants -->`` markers (docs/quality.md), and the raw results go to docs/variants.json.
 """
 
 from __future__ import annotations
@@ -13,24 +24,41 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-BASE = ["--pooling", "avg", "--crop", "center", "--scales", "224"]  # the handout's recipe
-VARIANTS = {  # name -> `imgsearch eval` options (explicit: the shipped default is the GeM/full/224+320 row)
-    "handout baseline (avg, centre crop 224)": BASE,
-    "GeM pooling (p=3)": ["--pooling", "gem", "--crop", "center", "--scales", "224"],
-    "multi-scale 224+320": ["--pooling", "avg", "--crop", "center", "--scales", "224,320"],
-    "GeM + multi-scale": ["--pooling", "gem", "--crop", "center", "--scales", "224,320"],
-    "full image (no crop)": ["--pooling", "avg", "--crop", "full", "--scales", "224"],
-    "GeM + full image": ["--pooling", "gem", "--crop", "full", "--scales", "224"],
-    "GeM + full image + multi-scale": ["--pooling", "gem", "--crop", "full", "--scales", "224,320"],
-    "baseline + query expansion 2": [*BASE, "--expand", "2"],
-    "baseline + PCA whitening": [*BASE, "--whiten"],
+sys.path.insert(0, str(REPO))
+
+from imgsearch.presets import DEFAULT_PRESET, PRESETS  # noqa: E402
+
+# name -> `imgsearch eval` options; the presets first, then single changes that explain them
+VARIANTS: dict[str, list[str]] = {
+    **{
+        f"{name} preset{' (default)' if name == DEFAULT_PRESET else ''}": ["--features", name]
+        for name in ("handout", DEFAULT_PRESET, *(p for p in PRESETS if p not in ("handout", DEFAULT_PRESET)))
+    },
+    "balanced without query expansion (GeM p=2 alone)": ["--features", "balanced", "--expand", "0"],
+    "handout + average query expansion 2": ["--features", "handout", "--expand", "2"],
+    "balanced, whole image instead of the centre crop": ["--features", "balanced", "--crop", "full"],
+    "accurate without query expansion (the old default)": ["--features", "accurate", "--expand", "0"],
 }
+HANDOUT = "handout preset"
+DEFAULT = f"{DEFAULT_PRESET} preset (default)"
 
 
-def run(library: Path, model: str, extra: list[str], n_copies: int) -> dict:
-    cmd = [sys.executable, "-m", "cli.main", "eval", str(library), "--model", model, "--copies"]
+def datasets(root: Path) -> dict[str, list[str]]:
+    """Set name -> the `imgsearch eval` arguments that evaluate it."""
+    hol = root / "holidays-dev"
+    sets = {
+        "category (caltech101-dev)": [str(root / "caltech101-dev")],
+        "instance (holidays-dev)": [str(hol / "library"), "--queries", str(hol / "queries")],
+        "clip art (demo library)": [str(REPO / "examples" / "library")],
+    }
+    return {name: args for name, args in sets.items() if Path(args[0]).is_dir()}
+
+
+def run(eval_args: list[str], model: str, extra: list[str], n_copies: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "cli.main", "eval", *eval_args, "--model", model, "--copies"]
     cmd += ["--n-copies", str(n_copies), "--json", *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
     if proc.returncode != 0:
@@ -38,49 +66,109 @@ def run(library: Path, model: str, extra: list[str], n_copies: int) -> dict:
     return json.loads(proc.stdout)
 
 
-def render(results: dict[str, dict], library: Path, model: str, n_copies: int) -> str:
-    """The Markdown tables of docs/quality.md from `imgsearch eval --json` results keyed by variant."""
-    transforms = list(next(iter(results.values()))["copies"]["rank1"])
-    lines = [
-        f"Library: `{library.relative_to(REPO) if library.is_relative_to(REPO) else library}`, "
-        f"model `{model}`, {n_copies} originals x {len(transforms)} transforms for copy detection.",
-        "",
-        "| variant | mAP | P@1 | P@5 | P@10 | recall@10 | copy rank-1 (mean) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        o = r["overall"]
-        lines.append(
-            f"| {name} | {o['mAP']:.3f} | {o['P@1']:.3f} | {o['P@5']:.3f} | {o['P@10']:.3f} | "
-            f"{o['recall@10']:.3f} | {r['copies']['mean_rank1']:.3f} |"
-        )
-    lines += ["", "Copy detection, rank-1 per transform:", ""]
-    lines.append("| variant | " + " | ".join(transforms) + " |")
-    lines.append("|---|" + "---|" * len(transforms))
-    for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r['copies']['rank1'][t]:.2f}" for t in transforms) + " |")
+def _cost(r: dict[str, Any]) -> float:
+    return 1000.0 / r["ingest"]["images_per_second"] if r["ingest"]["images_per_second"] else float("nan")
+
+
+def render(results: dict[str, dict[str, dict[str, Any]]], model: str, n_copies: int) -> str:
+    """Markdown: one summary table (photos), the rule's verdict, then one detail table per set."""
+    sets = list(next(iter(results.values())))
+    cat, inst = "category (caltech101-dev)", "instance (holidays-dev)"
+    lines = [f"Model `{model}`; copy detection: {n_copies} library images x 10 edits per set.", ""]
+    if cat in sets and inst in sets:
+        base = results.get(HANDOUT)
+        lines += [
+            "| variant | category mAP | instance mAP | mean | copies rank-1 (photos) | ms / image | cost x handout |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, r in results.items():
+            copies = (r[cat]["copies"]["mean_rank1"] + r[inst]["copies"]["mean_rank1"]) / 2
+            mean = (r[cat]["overall"]["mAP"] + r[inst]["overall"]["mAP"]) / 2
+            rel = _cost(r[cat]) / _cost(base[cat]) if base else float("nan")
+            lines.append(
+                f"| {name} | {r[cat]['overall']['mAP']:.3f} | {r[inst]['overall']['mAP']:.3f} | {mean:.3f} | "
+                f"{copies:.3f} | {_cost(r[cat]):.1f} | {rel:.2f} |"
+            )
+        if base and DEFAULT in results:
+            lines += ["", verdict(results[DEFAULT], base, cat, inst)]
+    if DEFAULT in results:
+        lines += ["", "Scores with the default (10th / 50th / 90th percentile):", ""]
+        lines += [
+            "| set | copy vs its original | top-10 hit, relevant | top-10 hit, not relevant |",
+            "|---|---|---|---|",
+        ]
+        for s in sets:
+            r = results[DEFAULT][s]
+            pct = r["score_percentiles_10_50_90"]
+            cells = [r["copies"]["match_score_percentiles_10_50_90"], pct["same category"], pct["other category"]]
+            lines.append(f"| {s} | " + " | ".join(" / ".join(f"{v:.2f}" for v in c) for c in cells) + " |")
+    for s in sets:
+        lines += ["", f"**{s}**", "", "| variant | mAP | P@1 | P@5 | P@10 | copies rank-1 | worst edit |"]
+        lines.append("|---|---|---|---|---|---|---|")
+        for name, r in results.items():
+            o, c = r[s]["overall"], r[s]["copies"]
+            worst = min(c["rank1"], key=c["rank1"].get)
+            lines.append(
+                f"| {name} | {o['mAP']:.3f} | {o['P@1']:.3f} | {o['P@5']:.3f} | {o['P@10']:.3f} | "
+                f"{c['mean_rank1']:.3f} | {worst} {c['rank1'][worst]:.2f} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def verdict(default: dict[str, Any], base: dict[str, Any], cat: str, inst: str) -> str:
+    """The shipped default's rule (issue 12): no worse than the handout's recipe on category mAP,
+    instance mAP and photo copy detection (each within 0.005), and +0.02 mAP on their mean."""
+
+    def copies(r: dict[str, Any]) -> float:
+        return (r[cat]["copies"]["mean_rank1"] + r[inst]["copies"]["mean_rank1"]) / 2
+
+    checks = {
+        "category mAP": default[cat]["overall"]["mAP"] - base[cat]["overall"]["mAP"],
+        "instance mAP": default[inst]["overall"]["mAP"] - base[inst]["overall"]["mAP"],
+        "copies rank-1": copies(default) - copies(base),
+    }
+    gain = (checks["category mAP"] + checks["instance mAP"]) / 2
+    parts = [f"{k} {v:+.3f} ({'ok' if v >= -0.005 else 'WORSE'})" for k, v in checks.items()]
+    ok = all(v >= -0.005 for v in checks.values()) and gain >= 0.02
+    return (
+        f"Rule for the default vs the handout's recipe: {'; '.join(parts)}; mean mAP {gain:+.3f} "
+        f"({'ok' if gain >= 0.02 else 'NOT +0.02'}) → **{'met' if ok else 'NOT met'}**."
+    )
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace what lies between the markers in ``path`` (a new file gets just the tables)."""
+    start, end = "<!-- variants -->", "<!-- /variants -->"
+    doc = path.read_text() if path.is_file() else f"{start}\n{end}\n"
+    if start not in doc or end not in doc:
+        raise SystemExit(f"{path} has no {start} ... {end} section to replace")
+    head, rest = doc.split(start, 1)
+    path.write_text(f"{head}{start}\n{text}{end}{rest.split(end, 1)[1]}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--library", type=Path, default=REPO / "examples" / "library")
+    parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
     parser.add_argument("--model", default="efficientnet-lite0")
     parser.add_argument("--n-copies", type=int, default=50)
     parser.add_argument("--only", nargs="*", help="run only the variants whose names contain these words")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="Markdown file with a <!-- variants --> section to fill")
     args = parser.parse_args()
-    results = {}
+    sets = datasets(args.datasets)
+    if len(sets) < 3:
+        print(f"note: photo sets not found under {args.datasets}; measuring the demo library only", file=sys.stderr)
+    results: dict[str, dict[str, dict[str, Any]]] = {}
     for name, extra in VARIANTS.items():
         if args.only and not any(word in name for word in args.only):
             continue
-        print(f"running: {name}", file=sys.stderr, flush=True)
-        results[name] = run(args.library, args.model, extra, args.n_copies)
-    text = render(results, args.library, args.model, args.n_copies)
+        for set_name, eval_args in sets.items():
+            print(f"running: {name} on {set_name}", file=sys.stderr, flush=True)
+            results.setdefault(name, {})[set_name] = run(eval_args, args.model, extra, args.n_copies)
+    text = render(results, args.model, args.n_copies)
     print(text)
     if args.out:
-        args.out.write_text(text)
-        (args.out.with_suffix(".json")).write_text(json.dumps(results, indent=1) + "\n")
+        write_section(args.out, text)
+        args.out.with_name("variants.json").write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from cli.options import (
     CollectionOpt,
     CropOpt,
     DeviceOpt,
+    ExpandOpt,
+    FeaturesOpt,
     JsonOpt,
     ModelOpt,
     PoolingOpt,
@@ -50,7 +52,7 @@ def evaluate(
     ] = None,
     copies: Annotated[bool, typer.Option("--copies", help="Also measure copy detection (transformed copies).")] = False,
     n_copies: Annotated[int, typer.Option(min=1, help="Library images copied for --copies.")] = 50,
-    expand: Annotated[int, typer.Option(min=0, help="Average query expansion with N neighbours (0 = off).")] = 0,
+    expand: ExpandOpt = None,
     whiten: Annotated[
         bool, typer.Option(help="PCA-whiten (learned on the library; exact search) - an experiment, not stored.")
     ] = False,
@@ -64,6 +66,7 @@ def evaluate(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     backend: BackendOpt = None,
+    features: FeaturesOpt = None,
     pooling: PoolingOpt = None,
     crop: CropOpt = None,
     scales: ScalesOpt = None,
@@ -87,7 +90,9 @@ def evaluate(
 
         with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as tmp:
             store = Store(Location(db=db or Path(tmp) / "db", url=chroma_url, collection=collection))
-            choice = ModelChoice(model, variant, weights, device, backend, pooling, crop, parse_scales(scales))
+            choice = ModelChoice(
+                model, variant, weights, device, backend, pooling, crop, parse_scales(scales), features
+            )
             embedder = open_embedder(store, choice)
             fp = embedder.fingerprint
             with progress_bar("ingesting", enabled=not as_json) as tick:
@@ -97,11 +102,13 @@ def evaluate(
             result = evaluate(store, embedder, held, expand=expand, whiten=whiten)
             found = copy_detection(store, embedder, n_copies, expand=expand, whiten=whiten) if copies else None
             store.close()
+        expand = fp.get("expand", 0) if expand is None else expand
         baseline = _baseline(fp["model"])
         out: dict[str, Any] = {
             "model": fp,
             "expand": expand,
             "whiten": whiten,
+            "ingest": {k: report.as_dict()[k] for k in ("embedded", "seconds", "images_per_second")},
             **result.as_dict(),
             "baseline": baseline,
         }

@@ -25,6 +25,7 @@ from cli.options import (
     DbOpt,
     DeviceOpt,
     ExpandOpt,
+    FeaturesOpt,
     JsonOpt,
     MinScoreOpt,
     ModelOpt,
@@ -84,6 +85,7 @@ def ingest(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     backend: BackendOpt = None,
+    features: FeaturesOpt = None,
     pooling: PoolingOpt = None,
     crop: CropOpt = None,
     scales: ScalesOpt = None,
@@ -112,7 +114,7 @@ def ingest(
         tags = _parse_tags(tag)
         check_tags(tags)
         store = _store(db, chroma_url, collection)
-        choice = ModelChoice(model, variant, weights, device, backend, pooling, crop, parse_scales(scales))
+        choice = ModelChoice(model, variant, weights, device, backend, pooling, crop, parse_scales(scales), features)
         embedder = open_embedder(store, choice)
         say(f"model: {describe(embedder.fingerprint)}; store: {store.location.describe()}")
         with progress_bar("embedding", enabled=not as_json) as tick:
@@ -151,7 +153,7 @@ def search(
     k: TopKOpt = 5,
     where: WhereOpt = [],  # noqa: B006
     min_score: MinScoreOpt = None,
-    expand: ExpandOpt = 0,
+    expand: ExpandOpt = None,
     db: DbOpt = Path("./imgsearch-db"),
     chroma_url: UrlOpt = None,
     collection: CollectionOpt = "images",

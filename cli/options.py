@@ -76,9 +76,23 @@ WhereOpt = Annotated[
     ),
 ]
 MinScoreOpt = Annotated[float | None, typer.Option(help="Drop results scoring below this (score = cosine similarity).")]
+FeaturesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--features",
+        help="Feature preset of a new collection (docs/quality.md has each one's quality and cost): "
+        "balanced (default: GeM p=2, centre crop 224, query expansion 2), fast (the same from the int8 model), "
+        "accurate (GeM p=3, whole image at 224+320 px, query expansion 2: ~4x the cost), "
+        "handout (the lab recipe: avg pool, centre crop 224). "
+        "Expert flags below override single settings. Default: as recorded, balanced for a new collection.",
+    ),
+]
 PoolingOpt = Annotated[
     str | None,
-    typer.Option(help="Feature pooling: avg (the handout's) or gem (generalised mean, p=3). Default: as recorded."),
+    typer.Option(
+        help="Expert: feature pooling avg (the handout's), gem2 or gem (generalised mean, p=2 or 3). "
+        "Default: as recorded, else the preset's."
+    ),
 ]
 CropOpt = Annotated[
     str | None,
@@ -91,7 +105,13 @@ ScalesOpt = Annotated[
     typer.Option(help="Input sizes, e.g. 224 or 224,320 (features averaged over scales). Default: as recorded."),
 ]
 ExpandOpt = Annotated[
-    int, typer.Option(min=0, help="Average query expansion: re-query with the mean of the top N (0 = off).")
+    int | None,
+    typer.Option(
+        min=0,
+        show_default=False,
+        help="Query expansion: re-query with the query plus its top N, weighted by score^alpha as the "
+        "collection records (0 = off). Default: the collection's preset (2 for balanced, 0 for handout).",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (messages on stderr).")]
 
@@ -131,7 +151,7 @@ def run_queries(
     min_score: float | None,
     location: Location,
     choice: ModelChoice,
-    expand: int = 0,
+    expand: int | None = None,
 ) -> Searched:
     """The search shared by ``search`` and ``report``: every input checked before the slow model load."""
     from imgsearch.decode import ImageError, load_image
@@ -157,7 +177,8 @@ def run_queries(
         results = search_vectors(store, vectors, k, filt, min_score, expand=expand)
     finally:
         store.close()
-    return Searched(embedder.fingerprint, location.describe(), filt, results)
+    fingerprint = embedder.fingerprint if expand is None else {**embedder.fingerprint, "expand": expand}
+    return Searched(fingerprint, location.describe(), filt, results)
 
 
 def parse_scales(text: str | None) -> tuple[int, ...] | None:

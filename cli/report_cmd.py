@@ -64,7 +64,7 @@ def report(
     k: TopKOpt = 5,
     where: WhereOpt = [],  # noqa: B006
     min_score: MinScoreOpt = None,
-    expand: ExpandOpt = 0,
+    expand: ExpandOpt = None,
     sheet: Annotated[
         Path | None,
         typer.Option(

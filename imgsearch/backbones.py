@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from imgsearch.decode import DEFAULT_VIEWS, HANDOUT_VIEWS, Decoded, Views, load_views
+from imgsearch.decode import HANDOUT_VIEWS, Decoded, Views, load_views
+from imgsearch.presets import DEFAULT_PRESET, PRESETS
 from imgsearch.runtime import DEFAULT_BACKEND, BackendUnavailable, Runner, make_runner, resolve, usable_cpus
 
 DEFAULT_MODEL = "resnet50"
@@ -165,18 +166,19 @@ def _state_digest(state: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-POOLINGS = ("avg", "gem")
-DEFAULT_POOLING = "gem"  # with DEFAULT_VIEWS, the measured winner (docs/quality.md)
-GEM_P = 3.0  # generalised-mean exponent: 1 = average pooling, large = max pooling
+# pooling name -> generalised-mean exponent p: 1 is average pooling, larger p leans towards max pooling.
+# "gem" (p=3, Radenović et al.'s default) keeps its name because collections record it; p=2 measured
+# better on photos for both category and instance search (docs/quality.md).
+POOLINGS = {"avg": 1.0, "gem2": 2.0, "gem": 3.0}
 
 
 class Embedder:
     """A loaded backbone: image views in, unit-length float32 feature rows out.
 
     ``run`` executes the conv trunk on the chosen backend and device (imgsearch.runtime).
-    Pooling: ``avg`` is the handout's global average pool; ``gem`` is generalised-mean pooling
-    (p=3), which weights strong activations more. With several views (scales), the per-view
-    features are L2-normalised, averaged and normalised again.
+    Pooling: ``avg`` is the handout's global average pool; ``gem2``/``gem`` are generalised-mean
+    pooling with p=2/3 (:data:`POOLINGS`), which weight strong activations more. With several views
+    (scales), the per-view features are L2-normalised, averaged and normalised again.
     """
 
     def __init__(self, run: Runner, fingerprint: dict[str, Any], views: Views, pooling: str) -> None:
@@ -199,12 +201,13 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         total = None
         with torch.inference_mode():
+            p = POOLINGS[self.pooling]
             for batch in batches:
                 fmap = self.run(np.ascontiguousarray(batch, dtype=np.float32))
-                if self.pooling == "gem":
-                    pooled = fmap.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
-                else:
+                if p == 1.0:
                     pooled = fmap.mean(dim=(2, 3))
+                else:
+                    pooled = fmap.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
                 feats = torch.nn.functional.normalize(pooled, dim=1)
                 total = feats if total is None else total + feats
             assert total is not None
@@ -222,12 +225,13 @@ def load_embedder(
     variant: str | None = None,
     weights: Path | None = None,
     device: str = "cpu",
-    pooling: str = DEFAULT_POOLING,
+    pooling: str | None = None,
     views: Views | None = None,
     backend: str = DEFAULT_BACKEND,
 ) -> Embedder:
     """Build ``model`` with its ImageNet weights (or ``weights``), in eval mode, ready to embed.
 
+    ``pooling`` and ``views`` default to the default feature preset's (imgsearch.presets);
     ``backend`` and ``device`` are resolved by :func:`imgsearch.runtime.resolve`; when ``auto`` picked
     onnx and it cannot run here (no onnx package, cache not writable), eager torch takes over.
     """
@@ -240,6 +244,9 @@ def load_embedder(
     if variant not in backbone.variants:
         choices = ", ".join(backbone.variants)
         raise ModelUnavailable(f"{model} has no weights variant {variant!r}; choose one of: {choices}")
+    default = PRESETS[DEFAULT_PRESET]
+    pooling = pooling or default.pooling
+    views = views or Views(default.crop, default.scales)
     if pooling not in POOLINGS:
         raise ModelUnavailable(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
     requested = backend
@@ -247,7 +254,6 @@ def load_embedder(
         backend, device = resolve(backend, device)
     except BackendUnavailable as err:
         raise ModelUnavailable(str(err)) from None
-    views = views or DEFAULT_VIEWS
     torch.set_num_threads(usable_cpus())
     trunk, state, source = backbone.build(variant, weights)
     fingerprint = {
@@ -303,12 +309,19 @@ def describe(fingerprint: dict[str, Any] | None) -> str:
 def describe_feature(fingerprint: dict[str, Any]) -> str:
     """How a vector is made, in words: pooling, view(s), dimension, normalisation."""
     fp = fingerprint
-    pooling = "global average pooling" if fp.get("pooling") == "avg" else "generalised-mean (GeM, p=3) pooling"
+    p = POOLINGS.get(fp.get("pooling", ""), 1.0)
+    pooling = "global average pooling" if p == 1.0 else f"generalised-mean (GeM, p={p:g}) pooling"
     crop, scales = fp.get("crop", HANDOUT_VIEWS.crop), fp.get("scales", list(HANDOUT_VIEWS.scales))
     view = "the centre crop" if crop == "center" else "the whole image"
     sizes = "+".join(map(str, scales))
     mean = ", averaged over the scales" if len(scales) > 1 else ""
+    expand = int(fp.get("expand", 0))
+    qe = (
+        f"; each query is expanded with its {expand} nearest stored images, weighted by score^{fp.get('alpha', 0):g}"
+        if expand
+        else ""
+    )
     return (
         f"{pooling} of the last convolutional layer over {view} at {sizes} px{mean} "
-        f"→ a {fp.get('dim')}-dimensional vector, L2-normalised (unit length)"
+        f"→ a {fp.get('dim')}-dimensional vector, L2-normalised (unit length){qe}"
     )

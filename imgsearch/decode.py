@@ -8,10 +8,15 @@ numpy so that decode threads never touch torch.
 
 from __future__ import annotations
 
+import io
+import mmap
 import os
 import re
 import struct
+import threading
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,23 @@ MAX_ASPECT = 16  # longer side / shorter side kept before resizing (see preproce
 # crop="full" pads to a square before resizing; a longer side is shrunk to this first, so the square
 # stays under 50 MB (images up to this size are preprocessed exactly as before)
 FULL_MAX_SIDE = 4096
+
+# camera RAW files: decoded from the JPEG preview every camera embeds (LibRaw via rawpy finds it), not
+# from the sensor data: demosaicing a 24 MP RAW takes seconds, the preview is what the camera showed
+RAW_EXTENSIONS = frozenset({".cr2", ".cr3", ".nef", ".arw", ".dng", ".orf", ".rw2", ".raf"})
+_RAW_PREVIEW_UNREADABLE = "camera RAW file whose embedded preview is not a readable image"
+# EXIF orientation → the PIL transpose that displays it (ImageOps.exif_transpose's table)
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# LibRaw's ``sizes.flip`` (dcraw's encoding) → EXIF orientation
+_FLIP_TO_ORIENTATION = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # load_image checks MAX_PIXELS itself before decoding; Pillow's warning (at 89 MP, below our cap) is
@@ -79,23 +101,57 @@ def load_image(path: str | os.PathLike[str], min_side: int = RESIZE) -> Decoded:
 
     JPEGs are decoded in draft mode at the smallest DCT scale whose shorter side is still
     ≥ ``min_side`` (a 12 MP photo decodes ~5x faster), since preprocessing shrinks it anyway.
+    HEIC/HEIF (pillow-heif) and AVIF (Pillow) take the same path; camera RAW files (by extension)
+    give their embedded JPEG preview, decoded the same way (:func:`_load_raw`).
     Raises :class:`ImageError` with a specific reason for anything that is not a usable image.
     """
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(_too_large(f"{width}x{height}"))
-            if width < 1 or height < 1:
-                raise ImageError(f"empty image ({width}x{height})")
-            if img.format == "JPEG" and min_side > 0:
-                img.draft(None, (min_side, min_side))  # keeps both sides >= min_side
-            img.seek(0)  # first frame of animated GIF/WebP or multi-page TIFF
+    if os.path.splitext(os.fspath(path))[1].lower() in RAW_EXTENSIONS:
+        return _load_raw(path, min_side)
+    _register_heif()
+    with _image_errors(lambda: _unidentified_reason(path)), Image.open(path) as img:
+        return _decode(img, min_side)
+
+
+def _decode(img: Image.Image, min_side: int, orientation: int | None = None) -> Decoded:
+    """The checks and decode every format shares; ``orientation`` overrides the image's own EXIF one."""
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(_too_large(f"{width}x{height}"))
+    if width < 1 or height < 1:
+        raise ImageError(f"empty image ({width}x{height})")
+    if img.format in ("JPEG", "HEIF") and min_side > 0:
+        img.draft(None, (min_side, min_side))  # keeps both sides >= min_side (HEIF: an embedded thumbnail)
+    if img.format != "HEIF":  # a HEIF's frame 0 need not be its primary image, which Image.open picked
+        img.seek(0)  # first frame of animated GIF/WebP/AVIF or multi-page TIFF
+    if img.format in _CONTAINERS:
+        try:
             img.load()
-            oriented = ImageOps.exif_transpose(img)
-            if oriented.size != img.size and oriented.size[::-1] == img.size:
-                width, height = height, width
-            return Decoded(_to_rgb(oriented), width, height)
+        except (ValueError, SyntaxError, RuntimeError, EOFError, OSError) as err:
+            # both plugins read the whole file on open: a failure here is the data's, never the disk's
+            raise ImageError(f"corrupt {_CONTAINERS[img.format]} file: {_one_line(err)}") from None
+    else:
+        img.load()
+    if img.format == "HEIF":
+        # libheif already applied the irot/imir boxes; a HEIF's EXIF orientation only describes them
+        # (iPhones write both), so applying it too would turn the picture twice
+        oriented = img
+    elif orientation is not None:
+        oriented = img.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else img
+    else:
+        oriented = ImageOps.exif_transpose(img)  # AVIF: Pillow turns irot/imir into this EXIF tag
+    if oriented.size != img.size and oriented.size[::-1] == img.size:
+        width, height = height, width
+    return Decoded(_to_rgb(oriented), width, height)
+
+
+@contextmanager
+def _image_errors(unidentified: Callable[[], str]) -> Iterator[None]:
+    """Turn whatever Pillow or the OS raises while decoding into an :class:`ImageError` with a reason.
+
+    ``unidentified()`` gives the reason when no plugin recognises the data.
+    """
+    try:
+        yield
     except ImageError:
         raise
     except FileNotFoundError:
@@ -105,7 +161,7 @@ def load_image(path: str | os.PathLike[str], min_side: int = RESIZE) -> Decoded:
     except IsADirectoryError:
         raise ImageError("is a directory, not an image file") from None
     except UnidentifiedImageError:
-        raise ImageError(_unidentified_reason(path)) from None
+        raise ImageError(unidentified()) from None
     except Image.DecompressionBombError as err:  # Pillow's own cap, checked inside Image.open
         pixels = re.search(r"\((\d+) pixels\)", str(err))
         raise ImageError(_too_large(f"{int(pixels[1]):,} pixels" if pixels else "the image")) from None
@@ -120,6 +176,121 @@ def load_image(path: str | os.PathLike[str], min_side: int = RESIZE) -> Decoded:
         raise ImageError("not enough memory to decode this image") from None
 
 
+_heif_lock = threading.Lock()
+_heif_state: list[bool] = []  # [registered?] once tried
+
+
+def _register_heif() -> bool:
+    """Teach Pillow HEIC/HEIF once, on first use: importing pillow-heif costs start-up time, and
+    without it only HEIC files fail (with a reason saying what to install)."""
+    if _heif_state:
+        return _heif_state[0]
+    with _heif_lock:
+        if not _heif_state:
+            with suppress(ImportError):  # Pillow < 11.3 has no AVIF plugin
+                from PIL import AvifImagePlugin  # noqa: F401 - registered first: it owns AV1-coded 'mif1' files
+            try:
+                from pillow_heif import register_heif_opener
+
+                register_heif_opener(depth_images=False, aux_images=False)  # only the picture is used
+                _heif_state.append(True)
+            except ImportError:
+                _heif_state.append(False)
+    return _heif_state[0]
+
+
+def _load_raw(path: str | os.PathLike[str], min_side: int) -> Decoded:
+    """A camera RAW file's embedded preview, through the same checks and JPEG draft decode.
+
+    Orientation: the preview's own EXIF one when it has a rotation, else the RAW's (LibRaw's
+    ``sizes.flip``); LibRaw also writes the latter into a preview that came without EXIF.
+    """
+    # a missing or unreadable file or a folder gets the same reason as any image (LibRaw only says "I/O error")
+    with _image_errors(lambda: _RAW_PREVIEW_UNREADABLE), open(path, "rb") as fh:
+        if not fh.read(1):
+            raise ImageError("empty file (0 bytes)")
+    try:
+        import rawpy
+    except ImportError:
+        raise ImageError("camera RAW support needs rawpy: pip install rawpy") from None
+    try:
+        with rawpy.imread(os.fspath(path)) as raw:
+            flip = raw.sizes.flip
+            thumb = raw.extract_thumb()
+    except rawpy.LibRawNoThumbnailError:
+        # LibRaw also drops a preview that would run more than 16 KB past the end of the file
+        raise ImageError("camera RAW file without an embedded preview (or cut short before its end)") from None
+    except rawpy.LibRawUnsupportedThumbnailError:
+        raise ImageError("camera RAW file whose embedded preview is in a format LibRaw cannot extract") from None
+    except rawpy.LibRawFileUnsupportedError:
+        raise ImageError("corrupt camera RAW file, or a RAW format LibRaw does not know") from None
+    except rawpy.LibRawIOError:
+        raise ImageError("corrupt or truncated camera RAW file (LibRaw could not read it)") from None
+    except rawpy.LibRawError as err:
+        raise ImageError(f"corrupt camera RAW file: {_one_line(err)}") from None
+    except MemoryError:
+        raise ImageError("not enough memory to read this camera RAW file") from None
+    raw_orientation = _FLIP_TO_ORIENTATION.get(flip, 1)
+    if thumb.format == rawpy.ThumbFormat.BITMAP:  # uncompressed rows, as an array
+        pixels = np.asarray(thumb.data)
+        if pixels.ndim != 3 or pixels.shape[2] not in (1, 3) or pixels.shape[0] * pixels.shape[1] > MAX_PIXELS:
+            raise ImageError(f"camera RAW file with an unusable preview bitmap ({'x'.join(map(str, pixels.shape))})")
+        if pixels.dtype == np.uint16:
+            pixels = (pixels >> 8).astype(np.uint8)
+        with _image_errors(lambda: _RAW_PREVIEW_UNREADABLE):
+            return _decode(
+                Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels), min_side, raw_orientation
+            )
+    with _image_errors(lambda: _RAW_PREVIEW_UNREADABLE):
+        jpeg = _whole_preview(path, bytes(thumb.data))
+        if jpeg is None:
+            raise ImageError("corrupt or truncated camera RAW file: its embedded preview is cut short")
+        with Image.open(io.BytesIO(jpeg)) as img:
+            own = img.getexif().get(0x0112)
+            return _decode(img, min_side, None if own in _TRANSPOSE else raw_orientation)
+
+
+def _whole_preview(path: str | os.PathLike[str], data: bytes) -> bytes | None:
+    """The preview JPEG LibRaw extracted, up to its end; None when the file holds only part of it.
+
+    LibRaw reads a preview that runs past the end of a cut-short file into memory it does not clear,
+    so after the real bytes comes whatever that memory held, often the end of an earlier preview,
+    which a JPEG decoder takes for picture data. A whole preview ends in EOI, and the bytes before
+    its EOI are in the file.
+    """
+    end = _jpeg_end(data)
+    if end is None:
+        return None
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return data[:end] if mm.find(data[max(2, end - 32) : end]) >= 0 else None
+
+
+def _jpeg_end(data: bytes) -> int | None:
+    """Where the JPEG in ``data`` ends (after its EOI marker), or None when it has no EOI.
+
+    After the first SOS, ``FF D9`` can only be EOI: coded data escapes FF bytes, and the markers
+    between the scans of a progressive JPEG are others.
+    """
+    pos = 2  # after SOI
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:  # stray bytes between segments: skipped, as JPEG decoders do
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                return None
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xDA:  # start of scan
+            eoi = data.find(b"\xff\xd9", pos)
+            return eoi + 2 if eoi >= 0 else None
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return None
+
+
 def _unidentified_reason(path: str | os.PathLike[str]) -> str:
     try:
         size = Path(path).stat().st_size
@@ -131,6 +302,11 @@ def _unidentified_reason(path: str | os.PathLike[str]) -> str:
         return "empty file (0 bytes)"
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
         return "not an image: the file holds HTML/XML text (a failed download?)"
+    container = _container_name(head)
+    if container == "HEIC" and not _register_heif():
+        return "HEIC support needs pillow-heif: pip install pillow-heif"
+    if container:
+        return f"corrupt {container} file: {_plugin_error(path, container)}"
     for magic, name in _MAGIC.items():
         if head.startswith(magic) and (name != "WebP" or head[8:12] == b"webp"):
             return f"corrupt {name} file: {_plugin_error(path, name)}"
@@ -147,6 +323,28 @@ _MAGIC = {
     b"mm\x00*": "TIFF",
     b"bm": "BMP",
 }
+# HEIF and AVIF are ISO-BMFF files: an 'ftyp' box at offset 4 lists brands saying what is inside
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_CONTAINERS = {"HEIF": "HEIC", "AVIF": "AVIF"}  # Pillow format → the name people know
+
+
+def _container_name(head: bytes) -> str | None:
+    """The name of the ISO-BMFF image format ``head`` starts (HEIC, AVIF), by its ftyp box's brands, else None."""
+    if head[4:8] != b"ftyp":
+        return None
+    end = min(int.from_bytes(head[:4], "big"), len(head))
+    brands = {head[8:12], *(head[i : i + 4] for i in range(16, end - 3, 4))}
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    return "HEIC" if brands & _HEIF_BRANDS else None
+
+
+def _one_line(err: BaseException) -> str:
+    """An error's message on one line: libheif's end in newlines, LibRaw's are bytes."""
+    msg = err.args[0] if len(err.args) == 1 and isinstance(err.args[0], bytes) else err
+    text = msg.decode(errors="replace") if isinstance(msg, bytes) else str(msg)
+    return " ".join(text.split()) or type(err).__name__
 
 
 def _plugin_error(path: str | os.PathLike[str], name: str) -> str:
@@ -160,12 +358,21 @@ def _plugin_error(path: str | os.PathLike[str], name: str) -> str:
         "TIFF": TiffImagePlugin.TiffImageFile,
         "BMP": BmpImagePlugin.BmpImageFile,
     }
+    if name == "HEIC":
+        from pillow_heif import open_heif
+
+        plugins[name] = open_heif
+    elif name == "AVIF":
+        from PIL import AvifImagePlugin
+
+        plugins[name] = AvifImagePlugin.AvifImageFile
     if name not in plugins:
         return "its header cannot be read"
     try:
-        plugins[name](path).close()
+        opened = plugins[name](path)
+        getattr(opened, "close", lambda: None)()
     except (SyntaxError, OSError, ValueError, TypeError, EOFError, IndexError, KeyError, struct.error) as err:
-        return f"its header cannot be read ({err})"
+        return f"its header cannot be read ({_one_line(err)})"
     return "its header cannot be read"
 
 
@@ -205,9 +412,6 @@ class Views:
 
 
 HANDOUT_VIEWS = Views("center", (CROP,))  # the lab handout's Resize(256) + CenterCrop(224)
-# The shipped default: measured better than the handout's on both category retrieval and copy
-# detection (docs/quality.md); the whole picture at two scales.
-DEFAULT_VIEWS = Views("full", (CROP, 320))
 
 
 def _normalise(img: Image.Image) -> np.ndarray:

@@ -9,23 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgsearch.backbones import (
-    DEFAULT_MODEL,
-    DEFAULT_POOLING,
-    Embedder,
-    ModelUnavailable,
-    fingerprint_mismatch,
-    load_embedder,
-)
-from imgsearch.decode import DEFAULT_VIEWS, HANDOUT_VIEWS, Views
+from imgsearch.backbones import DEFAULT_MODEL, Embedder, ModelUnavailable, fingerprint_mismatch, load_embedder
+from imgsearch.decode import HANDOUT_VIEWS, Views
+from imgsearch.presets import DEFAULT_PRESET, get_preset, matching_preset
 from imgsearch.runtime import DEFAULT_BACKEND
 from imgsearch.store import Store
+
+SEARCH_KEYS = ("preset", "expand", "alpha")  # recorded with a collection: how it is searched
 
 
 @dataclass(frozen=True)
 class ModelChoice:
     """What the user asked for. Each setting left as None takes the collection's recorded value
-    (or, for a new collection, the default)."""
+    (or, for a new collection, the value of ``preset``, else of the default preset)."""
 
     model: str | None = None
     variant: str | None = None
@@ -35,6 +31,7 @@ class ModelChoice:
     pooling: str | None = None
     crop: str | None = None
     scales: tuple[int, ...] | None = None
+    preset: str | None = None
 
 
 def open_embedder(store: Store, choice: ModelChoice | None = None) -> Embedder:
@@ -42,6 +39,10 @@ def open_embedder(store: Store, choice: ModelChoice | None = None) -> Embedder:
     c = choice or ModelChoice()
     model, variant, weights, backend = c.model, c.variant, c.weights, c.backend
     pooling, crop, scales = c.pooling, c.crop, c.scales
+    named = get_preset(c.preset) if c.preset else None
+    if named is not None:  # the preset's settings, as if each flag had been given
+        pooling, crop, scales = pooling or named.pooling, crop or named.crop, scales or named.scales
+        backend = backend or named.backend
     recorded = store.fingerprint()
     if recorded is not None:
         if model and model != recorded.get("model"):
@@ -62,16 +63,26 @@ def open_embedder(store: Store, choice: ModelChoice | None = None) -> Embedder:
         # fp32 backends give the same vectors, so each machine may pick its own; int8 stays int8
         if backend is None and recorded.get("backend") == "int8":
             backend = "int8"
-    views = Views(crop or DEFAULT_VIEWS.crop, scales or DEFAULT_VIEWS.scales)
+    default = get_preset(DEFAULT_PRESET)
+    views = Views(crop or default.crop, scales or default.scales)
     embedder = load_embedder(
         model or DEFAULT_MODEL,
         variant,
         weights,
         c.device,
-        pooling or DEFAULT_POOLING,
+        pooling or default.pooling,
         views,
-        backend or DEFAULT_BACKEND,
+        backend or default.backend or DEFAULT_BACKEND,
     )
+    if recorded is None:  # a new collection records how it is searched as well as how vectors are made
+        chosen = named or matching_preset(embedder.fingerprint)
+        embedder.fingerprint.update(
+            preset=chosen.name if chosen and chosen == matching_preset(embedder.fingerprint) else "custom",
+            expand=chosen.expand if chosen else 0,
+            alpha=chosen.alpha if chosen else 0.0,
+        )
+    else:
+        embedder.fingerprint.update({k: recorded[k] for k in SEARCH_KEYS if k in recorded})
     if recorded is not None and (why := fingerprint_mismatch(recorded, embedder.fingerprint)):
         raise ModelUnavailable(
             f"the loaded model does not match the one {store.location.describe()} was built with: {why}. "

@@ -7,7 +7,12 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# photos as cameras and phones write them; the RAW ones are imgsearch.decode.RAW_EXTENSIONS (not imported:
+# scanning stays free of numpy and Pillow)
+EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".hif", ".avif"}
+    | {".cr2", ".cr3", ".nef", ".arw", ".dng", ".orf", ".rw2", ".raf"}
+)
 
 
 @dataclass(frozen=True)

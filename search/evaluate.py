@@ -119,12 +119,12 @@ class _Ranker:
     """How queries are ranked: the product's search path, or exact search in a whitened space."""
 
     store: Store
-    expand: int = 0
+    expand: int | None = None  # None: the collection's recorded expansion
     whitening: Whitening | None = None
     library: dict[str, dict[str, Any]] | None = None  # id -> metadata with "_embedding" (whitened case)
 
     @classmethod
-    def make(cls, store: Store, expand: int, whiten: bool) -> _Ranker:
+    def make(cls, store: Store, expand: int | None, whiten: bool) -> _Ranker:
         if not whiten:
             return cls(store, expand)
         library = store.get([i for i, _ in store.scan()], embeddings=True)
@@ -161,7 +161,7 @@ def evaluate(
     store: Store,
     embedder: Embedder,
     queries: list[tuple[str, str]] | None = None,
-    expand: int = 0,
+    expand: int | None = None,
     whiten: bool = False,
 ) -> Evaluation:
     """Score rankings by category: leave-one-out over the collection, or the given held-out queries."""
@@ -287,7 +287,7 @@ class CopyDetection:
 
 
 def copy_detection(
-    store: Store, embedder: Embedder, n: int = 50, seed: int = 0, expand: int = 0, whiten: bool = False
+    store: Store, embedder: Embedder, n: int = 50, seed: int = 0, expand: int | None = None, whiten: bool = False
 ) -> CopyDetection:
     """Make transformed copies of ``n`` stored images and count how often the original ranks first."""
     from imgsearch.decode import load_image

@@ -49,21 +49,27 @@ def expand_queries(
     n: int,
     where: dict[str, Any] | None = None,
     exclude: Sequence[str | None] | None = None,
+    alpha: float = 0.0,
 ) -> np.ndarray:
-    """Average query expansion: each query plus its ``n`` nearest stored vectors, renormalised.
+    """α-weighted query expansion (Radenović et al. 2018): each query plus its ``n`` nearest stored
+    vectors weighted by score ** ``alpha``, renormalised (``alpha`` 0 is plain average expansion).
 
-    Neighbours of a picture mostly show the same thing from other angles, so their mean is a
-    steadier query. ``exclude`` (one id or None per query) keeps a leave-one-out query from
+    Neighbours of a picture mostly show the same thing from other angles, so their mixture is a
+    steadier query; the weights keep a weak neighbour (a query whose subject the library lacks)
+    from pulling it away. ``exclude`` (one id or None per query) keeps a leave-one-out query from
     expanding with itself.
     """
     skip = list(exclude) if exclude is not None else [None] * len(vectors)
     rows = store.query(vectors, n + 1, where)
-    neighbours = [[id_ for id_, _, _ in row if id_ != own][:n] for row, own in zip(rows, skip, strict=True)]
-    stored = store.get(sorted({i for ids in neighbours for i in ids}), embeddings=True)
+    neighbours = [
+        [(id_, max(0.0, 1.0 - dist) ** alpha) for id_, dist, _ in row if id_ != own][:n]
+        for row, own in zip(rows, skip, strict=True)
+    ]
+    stored = store.get(sorted({i for pairs in neighbours for i, _ in pairs}), embeddings=True)
     out = np.array(vectors, dtype=np.float32, copy=True)
-    for q, ids in enumerate(neighbours):
-        for id_ in ids:
-            out[q] += stored[id_]["_embedding"]
+    for q, pairs in enumerate(neighbours):
+        for id_, weight in pairs:
+            out[q] += weight * stored[id_]["_embedding"]
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
@@ -73,16 +79,19 @@ def search_vectors(
     k: int = 5,
     where: dict[str, Any] | None = None,
     min_score: float | None = None,
-    expand: int = 0,
+    expand: int | None = None,
     exclude: Sequence[str | None] | None = None,
 ) -> list[list[Hit]]:
     """Top-k hits per query vector, best first, dropping those below ``min_score``.
 
-    ``expand`` > 0 applies average query expansion with that many neighbours; ``exclude`` gives
-    per query an id to leave out of its results (leave-one-out evaluation).
+    ``expand`` > 0 applies query expansion with that many neighbours, weighted as the collection
+    records (its ``alpha``); None takes the collection's recorded expansion (its preset's).
+    ``exclude`` gives per query an id to leave out of its results (leave-one-out evaluation).
     """
+    recorded = store.fingerprint() or {}
+    expand = int(recorded.get("expand", 0)) if expand is None else expand
     if expand > 0:
-        vectors = expand_queries(store, vectors, expand, where, exclude)
+        vectors = expand_queries(store, vectors, expand, where, exclude, float(recorded.get("alpha", 0.0)))
     skip = list(exclude) if exclude is not None else [None] * len(vectors)
     results = []
     for row, own in zip(store.query(vectors, k + (exclude is not None), where), skip, strict=True):

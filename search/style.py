@@ -3,8 +3,8 @@
 One stylesheet, so a result looks the same in a saved report and in the browser.
 """
 
-# Score colour bands, from the default features' measured scores (docs/quality.md): a copy and its
-# original score 0.84-0.98 (10th-90th percentile); top-10 hits of another category 0.60-0.74.
+# Score colour bands, from the default preset's measured scores on photos (docs/quality.md): a copy
+# and its original score 0.88-0.99 (10th-90th percentile); top-10 hits that are not relevant 0.53-0.77.
 HIGH, MID = 0.85, 0.7
 
 CARDS_CSS = """

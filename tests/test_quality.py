@@ -1,4 +1,7 @@
-"""Retrieval quality guards: EfficientNet-Lite0 (real ImageNet weights) on the demo library.
+"""Retrieval quality guards: EfficientNet-Lite0 (real ImageNet weights) on the clip-art demo library.
+
+The default is chosen and guarded on photos (tests/test_photo_quality.py); these floors keep the demo
+from regressing.
 
 `imgsearch eval` measures through the product's real ingest and query paths. The floors sit a
 small margin below the figures measured when they were set (README "Quality", docs/quality.md),
@@ -14,9 +17,13 @@ from conftest import LIBRARY, MODEL, QUERIES, run_json
 
 from search.evaluate import METRICS, TRANSFORMS
 
-FLOORS = {"mAP": 0.28, "P@5": 0.52}  # leave-one-out, shipped default (measured 0.298, 0.553)
-QUERY_MAJORITY_FLOOR = 0.5  # measured 18 of 30 = 0.60; share of example queries whose top-5 are mostly their category
-COPY_RANK1_FLOOR = 0.96  # mean over the transforms, shipped default (measured 0.982)
+FLOORS = {"mAP": 0.235, "P@5": 0.45}  # leave-one-out, balanced preset (measured 0.247, 0.473)
+# share of example queries whose top-5 are mostly their category: measured 12 of 30 = 0.40 with the
+# balanced preset (18 of 30 with the previous, clip-art-chosen default: its whole-image view suits
+# drawings whose subject touches the border, and hurts photos; docs/quality.md)
+QUERY_MAJORITY_FLOOR = 0.35
+COPY_RANK1_FLOOR = 0.96  # mean over the transforms, balanced preset (measured 0.972)
+RULE_MARGIN = 0.005  # the default's rule: no worse than the handout's recipe within this (docs/quality.md)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,7 @@ def test_leave_one_out_and_copy_detection(demo_db: Path) -> None:
     assert res["copies"]["mean_rank1"] >= COPY_RANK1_FLOOR
     base = res["baseline"]  # the handout recipe's checked-in figures are printed beside ours
     assert res["overall"]["mAP"] > base["leave-one-out"]["mAP"]
-    assert res["copies"]["mean_rank1"] > base["copies"]["mean_rank1"]
+    assert res["copies"]["mean_rank1"] >= base["copies"]["mean_rank1"] - RULE_MARGIN
 
 
 def test_example_queries_find_their_category(demo_db: Path) -> None:

@@ -436,9 +436,9 @@ def test_giant_thin_and_16_bit_images_decode_in_bounded_memory(tmp_path: Path) -
     code = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))\n"
-        "from imgsearch.decode import DEFAULT_VIEWS, load_views\n"
+        "from imgsearch.decode import Views, load_views\n"
         "for path in sys.argv[1:]:\n"
-        "    views, decoded = load_views(path, DEFAULT_VIEWS)\n"
+        "    views, decoded = load_views(path, Views('full', (224, 320)))\n"
         "    print(decoded.width, decoded.height, [v.shape for v in views])\n"
     )
     proc = subprocess.run(

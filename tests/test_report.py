@@ -142,8 +142,9 @@ def test_report_is_self_contained_and_explains_the_score(made: dict[str, Any], d
     text = made["html"]
     for fact in (
         "efficientnet-lite0",
-        "generalised-mean (GeM, p=3) pooling",  # the shipped default feature
-        "the whole image at 224+320 px",
+        "generalised-mean (GeM, p=2) pooling",  # the shipped default feature (balanced preset)
+        "the centre crop at 224 px",
+        "each query is expanded with its 2 nearest stored images",
         "1280-dimensional",
         "L2-normalised",
         "score = 1 − cosine distance = cosine similarity",
