@@ -9,9 +9,10 @@ normalises it, so all backends share one pooling path and differ only in the tru
 - ``int8``: that ONNX model statically quantised: uint8 activations whose ranges come from fixed
   images in ``imgsearch/calibration`` (so it is the same on every machine), per-channel weights in
   7 bits (``reduce_range``: on AVX2 CPUs without VNNI, 8-bit weights overflow ONNX Runtime's 16-bit
-  partial sums and vectors fell to cosine 0.90 of fp32), except the first :data:`WIDE_CONVS` convolutions, which keep 16-bit weights: their error flows
-  through the whole network (with them at 8 bits EfficientNet-Lite0's vectors fell to cosine 0.97
-  of fp32 on some images; at 16 bits ≥ 0.98), and they are a few percent of its arithmetic.
+  partial sums and vectors fell to cosine 0.90 of fp32), except the first :data:`WIDE_CONVS`
+  convolutions, which keep 16-bit weights: their error flows through the whole network (with them
+  at 8 bits EfficientNet-Lite0's vectors fell to cosine 0.97 of fp32 on some images; at 16 bits
+  ≥ 0.98), and they are a few percent of its arithmetic.
 
 The exported and quantised models are cached under :func:`cache_dir`, keyed by the weights digest.
 """
