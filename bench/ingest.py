@@ -14,7 +14,9 @@ once and passed with --weights, the product's own path); ``--model efficientnet-
 the offline backbone with its real weights. Rows 2-3 use the handout's features (average pool,
 centre crop 224) so that every backend does the same arithmetic; row 4 runs ``imgsearch ingest``
 with the handout preset and with the shipped defaults (no feature flags: the default preset and
-the default backend), and the headline ratio is the shipped defaults against row 1.
+the default backend), and the headline ratio is the shipped defaults against row 1: the median of
+``--rounds`` alternating runs of the two, so that a busy neighbour on a shared machine moves one
+round rather than the verdict.
 
 The camera-sized JPEGs (8-12 megapixels, quality 90) are mosaics of real images (the demo library
 and the calibration photos) with film grain, so they compress like photos; they are generated once
@@ -33,6 +35,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -163,6 +166,16 @@ def model_weights(model: str) -> Path | None:
 
 
 def handout_way(files: list[Path], model: str, weights: Path | None, seconds: float) -> dict[str, Any]:
+    """Row 1 in a fresh process, as a user runs it: in this one, the thread pools the other rows
+    left behind (onnxruntime's, torch's) slowed later rounds of the eager loop tenfold."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_handout_loop, files, model, weights, seconds).result()
+
+
+def _handout_loop(files: list[Path], model: str, weights: Path | None, seconds: float) -> dict[str, Any]:
     """The handout's loop: PIL full decode, torchvision transforms, batch of 1, eager fp32, the conv
     trunk then a global average pool (for ResNet50, exactly its children()[:-1])."""
     import torch
@@ -195,7 +208,7 @@ def handout_way(files: list[Path], model: str, weights: Path | None, seconds: fl
             x = tf(Image.open(f).convert("RGB")).unsqueeze(0)
             torch.nn.functional.normalize(features(x).flatten(1), dim=1)
             done += 1
-            if time.perf_counter() - started > seconds and done >= 10:
+            if time.perf_counter() - started > seconds and done >= 40:
                 break
     return {"images": done, "images_per_second": done / (time.perf_counter() - started)}
 
@@ -348,6 +361,7 @@ def main() -> None:
     parser.add_argument("--backends", default=",".join(b for b in BACKENDS if b != "auto"), help="backends to measure")
     parser.add_argument("--no-agreement", action="store_true", help="skip the backend agreement rows")
     parser.add_argument("--no-store", action="store_true", help="skip the rows that write to Chroma (ingest, RSS)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating handout / shipped-default runs (median)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--out", type=Path, help="also write the tables to OUT.md and the JSON to OUT.json")
     args = parser.parse_args()
@@ -393,15 +407,21 @@ def main() -> None:
         log(f"peak RSS: imgsearch ingest (shipped defaults) of {n} images ...")
         rss[str(n)] = end_to_end(big, args.model, None, args.device, weights, DEFAULT_FEATURES)
     agree = {} if args.no_agreement else backend_agreement(backends, args.device)
+    # the headline pair again, alternating, so that a noisy neighbour moves one round, not the verdict
+    rounds = [(handout["images_per_second"], e2e[f"{default}, default features"] if e2e else None)]
+    for i in range(2, args.rounds + 1):
+        log(f"round {i}/{args.rounds}: handout's way, then imgsearch ingest with the shipped defaults ...")
+        again = handout_way(files, args.model, weights, args.seconds)["images_per_second"]
+        shipped = None if args.no_store else end_to_end(folder, args.model, None, args.device, weights, [])
+        rounds.append((again, shipped))
+    round_ratios = [(s["images_per_second"] if s else stage[default]) / hw for hw, s in rounds]
 
-    h = handout["images_per_second"]
+    h = statistics.median(hw for hw, _ in rounds)
     fastest = max(model, key=lambda b: model[b])
     # without the store rows, the pipeline stage stands in for end to end
     through = {b: e2e[f"{b}, handout features"]["images_per_second"] if e2e else stage[b] for b in backends}
-    # the default backend with no feature flags is exactly what `imgsearch ingest DIR` runs
-    shipped_ips = e2e[f"{default}, default features"]["images_per_second"] if e2e else stage[default]
     ratios = {
-        "end_to_end_default_vs_handout": shipped_ips / h,
+        "end_to_end_default_vs_handout": statistics.median(round_ratios),
         "end_to_end_default_vs_its_model_only": through[default] / model[default],
         "fastest_model_only_vs_eager": model[fastest] / model["torch"],
         "fastest_end_to_end_vs_handout": through[fastest] / h,
@@ -417,7 +437,8 @@ def main() -> None:
         "model_note": MODELS[args.model],
         "default_preset": DEFAULT_PRESET,
         "images": describe_folder(folder),
-        "handout_way": handout,
+        "handout_way": {**handout, "images_per_second": h, "rounds": [round(hw, 2) for hw, _ in rounds]},
+        "headline_round_ratios": [round(x, 2) for x in round_ratios],
         "model_only_images_per_second": {b: round(v, 2) for b, v in model.items()},
         "model_only_default_features_images_per_second": {default: round(model_shipped, 2)},
         "pipeline_without_store_images_per_second": {b: round(v, 2) for b, v in stage.items()},
@@ -493,6 +514,8 @@ def tables(r: dict[str, Any]) -> str:
                 f"top-10 overlap {a['top10_overlap']:.3f}"
             )
     out(f"\nratios (default backend here: {r['default_backend']}; fastest: {r['fastest_backend']})")
+    out(f"  handout's way, img/s per round {r['handout_way']['rounds']} (row 1: the median)")
+    out(f"  shipped defaults vs handout per round {r['headline_round_ratios']} (headline: the median)")
     for k, v in r["ratios"].items():
         target = r["targets"][k]
         out(f"  {k:42} {v:6.2f}  (target >= {target}: {'met' if v >= target else 'NOT met'})")

@@ -3,6 +3,7 @@
     python -m pytest tests/test_reliability.py            # -> test-artifacts/reliability-*.md
     python bench/fuzz_decode.py --minutes 5 --out test-artifacts/fuzz-decode.json
     python bench/load.py --out test-artifacts/load.json   # -> load.json + load.md
+    python bench/memory.py --server --out test-artifacts/memory.json
     python bench/reliability_doc.py                       # -> docs/reliability.md
 
 The prose is here; every number and table comes from those files, so the page says what the last
@@ -20,10 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 KINDS = ("embedded", "server")
 
-INTRO = """# Reliability: bad images, killed ingests, load
+INTRO = """# Reliability: bad inputs, killed processes, load, memory, failing servers
 
 What imgsearch does with broken and awkward files, with files that change while it reads them, with
-an ingest killed at a random moment, and under concurrent web traffic. Every table below is written
+an ingest killed at a random moment, under concurrent web traffic and a storm of huge uploads, with
+FIFOs, devices and escaping symlinks in a photo folder, with 10,000 queries or a 100,000-row store,
+and with a Chroma server that dies, freezes or runs out of disk. Every table below is written
 by `python bench/reliability_doc.py` from the files the commands named beside it leave in
 `test-artifacts/`; `tests/test_reliability.py` asserts the outcomes on every CI run.
 """
@@ -125,7 +128,7 @@ decodes a 100 MP image (up to ~2 GB RSS in one run); the cap is what bounds it.
 Command: `python bench/fuzz_decode.py --minutes 4 --out test-artifacts/fuzz-decode.json`
 """
 
-LOAD = """## 5. Load: the web API under concurrent clients while the worker ingests
+LOAD = """## 5. Load: the web API under concurrent clients while the worker ingests, then a storm
 
 `bench/load.py` runs docker-compose's topology as processes: `chroma run` on a store of 5,000
 images, `imgsearch worker` watching the library, `imgsearch serve`. The 5,000 images are derived
@@ -143,9 +146,106 @@ steps. The first run showed one more thing to get right when stopping the topolo
 Chroma at the same time as the worker loses the worker's last batch (`sync failed (ConnectError)`,
 redone on the next start); the script now stops the web server and the worker first.
 
-Command: `python bench/load.py --out test-artifacts/load.json` (the library and store are kept in
-`/tmp/imgsearch-load` and reused; a first run spends most of its time building the store).
+**The storm** is what used to take the server down: before the limits, 24 concurrent uploads of one
+64 MP PNG drove it to 11.1 GB RSS (every upload decoded at once in its own thread), so 50 clients
+with 100 MP images would have exhausted the machine. Now a server decodes at most `--max-concurrent`
+uploads at once (default: half the CPUs, 2 to 4), lets `--max-queue` more wait (default 4 per
+decode) and answers the rest `503` with `Retry-After` (an estimate of when the queue will have
+drained) before reading their bodies into anything; `/healthz` is answered on the event loop, never
+behind the uploads; uploads over `--max-upload-pixels` (default 40 MP) are refused from their
+header. The storm runs a fresh server per backend with the upload cap raised to 100 MP, so every
+upload is really decoded, and 50 clients that honour `Retry-After` until they are served.
+
+Command: `python bench/load.py --out test-artifacts/load.json` (the library, the store and the storm's
+upscaled photos are kept in `/tmp/imgsearch-load` and reused; a first run spends most of its time
+building the store).
 """
+
+HOSTILE = """## 6. Things in a photo folder that are not files
+
+A named pipe in a library used to hang `imgsearch ingest` for good (the hashing thread blocked in
+`open()` waiting for a writer), and `imgsearch worker` with it, deaf to SIGTERM. Now only regular
+files are read: the scan classifies each entry with the `stat` it already makes and reports FIFOs,
+sockets and device nodes (`not a regular file: a named pipe (FIFO)`, `...: a socket`, `...: a
+character device`) without opening them; every open (hashing, decoding, camera RAW previews, which
+LibRaw reads through `/dev/fd/N`) goes through `imgsearch.files.open_regular`: `O_NONBLOCK |
+O_NOCTTY`, then `fstat` on the descriptor, so a file swapped for a FIFO after the scan is refused too.
+A symlink whose target leaves the ingested folders (`passwd.jpg -> /etc/passwd`, a link to a folder
+elsewhere) is skipped with `symlink points outside the ingested folders (--follow-outside reads it)`.
+Pillow is only offered the formats imgsearch supports (no EPS through Ghostscript, no PSD/PDF/JPEG
+2000: `unsupported image format: PostScript/EPS (...)`).
+
+`tests/test_hostile_files.py` builds a library of 7 good images beside two FIFOs (`.jpg`, `.dng`), a
+Unix socket, a real character device (`mknod`, as root) and a link to `/dev/zero`, an EPS file,
+`passwd.jpg -> /etc/passwd`, and links to an image and a folder outside it: `imgsearch ingest` exits
+3 with each bad entry reported once with its reason and exactly the good files stored;
+`--follow-outside` stores the outside image and folder and reports `passwd.jpg` as not an image; the
+worker syncs the same folder, picks up a FIFO and an image added while it runs, and exits 0 within
+seconds of SIGTERM. Every subprocess has a deadline that fails the test: none can pass by timing out.
+"""
+
+MEMORY = """## 7. Memory flat in the number of inputs
+
+`imgsearch search` once decoded and embedded every query file in one batch (550 query photos: 19 GB).
+Queries now go through the same windowed mapper as ingest (`imgsearch.batching`: decode threads, at
+most a window of images in flight, batched model calls) and are ranked 64 at a time, results printed
+as they come; `report` writes its HTML piece by piece; leave-one-out `eval` ranks in chunks and keeps
+only running metric sums (its hits carry ids, not metadata, which also made it ~2x faster);
+`--whiten` learns its covariance page by page and never builds N x N; an ingest re-run or worker sync
+reads stored rows a page at a time and keeps only those of changed files.
+
+`bench/memory.py` runs the real CLI in a subprocess per case and reads its peak RSS (VmHWM) from
+/proc. Large libraries are hard links to the demo images stored with real vectors plus noise, so
+nothing spends hours embedding; with `--server`, eval and sync talk to a `chroma run` server (as
+docker-compose deploys the worker): with an embedded store Chroma itself loads the collection's
+index into the process, ~5 kB per 1280-d row, which is the data's memory, not imgsearch's.
+
+Command: `python bench/memory.py --server --out test-artifacts/memory.json`
+"""
+
+CHROMA = """## 8. A Chroma server that fails
+
+chromadb's HTTP client waits forever (its session has no timeout, and its constructor makes three
+requests before one could be set). imgsearch probes the server's heartbeat with a timeout, builds the
+client in a thread it abandons after the timeout, then bounds the client's own session: every request
+has `--timeout` / `IMGSEARCH_CHROMA_TIMEOUT` (default 30 s). Every failure — a timeout, a refused or
+lost connection, a server error, the collection deleted on the server, a full disk — is one line on
+stderr and exit 1 (`the Chroma server at http://... did not answer within 2 s (stopped, overloaded or
+unreachable?)`). A long-running process reconnects after a lost connection and looks a deleted or
+recreated collection up again. The worker backs off after a failed sync (1 s doubling to 60 s; its
+status file says `error`, the reason and `retry_in`) and logs `resumed` when the server answers.
+A re-embedded file is overwritten in place (upsert), so a failure mid-run never leaves it missing
+from search; upsert costs ~2x a delete + add per replaced row (12 vs 5 ms at 1280-d), paid only by
+changed files.
+
+`tests/test_chroma_failures.py` runs real `chroma run` servers: killed (SIGKILL) mid-ingest and
+mid-search (exit 1, one line naming the server, no traceback; after a restart on the same data the
+re-run leaves exactly one row per file); frozen (SIGSTOP: `stats --timeout 2` fails within the bound,
+a frozen ingest fails with its timeout, and after SIGCONT the re-run completes); the worker against a
+killed server (state `error`, backoff growing, files added meanwhile synced after the restart,
+`resumed` logged); a collection deleted under a running worker (recreated, refilled); and a store on
+a 32 MiB tmpfs filled to ENOSPC (one `no space left` line, the store still opens, the next run
+completes once space is freed).
+"""
+
+
+def memory_text() -> str:
+    raw = _read("memory.json")
+    if raw is None:
+        return _missing("python bench/memory.py --server --out test-artifacts/memory.json")
+    mem = json.loads(raw)
+    rows = "\n".join(
+        f"| {case} | {r['n']:,} | {r['peak_rss_mb']:.0f} | {r['seconds']:.0f} |"
+        for case, series in mem["rows"].items()
+        for r in series
+    )
+    checks = "\n".join(
+        f"- {'met' if c['met'] else '**not met**'}: {name} ({c['value']})" for name, c in mem["checks"].items()
+    )
+    return (
+        f"Last run: model {mem['model']}, store for eval and sync: {mem['store']}, scale {mem['scale']}, "
+        f"{mem['cpus']} CPUs.\n\n| case | inputs | peak RSS MB | seconds |\n|---|---|---|---|\n{rows}\n\n{checks}"
+    )
 
 
 def _read(name: str) -> str | None:
@@ -185,7 +285,8 @@ def main() -> None:
     corpus = table("1-corpus", "python -m pytest tests/test_reliability.py -k bad_inputs")
     crash = [table(f"2-crash-{kind}", "python -m pytest tests/test_reliability.py -k sigkill") for kind in KINDS]
     load = _read("load.md") or _missing("python bench/load.py --out test-artifacts/load.json")
-    parts = [INTRO, CORPUS, corpus, WINDOWS, CRASH, *crash, FUZZ, fuzz_text(), LOAD, load]
+    parts = [INTRO, CORPUS, corpus, WINDOWS, CRASH, *crash, FUZZ, fuzz_text(), LOAD, load, HOSTILE]
+    parts += [MEMORY, memory_text(), CHROMA]
     args.out.write_text("\n".join(p.strip() + "\n" for p in parts).replace("\n## ", "\n\n## "), encoding="utf-8")
     print(args.out)
 

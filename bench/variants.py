@@ -12,6 +12,11 @@ image on caltech101-dev (small JPEGs, so it is mostly the model). The photo sets
 ``../shared/datasets`` (``--datasets``); sets that are absent are skipped with a note.
 
     python bench/variants.py [--model efficientnet-lite0] [--only WORD ...] [--out docs/quality.md]
+    python bench/variants.py --results docs/variants.json --cost-from QUIET.json --out docs/quality.md
+
+Quality does not depend on what else the machine runs; cost per image does. ``--cost-from`` takes the
+ingest timings from an earlier run's results made on a quiet machine (and says so under the table);
+``--results`` renders saved results instead of running anything.
 
 With ``--out`` the tables replace the part of that file between the ``<!-- variants -->`` and
 ``<!-- /variants -->`` markers (docs/quality.md), and the raw results go to docs/variants.json.
@@ -70,7 +75,7 @@ def _cost(r: dict[str, Any]) -> float:
     return 1000.0 / r["ingest"]["images_per_second"] if r["ingest"]["images_per_second"] else float("nan")
 
 
-def render(results: dict[str, dict[str, dict[str, Any]]], model: str, n_copies: int) -> str:
+def render(results: dict[str, dict[str, dict[str, Any]]], model: str, n_copies: int, cost_note: str = "") -> str:
     """Markdown: one summary table (photos), the rule's verdict, then one detail table per set."""
     sets = list(next(iter(results.values())))
     cat, inst = "category (caltech101-dev)", "instance (holidays-dev)"
@@ -89,6 +94,8 @@ def render(results: dict[str, dict[str, dict[str, Any]]], model: str, n_copies: 
                 f"| {name} | {r[cat]['overall']['mAP']:.3f} | {r[inst]['overall']['mAP']:.3f} | {mean:.3f} | "
                 f"{copies:.3f} | {_cost(r[cat]):.1f} | {rel:.2f} |"
             )
+        if cost_note:
+            lines += ["", cost_note]
         if base and DEFAULT in results:
             lines += ["", verdict(results[DEFAULT], base, cat, inst)]
     if DEFAULT in results:
@@ -153,7 +160,29 @@ def main() -> None:
     parser.add_argument("--n-copies", type=int, default=50)
     parser.add_argument("--only", nargs="*", help="run only the variants whose names contain these words")
     parser.add_argument("--out", type=Path, help="Markdown file with a <!-- variants --> section to fill")
+    parser.add_argument("--results", type=Path, help="render these saved results (variants.json) instead of running")
+    parser.add_argument("--cost-from", type=Path, help="ingest timings from this earlier (quiet) run's results")
     args = parser.parse_args()
+    results = json.loads(args.results.read_text()) if args.results else measure(args)
+    note = ""
+    if args.cost_from:
+        quiet = json.loads(args.cost_from.read_text())
+        for name, per_set in results.items():
+            for set_name, r in per_set.items():
+                r["ingest"] = quiet[name][set_name]["ingest"]
+        note = (
+            f"Cost per image (ms / image, cost x handout): from an earlier run on a quiet machine "
+            f"({args.cost_from.name}); quality: from this run."
+        )
+    text = render(results, args.model, args.n_copies, note)
+    print(text)
+    if args.out:
+        write_section(args.out, text)
+        args.out.with_name("variants.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+def measure(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
+    """Run every variant (``--only``: those named) on every set found."""
     sets = datasets(args.datasets)
     if len(sets) < 3:
         print(f"note: photo sets not found under {args.datasets}; measuring the demo library only", file=sys.stderr)
@@ -164,11 +193,7 @@ def main() -> None:
         for set_name, eval_args in sets.items():
             print(f"running: {name} on {set_name}", file=sys.stderr, flush=True)
             results.setdefault(name, {})[set_name] = run(eval_args, args.model, extra, args.n_copies)
-    text = render(results, args.model, args.n_copies)
-    print(text)
-    if args.out:
-        write_section(args.out, text)
-        args.out.with_name("variants.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
 
 
 if __name__ == "__main__":

@@ -41,6 +41,20 @@ def _baseline(model: str) -> dict[str, Any]:
         return {}
 
 
+def _held_out(qdir: Path) -> list[tuple[str, str]]:
+    """(path, category) for every image under ``qdir``: category = first folder, like ingest; files
+    directly in ``qdir`` are named CATEGORY_anything.ext (e.g. ``cats_1.jpg``)."""
+    from ingest.scan import is_image_name
+
+    out = []
+    for path in sorted(qdir.rglob("*")):
+        if path.is_file() and is_image_name(path.name):
+            rel = path.relative_to(qdir)
+            category = rel.parts[0] if len(rel.parts) > 1 else path.stem.rsplit("_", 1)[0]
+            out.append((str(path.resolve()), category))
+    return out
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -86,7 +100,7 @@ def evaluate(
         from imgsearch.session import ModelChoice, open_embedder
         from imgsearch.store import Location, Store
         from ingest.sync import ingest
-        from search.evaluate import METRICS, copy_detection, evaluate, held_out_queries
+        from search.evaluate import METRICS, copy_detection, evaluate
 
         with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as tmp:
             store = Store(Location(db=db or Path(tmp) / "db", url=chroma_url, collection=collection))
@@ -98,7 +112,7 @@ def evaluate(
             with progress_bar("ingesting", enabled=not as_json) as tick:
                 report = ingest([str(library)], store, embedder, progress=tick)
             say(f"library: {store.count()} images ({report.embedded} embedded now, {report.failed} failed)")
-            held = held_out_queries(queries) if queries is not None else None
+            held = _held_out(queries) if queries is not None else None
             result = evaluate(store, embedder, held, expand=expand, whiten=whiten)
             found = copy_detection(store, embedder, n_copies, expand=expand, whiten=whiten) if copies else None
             store.close()

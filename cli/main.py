@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,11 +27,13 @@ from cli.options import (
     DeviceOpt,
     ExpandOpt,
     FeaturesOpt,
+    FollowOutsideOpt,
     JsonOpt,
     MinScoreOpt,
     ModelOpt,
     PoolingOpt,
     ScalesOpt,
+    TimeoutOpt,
     TopKOpt,
     UrlOpt,
     VariantOpt,
@@ -58,10 +61,10 @@ app = typer.Typer(
 )
 
 
-def _store(db: Path, url: str | None, collection: str) -> Any:
+def _store(db: Path, url: str | None, collection: str, timeout: float | None) -> Any:
     from imgsearch.store import Location, Store
 
-    return Store(Location(db=db, url=url, collection=collection))
+    return Store(Location(db=db, url=url, collection=collection, timeout=timeout))
 
 
 def _parse_tags(tags: list[str]) -> dict[str, str]:
@@ -79,6 +82,7 @@ def ingest(
     dirs: Annotated[list[Path], typer.Argument(help="Folders (or single images) to ingest, recursively.")],
     db: DbOpt = Path("./imgsearch-db"),
     chroma_url: UrlOpt = None,
+    timeout: TimeoutOpt = None,
     collection: CollectionOpt = "images",
     model: ModelOpt = None,
     variant: VariantOpt = None,
@@ -94,6 +98,7 @@ def ingest(
     ] = None,
     tag: Annotated[list[str], typer.Option("--tag", help="KEY=VALUE metadata added to every file; repeatable.")] = [],  # noqa: B006
     prune: Annotated[bool, typer.Option(help="Delete entries under DIRS whose files are gone.")] = False,
+    follow_outside: FollowOutsideOpt = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 16,
     failures: Annotated[Path | None, typer.Option(help="Write the failed files and reasons here as JSON.")] = None,
     as_json: JsonOpt = False,
@@ -113,7 +118,7 @@ def ingest(
 
         tags = _parse_tags(tag)
         check_tags(tags)
-        store = _store(db, chroma_url, collection)
+        store = _store(db, chroma_url, collection, timeout)
         choice = ModelChoice(model, variant, weights, device, backend, pooling, crop, parse_scales(scales), features)
         embedder = open_embedder(store, choice)
         say(f"model: {describe(embedder.fingerprint)}; store: {store.location.describe()}")
@@ -125,6 +130,7 @@ def ingest(
                 category=category,
                 tags=tags,
                 prune=prune,
+                follow_outside=follow_outside,
                 batch_size=batch_size,
                 progress=tick,
             )
@@ -156,6 +162,7 @@ def search(
     expand: ExpandOpt = None,
     db: DbOpt = Path("./imgsearch-db"),
     chroma_url: UrlOpt = None,
+    timeout: TimeoutOpt = None,
     collection: CollectionOpt = "images",
     model: ModelOpt = None,
     variant: VariantOpt = None,
@@ -177,54 +184,55 @@ def search(
         from imgsearch.store import Location
         from search.query import ranking_text
 
-        location = Location(db=db, url=chroma_url, collection=collection)
+        location = Location(db=db, url=chroma_url, collection=collection, timeout=timeout)
         choice = ModelChoice(model, variant, weights, device, backend)
         found = run_queries(queries, k, where, min_score, location, choice, expand)
-        for q, hits in zip(queries, found.results, strict=True):
-            if as_json:
-                results = [h.as_dict() for h in hits]
-                emit(
-                    {
-                        "query": str(q),
-                        "model": found.fingerprint["model"],
-                        "k": k,
-                        "where": found.where,
-                        "results": results,
-                    }
-                )
-                continue
-            print(f"query: {q}")
-            rows = [(h.rank, f"{h.score:.4f}", f"{h.distance:.4f}", h.category, h.path) for h in hits]
-            print(
-                table(["rank", "score", "distance", "category", "path"], rows, right=(0, 1, 2))
-                if rows
-                else "(no results)"
-            )
-            print()
-        if not as_json:
-            print(ranking_text(found.fingerprint))
+        model_name = found.fingerprint["model"]
+
+        def shown() -> Iterator[tuple[str, list[Any]]]:
+            """Each query's hits printed as they are found, then passed on (to the report)."""
+            for q, hits in found.results:
+                if as_json:
+                    results = [h.as_dict() for h in hits]
+                    emit({"query": q, "model": model_name, "k": k, "where": found.where, "results": results})
+                else:
+                    print(f"query: {q}")
+                    rows = [(h.rank, f"{h.score:.4f}", f"{h.distance:.4f}", h.category, h.path) for h in hits]
+                    header = ["rank", "score", "distance", "category", "path"]
+                    print(table(header, rows, right=(0, 1, 2)) if rows else "(no results)", end="\n\n", flush=True)
+                yield q, hits
+
+        report = None
         if open_report:
             import tempfile
 
             from search.report import write_report
 
             out = Path(tempfile.mkdtemp(prefix="imgsearch-")) / "report.html"
-            entries = [(str(q), hits) for q, hits in zip(queries, found.results, strict=True)]
-            path = write_report(entries, found.fingerprint, found.store, out, k, where, min_score=min_score)
-            (say if as_json else print)(f"report: {path}")
+            report = write_report(
+                shown(), len(queries), found.fingerprint, found.store, out, k, where, min_score=min_score
+            )
+        else:
+            for _ in shown():
+                pass
+        if not as_json:
+            print(ranking_text(found.fingerprint))
+        if report is not None:
+            (say if as_json else print)(f"report: {report}")
 
 
 @app.command()
 def stats(
     db: DbOpt = Path("./imgsearch-db"),
     chroma_url: UrlOpt = None,
+    timeout: TimeoutOpt = None,
     collection: CollectionOpt = "images",
     status: StatusOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """How many images the store holds, per category, and which model made them (and the worker's state)."""
     with user_errors(), json_stdout(as_json) as emit:
-        store = _store(db, chroma_url, collection)
+        store = _store(db, chroma_url, collection, timeout)
         counts: dict[str, int] = {}
         for _, meta in store.scan():
             cat = str(meta.get("category", ""))
@@ -254,6 +262,7 @@ def remove(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders whose entries to delete.")],
     db: DbOpt = Path("./imgsearch-db"),
     chroma_url: UrlOpt = None,
+    timeout: TimeoutOpt = None,
     collection: CollectionOpt = "images",
     as_json: JsonOpt = False,
 ) -> None:
@@ -261,7 +270,7 @@ def remove(
     with user_errors(), json_stdout(as_json) as emit:
         from imgsearch.store import image_id, stored_path
 
-        store = _store(db, chroma_url, collection)
+        store = _store(db, chroma_url, collection, timeout)
         wanted = [os.path.abspath(p) for p in paths]
         prefixes = tuple(os.path.join(w, "") for w in wanted)
         ids = set(store.get([image_id(w) for w in wanted]))

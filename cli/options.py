@@ -33,6 +33,18 @@ UrlOpt = Annotated[
         help="Use a Chroma server instead of the embedded store, e.g. http://127.0.0.1:8000.",
     ),
 ]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        envvar="IMGSEARCH_CHROMA_TIMEOUT",
+        min=0.1,
+        metavar="SECONDS",
+        help="With --chroma-url: the longest any one request to the server may take before the command fails "
+        "(a server that stopped answering). Default 30.",
+        show_default=False,
+    ),
+]
 CollectionOpt = Annotated[
     str, typer.Option("--collection", "-c", envvar="IMGSEARCH_COLLECTION", help="Collection name.")
 ]
@@ -114,6 +126,14 @@ ExpandOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (messages on stderr).")]
+FollowOutsideOpt = Annotated[
+    bool,
+    typer.Option(
+        "--follow-outside",
+        help="Also read symlinks whose targets lie outside the folders given (by default they are skipped "
+        "and reported, so a link to /etc or another user's files never lands in the library).",
+    ),
+]
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -141,7 +161,7 @@ class Searched:
     fingerprint: dict[str, Any]
     store: str  # the store's description
     where: dict[str, Any] | None
-    results: list[list[Hit]]
+    results: Iterator[tuple[str, list[Hit]]]  # (query, hits) as found; the store closes when it ends
 
 
 def run_queries(
@@ -153,12 +173,13 @@ def run_queries(
     choice: ModelChoice,
     expand: int | None = None,
 ) -> Searched:
-    """The search shared by ``search`` and ``report``: every input checked before the slow model load."""
+    """The search shared by ``search`` and ``report``: every input checked before the slow model load,
+    then the results stream (a chunk of queries in memory at a time, however many there are)."""
     from imgsearch.decode import ImageError, load_image
     from imgsearch.session import open_embedder
     from imgsearch.store import Store
     from search.filters import parse_where
-    from search.query import embed_queries, search_vectors
+    from search.query import search_files
 
     filt = parse_where(where)
     for q in queries:
@@ -173,12 +194,18 @@ def run_queries(
         if store.count() == 0:
             fail(f"{location.describe()} is empty: run `imgsearch ingest DIR` first")
         embedder = open_embedder(store, choice)
-        vectors = embed_queries([str(q) for q in queries], embedder)
-        results = search_vectors(store, vectors, k, filt, min_score, expand=expand)
-    finally:
+    except BaseException:
         store.close()
+        raise
+
+    def results() -> Iterator[tuple[str, list[Hit]]]:
+        try:
+            yield from search_files(store, embedder, [str(q) for q in queries], k, filt, min_score, expand)
+        finally:
+            store.close()
+
     fingerprint = embedder.fingerprint if expand is None else {**embedder.fingerprint, "expand": expand}
-    return Searched(fingerprint, location.describe(), filt, results)
+    return Searched(fingerprint, location.describe(), filt, results())
 
 
 def parse_scales(text: str | None) -> tuple[int, ...] | None:

@@ -95,9 +95,9 @@ def report(
         say(f"searching {len(files)} quer{'y' if len(files) == 1 else 'ies'} in {location.describe()}")
         choice = ModelChoice(model, variant, weights, device, backend)
         found = run_queries(files, k, where, min_score, location, choice, expand)
-        entries = [(str(q), hits) for q, hits in zip(files, found.results, strict=True)]
-        path = write_report(entries, found.fingerprint, found.store, out, k, where, sheet, min_score=min_score)
+        n = len(files)
+        path = write_report(found.results, n, found.fingerprint, found.store, out, k, where, sheet, min_score=min_score)
         if sheet is not None:
-            say(f"wrote {len(entries)} contact sheets to {sheet.resolve()}")
-        say(f"wrote the report for {len(entries)} quer{'y' if len(entries) == 1 else 'ies'}")
+            say(f"wrote {n} contact sheets to {sheet.resolve()}")
+        say(f"wrote the report for {n} quer{'y' if n == 1 else 'ies'}")
     print(path)

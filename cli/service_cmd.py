@@ -20,6 +20,7 @@ from cli.options import (
     CollectionOpt,
     DbOpt,
     DeviceOpt,
+    FollowOutsideOpt,
     ModelOpt,
     UrlOpt,
     VariantOpt,
@@ -90,6 +91,7 @@ def worker(
     device: DeviceOpt = "auto",
     backend: BackendOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 16,
+    follow_outside: FollowOutsideOpt = False,
 ) -> None:
     """Keep the store in sync with DIRs as files come and go: added, changed, moved and deleted files.
 
@@ -111,14 +113,24 @@ def worker(
         from imgsearch.backbones import describe
         from imgsearch.session import ModelChoice, open_embedder
         from imgsearch.store import Location, Store
-        from ingest.worker import Worker, default_status_path
+        from ingest.worker import Worker, default_status_path, wait_for_store
 
         location = Location(db=db, url=chroma_url, collection=collection)
         store = Store(location)
+        if chroma_url and not wait_for_store(store, stop):
+            return
         embedder = open_embedder(store, ModelChoice(model, variant, weights, device, backend))
         status_path = status or default_status_path(location)
         say(f"model: {describe(embedder.fingerprint)}; status file: {status_path}")
-        Worker([str(d) for d in dirs], store, embedder, settle, status_path, batch_size=batch_size).run(stop, interval)
+        Worker(
+            [str(d) for d in dirs],
+            store,
+            embedder,
+            settle,
+            status_path,
+            batch_size=batch_size,
+            follow_outside=follow_outside,
+        ).run(stop, interval)
         store.close()
 
 
@@ -131,8 +143,56 @@ def serve(
     ] = [],  # noqa: B006
     interval: IntervalOpt = 5.0,
     settle: SettleOpt = 2.0,
+    follow_outside: FollowOutsideOpt = False,
     status: StatusOpt = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Largest query image accepted (413 above).")] = 20.0,
+    max_upload_pixels: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            metavar="PIXELS",
+            help="Largest query image in pixels, read from its header before decoding (422 above; ingest's "
+            "cap is 100 MP). Decoding takes ~10 bytes a pixel.",
+        ),
+    ] = 40_000_000,
+    max_concurrent: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Query images decoded and embedded at once (default: half the CPUs, 2 to 4).",
+            show_default=False,
+        ),
+    ] = None,
+    max_queue: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Uploads waiting for one of those; beyond it 503 with Retry-After (default: 4 x --max-concurrent).",
+            show_default=False,
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="IMGSEARCH_TOKEN",
+            help="Require this secret on every request but /healthz: API clients send `Authorization: Bearer "
+            "TOKEN`; the page shows a sign-in form that sets an HttpOnly session cookie. Prefer the env var "
+            "(a command line is visible to every user of the machine).",
+            show_default=False,
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str],
+        typer.Option(
+            "--allowed-host",
+            envvar="IMGSEARCH_ALLOWED_HOSTS",
+            metavar="NAME",
+            help="Also accept requests whose Host header names NAME (repeatable; '*': any), besides localhost, "
+            "127.0.0.1, ::1 and --host; anything else gets 400 (DNS rebinding).",
+        ),
+    ] = [],  # noqa: B006
     db: DbOpt = Path("./imgsearch-db"),
     chroma_url: UrlOpt = None,
     collection: CollectionOpt = "images",
@@ -146,6 +206,9 @@ def serve(
 
     API: POST /api/search (multipart `image`, form `k`, `where`, `min_score`; returns the `search --json`
     object), POST /api/search/by-id/ID, GET /api/images/ID/thumb, GET /api/stats, /healthz, /readyz.
+    Under load uploads wait for one of --max-concurrent decodes, at most --max-queue of them; more get
+    503 with Retry-After (the page retries by itself). Binding to a non-loopback --host without --token
+    (or IMGSEARCH_TOKEN) lets anyone on the network search and view the library: it warns.
     With the embedded store no other process may use it, so --watch DIR runs the worker in here;
     with --chroma-url run `imgsearch worker` separately (any number of web servers and workers).
     """
@@ -154,7 +217,7 @@ def serve(
         try:
             import uvicorn
 
-            from search.web import create_app
+            from search.web import LOOPBACK_NAMES, Limits, create_app, exposed
         except ImportError as err:
             fail(f"imgsearch serve needs FastAPI and uvicorn: pip install 'imgsearch[serve]' ({err})")
         from imgsearch.session import ModelChoice
@@ -167,9 +230,17 @@ def serve(
             interval=interval,
             settle=settle,
             status_path=status,
-            max_upload_mb=max_upload_mb,
+            follow_outside=follow_outside,
+            limits=Limits(max_upload_mb, max_upload_pixels, max_concurrent, max_queue),
+            token=token or None,
+            allowed_hosts=[*LOOPBACK_NAMES, host, *allowed_host],
             log=say,
         )
+        if exposed(host) and not token:
+            say(
+                f"WARNING: listening on {host} without a token: anyone who can reach this port can search the "
+                "library and view its pictures. Set IMGSEARCH_TOKEN (or --token), or bind to 127.0.0.1."
+            )
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
         # uvicorn shuts down cleanly on SIGTERM/SIGINT and then re-raises the signal; these no-op
         # handlers (restored by uvicorn once it is done) turn that into a normal exit 0

@@ -215,9 +215,14 @@ class Embedder:
         return total.cpu().numpy().astype(np.float32, copy=False)
 
     def embed_files(self, paths: list[str]) -> np.ndarray:
-        """Load and embed a few files at once (queries); raises ImageError for an unusable one."""
-        loaded = [self.load(p)[0] for p in paths]
-        return self.embed([np.stack([views[i] for views in loaded]) for i in range(len(self.views.scales))])
+        """Embed a few files (queries) through the windowed mapper; raises ImageError for an unusable one.
+
+        Holds every vector it returns: many files go through :func:`imgsearch.batching.embed_chunks`.
+        """
+        from imgsearch.batching import embed_chunks
+
+        chunks = [vectors for _, vectors in embed_chunks(paths, self, chunk=max(1, len(paths)))]
+        return chunks[0] if chunks else np.zeros((0, self.dim), dtype=np.float32)
 
 
 def load_embedder(

@@ -18,11 +18,13 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from functools import cache
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from imgsearch.files import NotRegularFile, open_regular
 
 # Bumped whenever the pixels → tensor mapping changes; stored in every collection's fingerprint.
 PREPROCESS_VERSION = "v1:exif,rgb-on-white,resize256,crop224,imagenet-norm"
@@ -42,6 +44,11 @@ FULL_MAX_SIDE = 4096
 # from the sensor data: demosaicing a 24 MP RAW takes seconds, the preview is what the camera showed
 RAW_EXTENSIONS = frozenset({".cr2", ".cr3", ".nef", ".arw", ".dng", ".orf", ".rw2", ".raf"})
 _RAW_PREVIEW_UNREADABLE = "camera RAW file whose embedded preview is not a readable image"
+_UNKNOWN = "not an image: unknown or unsupported file format"
+# the Pillow plugins tried on a file, and no others: EPS/PS (which runs Ghostscript) and the exotic
+# formats Pillow also knows are never tried on what a folder holds (HEIF: pillow-heif's plugin)
+PIL_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
+SUPPORTED = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF, AVIF and camera RAW"
 # EXIF orientation → the PIL transpose that displays it (ImageOps.exif_transpose's table)
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -103,13 +110,27 @@ def load_image(path: str | os.PathLike[str], min_side: int = RESIZE) -> Decoded:
     ≥ ``min_side`` (a 12 MP photo decodes ~5x faster), since preprocessing shrinks it anyway.
     HEIC/HEIF (pillow-heif) and AVIF (Pillow) take the same path; camera RAW files (by extension)
     give their embedded JPEG preview, decoded the same way (:func:`_load_raw`).
+    Only regular files are read, through a descriptor opened so that nothing blocks (a FIFO, a
+    device: :func:`imgsearch.files.open_regular`), and only with the plugins of :data:`PIL_FORMATS`.
     Raises :class:`ImageError` with a specific reason for anything that is not a usable image.
     """
-    if os.path.splitext(os.fspath(path))[1].lower() in RAW_EXTENSIONS:
-        return _load_raw(path, min_side)
-    _register_heif()
-    with _image_errors(lambda: _unidentified_reason(path)), Image.open(path) as img:
-        return _decode(img, min_side)
+    with _image_errors():
+        fh = open_regular(path)
+    with fh, _image_errors(lambda: _unidentified_reason(fh)):
+        if os.path.splitext(os.fspath(path))[1].lower() in RAW_EXTENSIONS:
+            return _load_raw(fh, min_side)
+        with Image.open(fh, formats=_pil_formats()) as img:
+            return _decode(img, min_side)
+
+
+def pixel_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """Width and height from the header alone (nothing decoded), through the same safe open and
+    formats as :func:`load_image`; None when that cannot say (decoding then gives the reason)."""
+    try:
+        with open_regular(path) as fh, Image.open(fh, formats=_pil_formats()) as img:
+            return img.size
+    except Exception:
+        return None
 
 
 def _decode(img: Image.Image, min_side: int, orientation: int | None = None) -> Decoded:
@@ -145,7 +166,7 @@ def _decode(img: Image.Image, min_side: int, orientation: int | None = None) -> 
 
 
 @contextmanager
-def _image_errors(unidentified: Callable[[], str]) -> Iterator[None]:
+def _image_errors(unidentified: Callable[[], str] = lambda: _UNKNOWN) -> Iterator[None]:
     """Turn whatever Pillow or the OS raises while decoding into an :class:`ImageError` with a reason.
 
     ``unidentified()`` gives the reason when no plugin recognises the data.
@@ -154,6 +175,8 @@ def _image_errors(unidentified: Callable[[], str]) -> Iterator[None]:
         yield
     except ImageError:
         raise
+    except NotRegularFile as err:
+        raise ImageError(str(err)) from None
     except FileNotFoundError:
         raise ImageError("file not found (deleted or moved while reading?)") from None
     except PermissionError:
@@ -199,22 +222,34 @@ def _register_heif() -> bool:
     return _heif_state[0]
 
 
-def _load_raw(path: str | os.PathLike[str], min_side: int) -> Decoded:
+@cache
+def _pil_formats() -> tuple[str, ...]:
+    """:data:`PIL_FORMATS` whose plugins are installed (Image.open fails on a format it does not know)."""
+    _register_heif()
+    from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin  # noqa: F401
+
+    with suppress(ImportError):  # Pillow built without libwebp
+        from PIL import WebPImagePlugin  # noqa: F401
+    return tuple(f for f in PIL_FORMATS if f in Image.OPEN)
+
+
+def _load_raw(fh: BinaryIO, min_side: int) -> Decoded:
     """A camera RAW file's embedded preview, through the same checks and JPEG draft decode.
 
     Orientation: the preview's own EXIF one when it has a rotation, else the RAW's (LibRaw's
     ``sizes.flip``); LibRaw also writes the latter into a preview that came without EXIF.
     """
-    # a missing or unreadable file or a folder gets the same reason as any image (LibRaw only says "I/O error")
-    with _image_errors(lambda: _RAW_PREVIEW_UNREADABLE), open(path, "rb") as fh:
-        if not fh.read(1):
-            raise ImageError("empty file (0 bytes)")
+    if os.fstat(fh.fileno()).st_size == 0:
+        raise ImageError("empty file (0 bytes)")
+    # LibRaw opens files by name: /dev/fd/N names the regular file already open here, which a FIFO
+    # swapped in at the path cannot replace (and a file object would be read whole into memory)
+    opened = f"/dev/fd/{fh.fileno()}"
     try:
         import rawpy
     except ImportError:
         raise ImageError("camera RAW support needs rawpy: pip install rawpy") from None
     try:
-        with rawpy.imread(os.fspath(path)) as raw:
+        with rawpy.imread(opened) as raw:
             flip = raw.sizes.flip
             thumb = raw.extract_thumb()
     except rawpy.LibRawNoThumbnailError:
@@ -242,10 +277,10 @@ def _load_raw(path: str | os.PathLike[str], min_side: int) -> Decoded:
                 Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels), min_side, raw_orientation
             )
     with _image_errors(lambda: _RAW_PREVIEW_UNREADABLE):
-        jpeg = _whole_preview(path, bytes(thumb.data))
+        jpeg = _whole_preview(opened, bytes(thumb.data))
         if jpeg is None:
             raise ImageError("corrupt or truncated camera RAW file: its embedded preview is cut short")
-        with Image.open(io.BytesIO(jpeg)) as img:
+        with Image.open(io.BytesIO(jpeg), formats=("JPEG",)) as img:
             own = img.getexif().get(0x0112)
             return _decode(img, min_side, None if own in _TRANSPOSE else raw_orientation)
 
@@ -261,7 +296,7 @@ def _whole_preview(path: str | os.PathLike[str], data: bytes) -> bytes | None:
     end = _jpeg_end(data)
     if end is None:
         return None
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    with open_regular(path) as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         return data[:end] if mm.find(data[max(2, end - 32) : end]) >= 0 else None
 
 
@@ -291,11 +326,12 @@ def _jpeg_end(data: bytes) -> int | None:
     return None
 
 
-def _unidentified_reason(path: str | os.PathLike[str]) -> str:
+def _unidentified_reason(fh: BinaryIO) -> str:
+    """Why no plugin of :data:`PIL_FORMATS` took the open file ``fh``, from its first bytes."""
     try:
-        size = Path(path).stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(64).lstrip().lower()
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(0)
+        head = fh.read(64).lstrip().lower()
     except OSError as err:
         return f"unreadable ({err.strerror})"
     if size == 0:
@@ -306,11 +342,14 @@ def _unidentified_reason(path: str | os.PathLike[str]) -> str:
     if container == "HEIC" and not _register_heif():
         return "HEIC support needs pillow-heif: pip install pillow-heif"
     if container:
-        return f"corrupt {container} file: {_plugin_error(path, container)}"
+        return f"corrupt {container} file: {_plugin_error(fh, container)}"
     for magic, name in _MAGIC.items():
         if head.startswith(magic) and (name != "WebP" or head[8:12] == b"webp"):
-            return f"corrupt {name} file: {_plugin_error(path, name)}"
-    return "not an image: unknown or unsupported file format"
+            return f"corrupt {name} file: {_plugin_error(fh, name)}"
+    for magic, name in _UNSUPPORTED_MAGIC.items():
+        if head.startswith(magic):
+            return f"unsupported image format: {name} (imgsearch reads {SUPPORTED})"
+    return _UNKNOWN
 
 
 # file signatures (lower-cased, as ``head`` is) of the formats ingest looks for
@@ -322,6 +361,16 @@ _MAGIC = {
     b"ii*\x00": "TIFF",
     b"mm\x00*": "TIFF",
     b"bm": "BMP",
+}
+# formats people may have under an image's name that are deliberately not read (PostScript would run
+# Ghostscript), named so that the reason says what the file is
+_UNSUPPORTED_MAGIC = {
+    b"%!ps": "PostScript/EPS",
+    b"\xc5\xd0\xd3\xc6": "EPS",
+    b"%pdf": "PDF",
+    b"8bps": "Photoshop PSD",
+    b"\x00\x00\x00\x0cjp  ": "JPEG 2000",
+    b"\xffo\xffq": "JPEG 2000",
 }
 # HEIF and AVIF are ISO-BMFF files: an 'ftyp' box at offset 4 lists brands saying what is inside
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
@@ -347,8 +396,8 @@ def _one_line(err: BaseException) -> str:
     return " ".join(text.split()) or type(err).__name__
 
 
-def _plugin_error(path: str | os.PathLike[str], name: str) -> str:
-    """Why Pillow's plugin for ``name`` refused a file that starts like one (Image.open hides it)."""
+def _plugin_error(fh: BinaryIO, name: str) -> str:
+    """Why Pillow's plugin for ``name`` refused the open file ``fh`` that starts like one (Image.open hides it)."""
     from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
     plugins: dict[str, Any] = {
@@ -369,7 +418,8 @@ def _plugin_error(path: str | os.PathLike[str], name: str) -> str:
     if name not in plugins:
         return "its header cannot be read"
     try:
-        opened = plugins[name](path)
+        fh.seek(0)
+        opened = plugins[name](fh)
         getattr(opened, "close", lambda: None)()
     except (SyntaxError, OSError, ValueError, TypeError, EOFError, IndexError, KeyError, struct.error) as err:
         return f"its header cannot be read ({_one_line(err)})"

@@ -1,11 +1,20 @@
-"""Find the image files under the given roots, with what incremental ingest compares (size, mtime)."""
+"""Find the image files under the given roots, with what incremental ingest compares (size, mtime).
+
+Nothing is opened here. Only regular files are taken: a FIFO, socket or device under an image's name
+is reported (opening a FIFO would wait forever for a writer). A symlink whose target lies outside
+every root is reported too unless ``follow_outside``: a folder of photos should not be a way to
+read /etc/passwd or another user's files into a shared library.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from imgsearch.files import not_regular_reason
 
 # photos as cameras and phones write them; the RAW ones are imgsearch.decode.RAW_EXTENSIONS (not imported:
 # scanning stays free of numpy and Pillow)
@@ -13,6 +22,7 @@ EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".hif", ".avif"}
     | {".cr2", ".cr3", ".nef", ".arw", ".dng", ".orf", ".rw2", ".raf"}
 )
+OUTSIDE = "symlink points outside the ingested folders (--follow-outside reads it)"
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,14 @@ def _category(root: str, dirpath: str) -> str:
     return rel.split(os.sep, 1)[0]
 
 
-def _stat_file(path: str, root: str, category: str, result: ScanResult) -> None:
+def _points_outside(path: str, inside: tuple[str, ...] | None) -> bool:
+    """Whether ``path`` is a symlink whose target is in none of the folders ``inside`` (None: no limit)."""
+    return (
+        inside is not None and os.path.islink(path) and not os.path.join(os.path.realpath(path), "").startswith(inside)
+    )
+
+
+def _stat_file(path: str, root: str, category: str, result: ScanResult, inside: tuple[str, ...] | None) -> None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -62,25 +79,32 @@ def _stat_file(path: str, root: str, category: str, result: ScanResult) -> None:
         reason = "symlink loop (the link points back to itself)" if loop else f"cannot stat: {err.strerror}"
         result.failures.append(Failure(path, reason))
         return
-    if os.path.isdir(path):
+    if stat.S_ISDIR(st.st_mode):
+        return
+    reason = not_regular_reason(st.st_mode) or (OUTSIDE if _points_outside(path, inside) else None)
+    if reason:
+        result.failures.append(Failure(path, reason))
         return
     result.files.append(FileInfo(path, root, category, st.st_size, st.st_mtime_ns))
 
 
-def scan(roots: Iterable[str], category: str | None = None) -> ScanResult:
+def scan(roots: Iterable[str], category: str | None = None, follow_outside: bool = False) -> ScanResult:
     """Walk ``roots`` recursively (following symlinks, each real directory once, so loops end).
 
     Skips hidden files and folders (``.*``, which includes macOS ``._*`` twins). Category is the
     first folder under the root; files directly in the root take the root's own name; ``category``
-    overrides both. A root may also be a single image file (category: its folder's name).
+    overrides both. A root may also be a single image file (category: its folder's name; read
+    wherever it points, as it was named). Non-regular files and, unless ``follow_outside``, symlinks
+    (to files or folders) that lead out of every root are failures, each reported once.
     """
+    absolute = [os.path.abspath(given) for given in roots]
+    inside = None if follow_outside else tuple(os.path.join(os.path.realpath(r), "") for r in absolute)
     result = ScanResult()
     seen_dirs: set[tuple[int, int]] = set()
-    for given in roots:
-        root = os.path.abspath(given)
-        if os.path.isfile(root):
+    for root in absolute:
+        if os.path.lexists(root) and not os.path.isdir(root):  # a file, or a FIFO etc. to report
             parent = os.path.dirname(root)
-            _stat_file(root, parent, category or os.path.basename(parent), result)
+            _stat_file(root, parent, category or os.path.basename(parent), result, None)
             continue
 
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=result.walk_error):
@@ -93,9 +117,15 @@ def scan(roots: Iterable[str], category: str | None = None) -> ScanResult:
                 dirnames[:] = []
                 continue
             seen_dirs.add((st.st_dev, st.st_ino))
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            subdirs = sorted(d for d in dirnames if not d.startswith("."))
+            dirnames[:] = []
+            for name in subdirs:
+                if _points_outside(sub := os.path.join(dirpath, name), inside):
+                    result.failures.append(Failure(sub, OUTSIDE))
+                else:
+                    dirnames.append(name)
             cat = category or _category(root, dirpath)
             for name in sorted(filenames):
                 if is_image_name(name):
-                    _stat_file(os.path.join(dirpath, name), root, cat, result)
+                    _stat_file(os.path.join(dirpath, name), root, cat, result, inside)
     return result

@@ -6,7 +6,8 @@ Decisions per file (nothing is decoded to make them):
 - content hash equal to another stored entry → its vector is reused, no model run
   (``moved`` when that entry's file is gone, else a copy, counted as ``added``);
 - otherwise → embedded (``added`` or ``updated``).
-Every write is idempotent (delete-then-add by path id), so a killed ingest is finished by re-running.
+Every write is idempotent (rows keyed by path id, overwritten in place), so a killed ingest is
+finished by re-running, and no file is missing from searches at any moment of an update.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,13 +23,15 @@ from typing import Any
 import numpy as np
 
 from imgsearch.backbones import Embedder
+from imgsearch.files import open_regular
 from imgsearch.runtime import usable_cpus
-from imgsearch.store import RESERVED_KEYS, Store, image_id, path_fields, stored_path
+from imgsearch.store import PAGE, RESERVED_KEYS, Store, image_id, path_fields, stored_path
 from ingest.embed import embed_files
 from ingest.scan import Failure, FileInfo, scan
 
 WRITE_BATCH = 256  # rows buffered before a store write: a kill loses at most this much work
 HASH_CHUNK = 1 << 20
+Row = tuple[str, np.ndarray, dict[str, Any], dict[str, Any] | None]  # id, vector, metadata, stored metadata
 VANISHED = "file vanished before it could be read (deleted or moved during the ingest)"
 
 
@@ -77,38 +80,47 @@ def check_tags(tags: dict[str, str]) -> None:
 
 def file_sha256(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:  # never blocks: a FIFO swapped in since the scan is refused
         while chunk := fh.read(HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
 
 
 class _Writer:
-    """Buffers rows and writes them in batches; ids in ``replace`` are deleted just before their add."""
+    """Buffers rows and writes them in batches, so that no file is ever missing from the store: a
+    re-embedded file keeps its id and its row is overwritten in place; a moved file's new row is
+    written before its old one is deleted."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.ids: list[str] = []
-        self.vectors: list[np.ndarray] = []
-        self.metas: list[dict[str, Any]] = []
-        self.stale: list[str] = []  # entries to delete after the adds (moved files' old ids)
+        self.rows: list[Row] = []
+        self.stale: list[str] = []  # entries to delete after the writes (moved files' old ids)
 
-    def put(self, id_: str, vector: np.ndarray, meta: dict[str, Any], stale: str | None = None) -> None:
-        self.ids.append(id_)
-        self.vectors.append(vector)
-        self.metas.append(meta)
+    def put(
+        self,
+        id_: str,
+        vector: np.ndarray,
+        meta: dict[str, Any],
+        previous: dict[str, Any] | None,
+        stale: str | None = None,
+    ) -> None:
+        """Queue a row; ``previous`` is the id's stored metadata (None: not stored yet)."""
+        self.rows.append((id_, vector, meta, previous))
         if stale:
             self.stale.append(stale)
-        if len(self.ids) >= WRITE_BATCH:
+        if len(self.rows) >= WRITE_BATCH:
             self.flush()
 
     def flush(self) -> None:
-        if self.ids:
-            self.store.delete(self.ids)  # re-embedded files keep their id: replace, never duplicate
-            self.store.add(self.ids, np.stack(self.vectors), self.metas)
+        if new := [row for row in self.rows if row[3] is None]:
+            ids, vectors, metas, _ = zip(*new, strict=True)
+            self.store.add(ids, np.stack(vectors), metas)
+        if kept := [row for row in self.rows if row[3] is not None]:
+            ids, vectors, metas, previous = zip(*kept, strict=True)
+            self.store.replace(ids, np.stack(vectors), metas, previous)
         if self.stale:
             self.store.delete(self.stale)
-        self.ids, self.vectors, self.metas, self.stale = [], [], [], []
+        self.rows, self.stale = [], []
 
 
 def _unreadable(err: OSError) -> str:
@@ -148,6 +160,16 @@ def _metadata(f: FileInfo, sha: str, width: int, height: int, tags: dict[str, st
     }
 
 
+def _with_entries(store: Store, files: dict[str, FileInfo]) -> Iterator[tuple[str, FileInfo, dict[str, Any] | None]]:
+    """Each scanned file with its stored entry (None when it has none), read a page of ids at a time:
+    one page of entries in memory, however many rows the store holds."""
+    ids = list(files)
+    for s in range(0, len(ids), PAGE):
+        entries = store.get(ids[s : s + PAGE])
+        for id_ in ids[s : s + PAGE]:
+            yield id_, files[id_], entries.get(id_)
+
+
 def _find_by_hash(store: Store, hashes: Sequence[str]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     unique = sorted(set(hashes))
@@ -168,22 +190,24 @@ def ingest(
     progress: Callable[[int, int], None] | None = None,
     ready: Callable[[FileInfo], bool] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    follow_outside: bool = False,
 ) -> IngestReport:
     """Bring the store in line with the image files under ``roots``; see the module docstring.
 
     ``ready`` lets a watcher leave files alone this run (still being copied in): they are neither
     stored nor pruned. ``should_stop`` is asked before each embedded row is stored: once it says
     yes, the rows already embedded are written, prune is skipped, and the rest waits for the next run.
+    ``follow_outside`` also reads symlinks that lead out of ``roots`` (:func:`ingest.scan.scan`).
     """
     tags = dict(tags or {})
     check_tags(tags)
     store.create(embedder.fingerprint)  # connecting is start-up, like loading the model: not timed
     started = time.perf_counter()
     report = IngestReport()
-    scanned = scan(roots, category)
+    scanned = scan(roots, category, follow_outside)
     report.failures.extend(scanned.failures)
     files = {image_id(f.path): f for f in scanned.files if ready is None or ready(f)}
-    stored = store.get(list(files))
+    stored: dict[str, dict[str, Any]] = {}  # entries of the changed files that have one: updated, not added
     writer = _Writer(store)
 
     # 1. unchanged by size+mtime; hash the rest (in threads: hashlib releases the GIL)
@@ -191,13 +215,14 @@ def ingest(
     touched_ids: list[str] = []
     touched_metas: list[dict[str, Any]] = []
     changed: list[tuple[str, FileInfo, dict[str, Any] | None, bool]] = []
-    for id_, f in files.items():
-        old = stored.get(id_)
+    for id_, f, old in _with_entries(store, files):
         wanted_static = {"root": f.root, "category": f.category, **tags}
         same_static = old is not None and all(old.get(k) == v for k, v in wanted_static.items())
         if old is not None and same_static and old.get("size") == f.size and old.get("mtime_ns") == f.mtime_ns:
             report.unchanged += 1
             continue
+        if old is not None:
+            stored[id_] = old
         changed.append((id_, f, old, same_static))
     with ThreadPoolExecutor(usable_cpus(), thread_name_prefix="hash") as pool:
         shas = list(pool.map(_hash, [f for _, f, _, _ in changed]))
@@ -229,11 +254,11 @@ def ingest(
         twin_id, twin = (gone or candidates)[0]
         meta = _metadata(f, sha, int(twin.get("width", 0)), int(twin.get("height", 0)), tags)
         if gone:
-            writer.put(id_, twin["_embedding"], meta, stale=twin_id)
+            writer.put(id_, twin["_embedding"], meta, stored.get(id_), stale=twin_id)
             twins[sha] = [c for c in twins[sha] if c[0] != twin_id]  # one move per old entry
             report.moved += 1
         else:
-            writer.put(id_, twin["_embedding"], meta)
+            writer.put(id_, twin["_embedding"], meta, stored.get(id_))
             report.updated += id_ in stored
             report.added += id_ not in stored
 
@@ -259,7 +284,7 @@ def ingest(
             report.failures.append(Failure(f.path, unstable or result.error))
             continue
         report.embedded += 1
-        writer.put(id_, result.vector, _metadata(f, sha, result.width, result.height, tags))
+        writer.put(id_, result.vector, _metadata(f, sha, result.width, result.height, tags), stored.get(id_))
         report.updated += id_ in stored
         report.added += id_ not in stored
     writer.flush()

@@ -24,13 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from imgsearch.backbones import Embedder
-from imgsearch.store import DEFAULT_DB, Location, Store
+from imgsearch.store import DEFAULT_DB, CollectionMissing, Location, Store, StoreError
 from ingest.scan import FileInfo, scan
 from ingest.sync import IngestReport, ingest
 
 State = tuple[int, int]  # (size, mtime_ns): what a scan sees of a file
 STATUS_EVERY = 1.0  # seconds between status-file writes while a sync is running
 MAX_LISTED_FAILURES = 200  # failures written to the status file (the count is always complete)
+# after a failed cycle (server down or restarting, disk full) the worker retries after 1 s, doubling
+# up to 60 s while it keeps failing: it resumes by itself, without hammering a server that is down
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 
 
 def default_status_path(location: Location) -> Path:
@@ -60,6 +63,28 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def wait_for_store(store: Store, stop: threading.Event, log: Callable[[str], None] = _stderr) -> bool:
+    """Wait until a server store answers, with the cycles' backoff; False if ``stop`` came first.
+
+    A worker started before its Chroma server (compose, a reboot) waits for it instead of exiting.
+    A collection not made yet answers too: the first sync makes it.
+    """
+    failing = 0
+    while not stop.is_set():
+        try:
+            store.fingerprint()
+        except StoreError as err:
+            wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2**failing)
+            failing += 1
+            log(f"{_now()} waiting for the store: {err}; try {failing + 1} in {wait:g} s")
+            stop.wait(wait)
+        else:
+            if failing:
+                log(f"{_now()} store answering after {failing} failed tries")
+            return True
+    return False
+
+
 class Worker:
     """Watches ``roots`` for one store. ``run`` loops until its stop event is set; ``cycle`` is one pass."""
 
@@ -72,8 +97,10 @@ class Worker:
         status_path: Path | None = None,
         log: Callable[[str], None] = _stderr,
         batch_size: int = 16,
+        follow_outside: bool = False,
     ) -> None:
         self.roots = [os.path.abspath(r) for r in roots]
+        self.follow_outside = follow_outside  # read symlinks that lead out of the roots (ingest.scan.scan)
         self.store = store
         self.embedder = embedder
         self.settle = settle
@@ -85,6 +112,7 @@ class Worker:
         self._failed: dict[str, tuple[State, str]] = {}  # path -> (state when it failed, reason)
         self._last_write = 0.0
         self._status_error = ""  # the last status-file write error, logged once
+        self._failing = 0  # cycles failed in a row
         self.status: dict[str, Any] = {
             "pid": os.getpid(),
             "state": "starting",
@@ -102,6 +130,7 @@ class Worker:
             "count": None,
             "cycles": 0,
             "error": None,
+            "retry_in": None,  # seconds until the next try after a failed cycle
         }
 
     # -- state -------------------------------------------------------------------------------
@@ -148,22 +177,45 @@ class Worker:
         failed = self._failed.get(path)
         return now - self._seen[path][1] >= self.settle and (failed is None or failed[0] != state)
 
+    def _store_intact(self) -> bool:
+        """Whether the store still holds the rows of the last sync; False once the collection was
+        deleted, recreated or wiped on the server (the next sync makes and refills it). Asking is
+        also how a server that went away is noticed while the folders are quiet."""
+        try:
+            return self.store.count() >= len(self._synced or ())
+        except CollectionMissing:
+            return False
+
+    def _failed_cycle(self, err: Exception) -> float:
+        """Log and record a failed cycle; returns the wait before the next try (see BACKOFF_FIRST)."""
+        self._failing += 1
+        wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self._failing - 1))
+        error = str(err) if isinstance(err, StoreError) else f"{type(err).__name__}: {err}"
+        self.log(f"{_now()} sync failed ({error}); try {self._failing + 1} in {wait:g} s")
+        self._write_status(state="error", error=error, retry_in=wait)
+        return wait
+
+    def _recovered(self) -> None:
+        if self._failing:
+            self.log(f"{_now()} the store answers again after {self._failing} failed tries: resumed")
+            self._failing = 0
+
     # -- work --------------------------------------------------------------------------------
     def cycle(self, stop: threading.Event | None = None) -> IngestReport | None:
         """One scan, and an ingest when the settled files differ from the last sync. None: nothing to do."""
-        self.status["error"] = None
+        self.status["error"] = self.status["retry_in"] = None  # each status this cycle writes says "no error"
         missing = [r for r in self.roots if not os.path.exists(r)]
         if missing:  # an unmounted folder must not read as "every file deleted"
             self.log(f"{_now()} not syncing: {', '.join(missing)} is missing (unmounted?); nothing pruned")
             self._write_status(state="idle", cycles=self.status["cycles"] + 1)
             return None
-        snapshot = self._observe(scan(self.roots).files)
+        snapshot = self._observe(scan(self.roots, follow_outside=self.follow_outside).files)
         now = time.monotonic()
         ready = {path: state for path, state in snapshot.items() if self._settled(path, state, now)}
         known_failed = sum(1 for p, (state, _) in self._failed.items() if snapshot.get(p) == state)
         pending = len(snapshot) - len(ready) - known_failed
         cycles = self.status["cycles"] + 1
-        if ready == self._synced:
+        if ready == self._synced and self._store_intact():
             self._write_status(state="idle", pending=pending, queue=0, cycles=cycles)
             return None
 
@@ -178,6 +230,7 @@ class Worker:
             progress=self._progress,
             ready=lambda f: ready.get(f.path) == (f.size, f.mtime_ns),
             should_stop=stop.is_set if stop is not None else None,
+            follow_outside=self.follow_outside,
         )
         stopped = stop is not None and stop.is_set()
         new_failures = {f.path: f.reason for f in report.failures}
@@ -217,11 +270,13 @@ class Worker:
             f"into {self.store.location.describe()}"
         )
         while not stop.is_set():
+            wait = interval
             try:
                 self.cycle(stop)
             except Exception as err:  # a server restart or a full disk must not end a long-running worker
-                self.log(f"{_now()} sync failed ({type(err).__name__}: {err}); retrying in {interval:g} s")
-                self._write_status(state="error", error=f"{type(err).__name__}: {err}")
-            stop.wait(interval)
+                wait = self._failed_cycle(err)
+            else:
+                self._recovered()
+            stop.wait(wait)
         self._write_status(state="stopped", queue=0)
         self.log(f"{_now()} stopped")

@@ -1,8 +1,10 @@
 """Retrieval quality you can measure: leave-one-out / held-out evaluation and copy detection.
 
-Both go through the product's real paths: images are embedded by the ingest pipeline, ranked by
+Both go through the product's real paths: images are embedded by the shared windowed mapper, ranked by
 ``search.query.search_vectors`` against the Chroma collection. A leave-one-out query uses the
 image's stored vector (the same vector re-embedding the file gives) and leaves itself out.
+Queries are ranked a chunk at a time and only their metrics are kept, so memory stays flat in the
+size of the library: never all hits at once, never a queries x library matrix.
 """
 
 from __future__ import annotations
@@ -11,23 +13,24 @@ import os
 import random
 import tempfile
 import time
+from array import array
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 from imgsearch.backbones import Embedder
-from imgsearch.store import Store, stored_path
-from ingest.embed import embed_files
-from ingest.scan import is_image_name
+from imgsearch.batching import embed_files
+from imgsearch.store import PAGE, Store, stored_path
 from search.query import Hit, search_vectors
 
 METRICS = ("mAP", "P@1", "P@5", "P@10", "recall@10")
 MAX_DEPTH = 1000  # ranks scored for mAP; libraries larger than this get mAP@1000
+EVAL_ROWS = 5_000  # hits held at once: queries are ranked EVAL_ROWS // depth at a time (5 at depth 1000)
+SCORE_CHUNK = 64  # queries scored at once against the whole library in the whitened (exact) case
 
 
 def ranking_metrics(relevant: Sequence[bool], n_relevant: int) -> dict[str, float]:
@@ -44,10 +47,6 @@ def ranking_metrics(relevant: Sequence[bool], n_relevant: int) -> dict[str, floa
         "P@10": float(rel[:10].sum() / 10),
         "recall@10": float(rel[:10].sum() / n_relevant),
     }
-
-
-def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {m: round(float(np.mean([r[m] for r in rows])), 4) if rows else 0.0 for m in METRICS}
 
 
 @dataclass
@@ -70,30 +69,59 @@ class Evaluation:
         }
 
 
-def _percentiles(values: list[float]) -> list[float]:
-    return [round(float(v), 3) for v in np.percentile(values, [10, 50, 90])] if values else []
+def _percentiles(values: Sequence[float]) -> list[float]:
+    return [round(float(v), 3) for v in np.percentile(values, [10, 50, 90])] if len(values) else []
 
 
-def held_out_queries(qdir: Path) -> list[tuple[str, str]]:
-    """(path, category) for every image under ``qdir``: category = first folder, like ingest; files
-    directly in ``qdir`` are named CATEGORY_anything.ext (e.g. ``cats_1.jpg``)."""
-    out = []
-    for path in sorted(qdir.rglob("*")):
-        if path.is_file() and is_image_name(path.name):
-            rel = path.relative_to(qdir)
-            category = rel.parts[0] if len(rel.parts) > 1 else path.stem.rsplit("_", 1)[0]
-            out.append((str(path.resolve()), category))
-    return out
+@dataclass
+class _Tally:
+    """Running sums of the metrics per category and the top-10 scores: what a ranked list leaves behind.
+    Hits carry ids only; ``labels`` (id -> category) says what they show."""
+
+    labels: dict[str, str]
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+    same: array[float] = field(default_factory=lambda: array("d"))
+    other: array[float] = field(default_factory=lambda: array("d"))
+
+    def add(self, category: str, hits: list[Hit], n_relevant: int) -> None:
+        relevant = [self.labels.get(h.id) == category for h in hits]
+        for h, rel in zip(hits[:10], relevant, strict=False):
+            (self.same if rel else self.other).append(h.score)
+        row = ranking_metrics(relevant, n_relevant)
+        self.sums[category] = self.sums.get(category, np.zeros(len(METRICS))) + [row[m] for m in METRICS]
+        self.counts[category] += 1
+
+    @staticmethod
+    def _mean(total: np.ndarray, n: int) -> dict[str, float]:
+        return {m: round(float(v / n), 4) if n else 0.0 for m, v in zip(METRICS, total, strict=True)}
+
+    def evaluation(self, seconds: float, mode: str) -> Evaluation:
+        n = self.counts.total()
+        return Evaluation(
+            overall=self._mean(sum(self.sums.values(), np.zeros(len(METRICS))), n),
+            per_category={c: self._mean(self.sums[c], self.counts[c]) for c in sorted(self.sums)},
+            queries=n,
+            queries_per_second=n / seconds if seconds > 0 else 0.0,
+            mode=mode,
+            scores={"same category": _percentiles(self.same), "other category": _percentiles(self.other)},
+        )
 
 
-def _embed_paths(paths: list[str], embedder: Embedder) -> tuple[list[int], np.ndarray]:
-    """Indices of the usable paths and their vectors, through the ingest pipeline."""
-    kept, vectors = [], []
+def _embedded_chunks(paths: Iterable[str], embedder: Embedder, chunk: int) -> Iterator[tuple[list[int], np.ndarray]]:
+    """(indices of the usable paths, their vectors), ``chunk`` at a time, through the windowed mapper;
+    unusable files are left out (an evaluation measures what can be measured)."""
+    kept: list[int] = []
+    rows: list[np.ndarray] = []
     for i, result in enumerate(embed_files(paths, embedder)):
         if result.vector is not None:
             kept.append(i)
-            vectors.append(result.vector)
-    return kept, np.stack(vectors) if vectors else np.zeros((0, embedder.dim), np.float32)
+            rows.append(result.vector)
+        if len(rows) == chunk:
+            yield kept, np.stack(rows)
+            kept, rows = [], []
+    if rows:
+        yield kept, np.stack(rows)
 
 
 class Whitening:
@@ -101,59 +129,80 @@ class Whitening:
     and evens out the few dominant directions that co-occurring activations create. Eval-only: it
     is measured here and kept optional (see docs/quality.md)."""
 
-    def __init__(self, vectors: np.ndarray) -> None:
-        self.mean = vectors.mean(axis=0)
-        centred = vectors - self.mean
-        values, vecs = np.linalg.eigh(centred.T @ centred / len(vectors))
-        order = np.argsort(values)[::-1][: max(1, min(vectors.shape[1], len(vectors) - 1))]
+    def __init__(self, pages: Iterable[np.ndarray]) -> None:
+        """Learn from the library a page of vectors at a time (a d x d covariance, never all rows)."""
+        n, total, outer = 0, None, None
+        for page in pages:
+            x = page.astype(np.float64)
+            n += len(x)
+            total = x.sum(axis=0) if total is None else total + x.sum(axis=0)
+            outer = x.T @ x if outer is None else outer + x.T @ x
+        if total is None or outer is None:
+            raise ValueError("whitening needs a library with vectors")
+        self.mean = total / n
+        values, vecs = np.linalg.eigh(outer / n - np.outer(self.mean, self.mean))
+        order = np.argsort(values)[::-1][: max(1, min(len(self.mean), n - 1))]
         values = np.maximum(values[order], values[order[0]] * 1e-4)
         self.projection = (vecs[:, order] / np.sqrt(values)).astype(np.float32)
+        self.mean = self.mean.astype(np.float32)
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
         out = (vectors - self.mean) @ self.projection
         return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
 
+def _vector_pages(store: Store) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Every stored (ids, vectors), a page at a time."""
+    ids: list[str] = []
+    rows: list[np.ndarray] = []
+    for id_, meta in store.scan(embeddings=True):
+        ids.append(id_)
+        rows.append(meta["_embedding"])
+        if len(ids) == PAGE:
+            yield ids, np.stack(rows)
+            ids, rows = [], []
+    if ids:
+        yield ids, np.stack(rows)
+
+
 @dataclass
 class _Ranker:
-    """How queries are ranked: the product's search path, or exact search in a whitened space."""
+    """How queries are ranked: the product's search path, or exact search in a whitened space; hits
+    carry id and score only (the caller knows each id's category)."""
 
     store: Store
     expand: int | None = None  # None: the collection's recorded expansion
     whitening: Whitening | None = None
-    library: dict[str, dict[str, Any]] | None = None  # id -> metadata with "_embedding" (whitened case)
+    ids: list[str] = field(default_factory=list)  # library ids, in the rows' order (whitened case)
+    library: np.ndarray | None = None  # the whitened library, one row per id (N x d: no N x N)
 
     @classmethod
     def make(cls, store: Store, expand: int | None, whiten: bool) -> _Ranker:
         if not whiten:
             return cls(store, expand)
-        library = store.get([i for i, _ in store.scan()], embeddings=True)
-        return cls(store, expand, Whitening(np.stack([m["_embedding"] for m in library.values()])), library)
+        whitening = Whitening(vectors for _, vectors in _vector_pages(store))
+        ids: list[str] = []
+        pages = []
+        for page_ids, vectors in _vector_pages(store):
+            ids += page_ids
+            pages.append(whitening.apply(vectors))
+        return cls(store, expand, whitening, ids, np.concatenate(pages))
 
     def rank(self, vectors: np.ndarray, k: int, exclude: list[str | None] | None = None) -> list[list[Hit]]:
         if self.whitening is None or self.library is None:
-            return search_vectors(self.store, vectors, k, expand=self.expand, exclude=exclude)
-        ids = list(self.library)
-        lib = self.whitening.apply(np.stack([self.library[i]["_embedding"] for i in ids]))
-        scores = self.whitening.apply(vectors) @ lib.T
+            return search_vectors(self.store, vectors, k, expand=self.expand, exclude=exclude, metadata=False)
         skip = exclude or [None] * len(vectors)
-        out = []
-        for row, own in zip(scores, skip, strict=True):
-            order = [j for j in np.argsort(-row)[: k + 1] if ids[j] != own][:k]
-            out.append(
-                [
-                    Hit(
-                        r + 1,
-                        ids[j],
-                        float(row[j]),
-                        1 - float(row[j]),
-                        stored_path(self.library[ids[j]]),
-                        str(self.library[ids[j]].get("category", "")),
-                        self.library[ids[j]],
-                    )
-                    for r, j in enumerate(order)
-                ]
-            )
+        out: list[list[Hit]] = []
+        for s in range(0, len(vectors), SCORE_CHUNK):
+            scores = self.whitening.apply(vectors[s : s + SCORE_CHUNK]) @ self.library.T
+            top = []
+            for row, own in zip(scores, skip[s : s + SCORE_CHUNK], strict=True):
+                best = np.argpartition(-row, min(k, len(row) - 1))[: k + 1]
+                best = best[np.argsort(-row[best], kind="stable")]
+                top.append([(self.ids[j], float(row[j])) for j in best if self.ids[j] != own][:k])
+            out += [
+                [Hit(r + 1, i, score, 1 - score, "", "", {}) for r, (i, score) in enumerate(pairs)] for pairs in top
+            ]
         return out
 
 
@@ -165,41 +214,26 @@ def evaluate(
     whiten: bool = False,
 ) -> Evaluation:
     """Score rankings by category: leave-one-out over the collection, or the given held-out queries."""
-    library = dict(store.scan())
-    counts = Counter(str(m.get("category", "")) for m in library.values())
-    depth = min(len(library), MAX_DEPTH)
+    labels = {id_: str(meta.get("category", "")) for id_, meta in store.scan()}
+    counts = Counter(labels.values())
+    depth = min(len(labels), MAX_DEPTH)
+    chunk = max(1, EVAL_ROWS // max(depth, 1))
+    ranker = _Ranker.make(store, expand, whiten)
+    tally = _Tally(labels)
     started = time.perf_counter()
     if queries is None:
-        ids = sorted(library)
-        stored = store.get(ids, embeddings=True)
-        vectors = np.stack([stored[i]["_embedding"] for i in ids])
-        cats = [str(library[i].get("category", "")) for i in ids]
-        exclude: list[str | None] | None = list(ids)
-        started = time.perf_counter()
+        ids = sorted(labels)
+        for s in range(0, len(ids), chunk):
+            part = ids[s : s + chunk]
+            stored = store.get(part, embeddings=True)
+            hits = ranker.rank(np.stack([stored[i]["_embedding"] for i in part]), depth, list(part))
+            for id_, row in zip(part, hits, strict=True):
+                tally.add(labels[id_], row, counts[labels[id_]] - 1)
     else:
-        kept, vectors = _embed_paths([p for p, _ in queries], embedder)
-        cats = [queries[i][1] for i in kept]
-        exclude = None
-    results = _Ranker.make(store, expand, whiten).rank(vectors, depth, exclude)
-    seconds = time.perf_counter() - started
-    per_query: dict[str, list[dict[str, float]]] = {}
-    same: list[float] = []
-    other: list[float] = []
-    for cat, hits in zip(cats, results, strict=True):
-        for h in hits[:10]:
-            (same if h.category == cat else other).append(h.score)
-        relevant_total = counts.get(cat, 0) - (1 if exclude is not None else 0)
-        row = ranking_metrics([h.category == cat for h in hits], relevant_total)
-        per_query.setdefault(cat, []).append(row)
-    all_rows = [r for rows in per_query.values() for r in rows]
-    return Evaluation(
-        overall=_mean(all_rows),
-        per_category={c: _mean(rows) for c, rows in sorted(per_query.items())},
-        queries=len(all_rows),
-        queries_per_second=len(all_rows) / seconds if seconds > 0 else 0.0,
-        mode="leave-one-out" if queries is None else "held-out",
-        scores={"same category": _percentiles(same), "other category": _percentiles(other)},
-    )
+        for kept, vectors in _embedded_chunks([p for p, _ in queries], embedder, chunk):
+            for i, row in zip(kept, ranker.rank(vectors, depth), strict=True):
+                tally.add(queries[i][1], row, counts.get(queries[i][1], 0))
+    return tally.evaluation(time.perf_counter() - started, "leave-one-out" if queries is None else "held-out")
 
 
 # -- copy detection -------------------------------------------------------------------------------
@@ -293,25 +327,33 @@ def copy_detection(
     from imgsearch.decode import load_image
 
     rng = random.Random(seed)
-    library = sorted((i, m) for i, m in store.scan() if os.path.exists(stored_path(m)))
-    originals = rng.sample(library, min(n, len(library)))
+    # ordered by content (ids hash the absolute path), so the same library samples the same
+    # originals wherever it lies: figures compare across checkouts and machines; a few strings a row
+    library = sorted(
+        (str(m.get("sha256", "")), os.path.basename(p), i)
+        for i, m in store.scan()
+        if os.path.exists(p := stored_path(m))
+    )
+    originals = [i for _, _, i in rng.sample(library, min(n, len(library)))]
+    del library
+    ranker = _Ranker.make(store, expand, whiten)
+    per: dict[str, list[bool]] = {name: [] for name in TRANSFORMS}
+    matched: list[float] = []
     with tempfile.TemporaryDirectory(prefix="imgsearch-copies-") as tmp:
         jobs: list[tuple[str, str, str]] = []  # (copy path, transform, original id)
-        for k, (id_, meta) in enumerate(originals):
-            image = load_image(stored_path(meta)).image
+        stored = store.get(originals)
+        for k, id_ in enumerate(originals):
+            image = load_image(stored_path(stored[id_])).image
             for t, (name, (transform, quality)) in enumerate(TRANSFORMS.items()):
                 path = os.path.join(tmp, f"{k:04d}-{t:02d}.jpg")
                 transform(image, random.Random(f"{seed}:{k}:{name}")).convert("RGB").save(path, quality=quality)
                 jobs.append((path, name, id_))
-        kept, vectors = _embed_paths([p for p, _, _ in jobs], embedder)
-    hits = _Ranker.make(store, expand, whiten).rank(vectors, 1)
-    per: dict[str, list[bool]] = {name: [] for name in TRANSFORMS}
-    matched: list[float] = []
-    for i, row in zip(kept, hits, strict=True):
-        _, name, id_ = jobs[i]
-        per[name].append(bool(row) and row[0].id == id_)
-        if per[name][-1]:
-            matched.append(row[0].score)
+        for kept, vectors in _embedded_chunks([p for p, _, _ in jobs], embedder, EVAL_ROWS):
+            for i, row in zip(kept, ranker.rank(vectors, 1), strict=True):
+                _, name, id_ = jobs[i]
+                per[name].append(bool(row) and row[0].id == id_)
+                if per[name][-1]:
+                    matched.append(row[0].score)
     rank1 = {name: round(float(np.mean(v)), 4) for name, v in per.items() if v}
     return CopyDetection(len(originals), rank1, _percentiles(matched))
 

@@ -6,14 +6,17 @@ picture, ~0 unrelated. Chroma's HNSW index finds the nearest neighbours; results
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from imgsearch.backbones import Embedder, describe_feature
+from imgsearch.decode import ImageError
 from imgsearch.store import Store, stored_path
+
+QUERY_CHUNK = 64  # query vectors ranked per store round trip: memory stays flat, round trips stay few
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,30 @@ class Hit:
 def embed_queries(paths: Sequence[str], embedder: Embedder) -> np.ndarray:
     """The query side of the one preprocessing path. Raises ImageError for an unusable file."""
     return embedder.embed_files(list(paths))
+
+
+def search_files(
+    store: Store,
+    embedder: Embedder,
+    paths: Iterable[str],
+    k: int = 5,
+    where: dict[str, Any] | None = None,
+    min_score: float | None = None,
+    expand: int | None = None,
+    chunk: int = QUERY_CHUNK,
+) -> Iterator[tuple[str, list[Hit]]]:
+    """(path, top-k hits) per query file, in input order, as they are found.
+
+    The files go through the same windowed mapper as ingest and are ranked ``chunk`` at a time, so
+    memory does not grow with the number of queries. Raises ImageError naming an unusable file.
+    """
+    from imgsearch.batching import UnusableFile, embed_chunks
+
+    try:
+        for names, vectors in embed_chunks(paths, embedder, chunk):
+            yield from zip(names, search_vectors(store, vectors, k, where, min_score, expand), strict=True)
+    except UnusableFile as err:
+        raise ImageError(f"query {err.path}: {err}") from None
 
 
 def expand_queries(
@@ -81,12 +108,14 @@ def search_vectors(
     min_score: float | None = None,
     expand: int | None = None,
     exclude: Sequence[str | None] | None = None,
+    metadata: bool = True,
 ) -> list[list[Hit]]:
     """Top-k hits per query vector, best first, dropping those below ``min_score``.
 
     ``expand`` > 0 applies query expansion with that many neighbours, weighted as the collection
     records (its ``alpha``); None takes the collection's recorded expansion (its preset's).
-    ``exclude`` gives per query an id to leave out of its results (leave-one-out evaluation).
+    ``exclude`` gives per query an id to leave out of its results (leave-one-out evaluation);
+    ``metadata`` False gives hits with only id, score and distance (evaluation, which knows the rest).
     """
     recorded = store.fingerprint() or {}
     expand = int(recorded.get("expand", 0)) if expand is None else expand
@@ -94,15 +123,14 @@ def search_vectors(
         vectors = expand_queries(store, vectors, expand, where, exclude, float(recorded.get("alpha", 0.0)))
     skip = list(exclude) if exclude is not None else [None] * len(vectors)
     results = []
-    for row, own in zip(store.query(vectors, k + (exclude is not None), where), skip, strict=True):
+    for row, own in zip(store.query(vectors, k + (exclude is not None), where, metadata), skip, strict=True):
         hits: list[Hit] = []
         for id_, distance, meta in row:
             score = 1.0 - distance
             if id_ == own or (min_score is not None and score < min_score) or len(hits) == k:
                 continue
-            hits.append(
-                Hit(len(hits) + 1, id_, score, distance, stored_path(meta), str(meta.get("category", "")), meta)
-            )
+            path = stored_path(meta) if meta else ""
+            hits.append(Hit(len(hits) + 1, id_, score, distance, path, str(meta.get("category", "")), meta))
         results.append(hits)
     return results
 

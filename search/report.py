@@ -11,9 +11,10 @@ the same as what the model saw.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 Entry = tuple[str, list["Hit"]]  # (query path, its hits best first)
 
 THUMB = 160  # longest side of an HTML thumbnail, pixels
+THUMB_CACHE = 512  # thumbnails kept for reuse while a report is written (~10 kB each)
 # Contact sheet geometry (pixels): k+1 tiles of SHEET_TILE x (SHEET_TILE + SHEET_CAPTION) in one row,
 # SHEET_GAP around and between them, under a SHEET_TITLE band. See sheet_size().
 SHEET_TILE = 200
@@ -142,26 +144,23 @@ def _hit_html(hit: Hit, uri: str | None) -> str:
     )
 
 
-def render_html(
-    entries: Sequence[Entry],
+def html_parts(
+    entries: Iterable[Entry],
+    count: int,
     fingerprint: dict[str, Any],
     store_description: str,
     k: int,
     where: Sequence[str],
     min_score: float | None = None,
-) -> str:
-    """One self-contained HTML page: per query, the query image beside its top-k results with scores.
+) -> Iterator[str]:
+    """One self-contained HTML page, piece by piece: per query, the query image beside its top-k results.
 
-    ``where`` is the list of ``--where`` expressions as typed; they and ``min_score`` are shown in the
-    header and explain a query that got fewer than ``k`` results.
+    Pieces, not one string, so a report of any number of ``count`` queries is written while ``entries``
+    stream in. ``where`` is the list of ``--where`` expressions as typed; they and ``min_score`` are
+    shown in the header and explain a query that got fewer than ``k`` results.
     """
-    thumbs: dict[str, str | None] = {}  # a library image found by several queries is encoded once
-
-    def uri(path: str) -> str | None:
-        if path not in thumbs:
-            thumbs[path] = thumbnail_uri(path)
-        return thumbs[path]
-
+    # a library image found by several queries is encoded once, among the recently used ones
+    uri = functools.lru_cache(maxsize=THUMB_CACHE)(thumbnail_uri)
     fp = fingerprint
     facts = [
         ("Model", describe(fp)),
@@ -176,11 +175,28 @@ def render_html(
         ("Filters", filters_text(where, min_score)),
         ("Results per query", f"top {k}"),
     ]
-    sections = []
+    fact_rows = "".join(f"<dt>{_text(name)}</dt><dd>{_text(value)}</dd>" for name, value in facts)
+    legend = (
+        "<span><b>How to read a score</b> (rough guide):</span>"
+        f'<span><span class="chip high">≥ {HIGH:.2f}</span> the same picture or a close copy</span>'
+        f'<span><span class="chip mid">{MID:.2f}–{HIGH:.2f}</span> often the same kind of subject</span>'
+        f'<span><span class="chip low">&lt; {MID:.2f}</span> weak: the nearest there is, may be unrelated</span>'
+        "<span>The features are never negative, so even unrelated images score about 0.5–0.7, not 0. "
+        "Compare scores within one model and one collection only.</span>"
+    )
+    yield (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Image search report — {count} quer{'y' if count == 1 else 'ies'}</title>"
+        f"<style>{_CSS}</style></head><body><header><h1>Image search report</h1>"
+        f'<p class="lede">For each query image (blue frame) the {k} stored images most similar to it, '
+        "best first, with their similarity score.</p>"
+        f'<dl class="facts">{fact_rows}</dl><div class="legend">{legend}</div></header><main>'
+    )
     for number, (query, hits) in enumerate(entries, 1):
         note = _shortfall(len(hits), k, where, min_score)
         cards = "".join(_hit_html(h, uri(h.path)) for h in hits)
-        sections.append(
+        yield (
             f'<section class="query" data-query="{_text(query)}" data-k="{k}" data-count="{len(hits)}">'
             f'<h2>Query {number}: {_text(_name(query))} <span class="count">— {len(hits)} '
             f"result{'s' if len(hits) != 1 else ''}, best first</span></h2>"
@@ -191,25 +207,8 @@ def render_html(
             f'<div class="name" title="{_text(query)}">{_text(_name(query))}</div></figcaption></figure>'
             f'<div class="arrow" aria-hidden="true">→</div><ol class="hits">{cards}</ol></div></section>'
         )
-    fact_rows = "".join(f"<dt>{_text(name)}</dt><dd>{_text(value)}</dd>" for name, value in facts)
-    legend = (
-        "<span><b>How to read a score</b> (rough guide):</span>"
-        f'<span><span class="chip high">≥ {HIGH:.2f}</span> the same picture or a close copy</span>'
-        f'<span><span class="chip mid">{MID:.2f}–{HIGH:.2f}</span> often the same kind of subject</span>'
-        f'<span><span class="chip low">&lt; {MID:.2f}</span> weak: the nearest there is, may be unrelated</span>'
-        "<span>The features are never negative, so even unrelated images score about 0.5–0.7, not 0. "
-        "Compare scores within one model and one collection only.</span>"
-    )
-    return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>Image search report — {len(entries)} quer{'y' if len(entries) == 1 else 'ies'}</title>"
-        f"<style>{_CSS}</style></head><body><header><h1>Image search report</h1>"
-        f'<p class="lede">For each query image (blue frame) the {k} stored images most similar to it, '
-        "best first, with their similarity score.</p>"
-        f'<dl class="facts">{fact_rows}</dl><div class="legend">{legend}</div></header>'
-        f"<main>{''.join(sections)}</main>"
-        "<footer>Made by imgsearch. Hover a file name for its full path. Thumbnails are embedded: "
+    yield (
+        "</main><footer>Made by imgsearch. Hover a file name for its full path. Thumbnails are embedded: "
         "this file works offline.</footer></body></html>\n"
     )
 
@@ -283,7 +282,8 @@ def render_sheet(query_path: str, hits: Sequence[Hit], fingerprint: dict[str, An
 
 
 def write_report(
-    entries: Sequence[Entry],
+    entries: Iterable[Entry],
+    count: int,
     fingerprint: dict[str, Any],
     store_description: str,
     out: Path,
@@ -292,21 +292,34 @@ def write_report(
     sheet_dir: Path | None = None,
     min_score: float | None = None,
 ) -> Path:
-    """Write the HTML report to ``out`` (and one ``<query stem>.png`` sheet per query into ``sheet_dir``).
+    """Write the HTML report of ``count`` queries to ``out`` (and one ``<query stem>.png`` sheet per
+    query into ``sheet_dir``) while ``entries`` stream in, one query's hits in memory at a time.
 
-    Returns the report's absolute path. Queries sharing a file stem get ``-2``, ``-3``... sheets.
+    Returns the report's absolute path; ``out`` appears only once complete. Queries sharing a file
+    stem get ``-2``, ``-3``... sheets.
     """
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(entries, fingerprint, store_description, k, where, min_score), encoding="utf-8")
-    if sheet_dir is not None:
-        used: set[str] = set()
+    partial = out.with_name(out.name + ".part")
+    used: set[str] = set()
+
+    def with_sheets() -> Iterator[Entry]:
         for query, hits in entries:
-            stem = base = Path(query).stem
-            n = 1
-            while stem in used:
-                n += 1
-                stem = f"{base}-{n}"
-            used.add(stem)
-            render_sheet(query, hits, fingerprint, Path(sheet_dir) / f"{stem}.png", k)
+            if sheet_dir is not None:
+                stem = base = Path(query).stem
+                n = 1
+                while stem in used:
+                    n += 1
+                    stem = f"{base}-{n}"
+                used.add(stem)
+                render_sheet(query, hits, fingerprint, Path(sheet_dir) / f"{stem}.png", k)
+            yield query, hits
+
+    try:
+        with partial.open("w", encoding="utf-8") as fh:
+            for part in html_parts(with_sheets(), count, fingerprint, store_description, k, where, min_score):
+                fh.write(part)
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
     return out

@@ -4,7 +4,9 @@ It talks only to the JSON API of :mod:`search.web`: ``/api/stats`` for the store
 categories, ``/api/search`` for an uploaded query, ``/api/search/by-id/{id}`` for "more like this",
 and ``/api/images/{id}/thumb`` for every picture. Results are built with ``textContent``, never
 ``innerHTML``, so a file name cannot inject markup. Each result card carries ``data-rank``,
-``data-score``, ``data-id`` and ``data-category`` for tests and scripts.
+``data-score``, ``data-id`` and ``data-category`` for tests and scripts. A busy server (503) is not a
+failure: the page says "busy, retrying" and asks again after the server's ``Retry-After``.
+``LOGIN_PAGE`` is what a server with a token shows instead until its form posts the right token.
 """
 
 from search.style import CARDS_CSS, HIGH, MID
@@ -40,6 +42,7 @@ background:#fff;color:var(--ink)}
 #category{min-width:180px}
 #minscore{width:150px;padding:0}
 .status{margin:14px 0 0;color:var(--muted);min-height:20px}
+.status.busy{color:#8a5a00}
 .error{margin:14px 0 0;padding:8px 12px;border-left:4px solid var(--bad);background:#fdecea;border-radius:4px}
 .row{display:flex;gap:18px;align-items:flex-start;margin-top:12px}
 li.hit{cursor:pointer;transition:box-shadow .1s}
@@ -81,6 +84,7 @@ Score = cosine similarity of the CNN features (1 = the same picture). Click a re
 const $ = (id) => document.getElementById(id);
 let query = null;  // {file, url, name} for an upload, or {id, name} for "more like this"
 let shownCategories = "";  // the category list in the select, so a refresh only rebuilds it on a change
+let attempt = 0;  // bumped by every new search, so a pending retry of an older one is dropped
 
 function el(tag, cls, text) {
   const node = document.createElement(tag);
@@ -161,8 +165,10 @@ function render(data, seconds, filters) {
     " in " + seconds.toFixed(2) + " s, model " + data.model;
 }
 
-async function search() {
+async function search(retryOf) {
   if (!query) return;
+  if (retryOf !== undefined && retryOf !== attempt) return;  // a newer search replaced this one
+  const mine = ++attempt;
   const form = new FormData();
   form.append("k", $("k").value || "10");
   if ($("category").value) form.append("where", "category=" + $("category").value);
@@ -170,12 +176,22 @@ async function search() {
   let url = "/api/search";
   if (query.id) url = "/api/search/by-id/" + encodeURIComponent(query.id);
   else form.append("image", query.file, query.name);
-  $("status").textContent = "searching…";
+  $("status").className = "status";
+  if (retryOf === undefined) $("status").textContent = "searching…";
   showError("");
   const started = performance.now(), filters = filtersText();
   try {
     const res = await fetch(url, {method: "POST", body: form});
     const data = await res.json().catch(() => ({detail: res.statusText}));
+    if (mine !== attempt) return;
+    if (res.status === 503) {  // busy or not ready yet: wait as long as the server asks, then ask again
+      const wait = Math.min(60, Math.max(1, Number(res.headers.get("Retry-After")) || 2));
+      $("status").className = "status busy";
+      const why = String(data.detail || "").replace(/^busy: /, "");
+      $("status").textContent = "busy, retrying in " + wait + " s (" + why + ")";
+      setTimeout(() => search(mine), wait * 1000);
+      return;
+    }
     if (!res.ok) {
       const detail = Array.isArray(data.detail) ? data.detail.map((d) => d.msg).join("; ") : data.detail;
       throw new Error(detail || "HTTP " + res.status);
@@ -183,6 +199,7 @@ async function search() {
     render(data, (performance.now() - started) / 1000, filters);
     window.scrollTo({top: 0});
   } catch (err) {
+    if (mine !== attempt) return;
     $("status").textContent = "";
     showError("Search failed: " + err.message);
   }
@@ -205,7 +222,7 @@ for (const ev of ["dragleave", "drop"]) drop.addEventListener(ev, () => drop.cla
 drop.addEventListener("drop", (e) => { e.preventDefault(); useFile(e.dataTransfer.files[0]); });
 $("minscore").addEventListener("input", () => {
   $("minscore-value").textContent = Number($("minscore").value) > 0 ? "≥ " + $("minscore").value : "none"; });
-for (const id of ["k", "category", "minscore"]) $(id).addEventListener("change", search);
+for (const id of ["k", "category", "minscore"]) $(id).addEventListener("change", () => search());
 loadStats().catch(() => {});
 setInterval(() => loadStats().catch(() => {}), 5000);
 </script>
@@ -216,3 +233,25 @@ setInterval(() => loadStats().catch(() => {}), 5000);
     .replace("__HIGH__", f"{HIGH:.2f}")
     .replace("__MID__", f"{MID:.2f}")
 )
+
+LOGIN_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>imgsearch: sign in</title>
+<style>body{font:15px system-ui,sans-serif;max-width:420px;margin:12vh auto;padding:0 20px;color:#1d2733}
+input{font:inherit;padding:6px 8px;width:100%;box-sizing:border-box;margin:8px 0}
+button{font:inherit;padding:6px 16px}</style>
+</head>
+<body>
+<h1>imgsearch</h1>
+<p>This library is served with a token (<code>imgsearch serve --token</code> or <code>IMGSEARCH_TOKEN</code>).
+Enter it to open the search page; the browser then keeps a session cookie.</p>
+<form method="post" action="/login">
+<input id="token" name="token" type="password" autocomplete="current-password" autofocus required>
+<button id="signin" type="submit">Sign in</button>
+</form>
+</body>
+</html>
+"""

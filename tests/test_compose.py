@@ -68,6 +68,18 @@ def test_worker_watches_the_library_the_web_reads_thumbnails_from(services: dict
     assert "/readyz" in " ".join(services["web"]["healthcheck"]["test"])
 
 
+def test_web_takes_its_token_from_the_environment(services: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    web = services["web"]
+    assert _option(_command(web), "--host") == "0.0.0.0"  # reachable from other containers: a token is required
+    env = dict(item.split("=", 1) for item in web["environment"])
+    assert re.fullmatch(r"\$\{IMGSEARCH_TOKEN:\?.+\}", env["IMGSEARCH_TOKEN"])  # compose refuses to start without it
+    assert "--token" not in _command(web)  # never on a command line, where every user of the host can read it
+    assert "os.environ['IMGSEARCH_TOKEN']" in " ".join(web["healthcheck"]["test"])  # /readyz needs it too
+    monkeypatch.setenv("IMGSEARCH_TOKEN", "s3cret")
+    command = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    assert command.make_context("serve", _command(web)[1:]).params["token"] == "s3cret"
+
+
 def test_commands_are_accepted_by_the_cli(services: dict[str, Any]) -> None:
     group = typer.main.get_command(app)
     for name in ("worker", "web"):

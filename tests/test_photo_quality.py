@@ -18,10 +18,11 @@ CALTECH = DATASETS / "caltech101-dev"
 HOLIDAYS = DATASETS / "holidays-dev"
 # (measured with the balanced preset on EfficientNet-Lite0, docs/quality.md) minus a small margin
 FLOORS = {
-    "category": {"mAP": 0.655, "P@5": 0.81, "copies": 0.955},  # measured 0.665, 0.824, 0.97
-    # measured 0.775, 0.773, 0.97; 150 queries ranked through an approximate (HNSW) index, where one
-    # query more or less moves P@1 by 0.007: mAP stays above the handout's 0.758
-    "instance": {"mAP": 0.76, "P@1": 0.74, "copies": 0.94},  # copies: 0.970 and 0.954 in two runs
+    "category": {"mAP": 0.655, "P@5": 0.81, "copies": 0.97},  # measured 0.664, 0.824, 0.986
+    # measured 0.775, 0.773, 0.976; 150 queries ranked through an approximate (HNSW) index, where one
+    # query more or less moves P@1 by 0.007: mAP stays above the handout's 0.758. Copies are drawn by
+    # content hash, so the same sample is measured wherever the set lies (docs/quality.md)
+    "instance": {"mAP": 0.76, "P@1": 0.74, "copies": 0.96},
 }
 
 
@@ -39,7 +40,7 @@ def _check(res: dict, floors: dict[str, float]) -> None:
 
 
 def test_fast_preset_keeps_the_default_quality() -> None:
-    """int8 (the fast preset) against fp32 (balanced, measured 0.775) on instance search."""
+    """int8 (the fast preset, measured 0.771) against fp32 (balanced, 0.775) on instance search."""
     _needs(HOLIDAYS)
     args = ("eval", HOLIDAYS / "library", "--queries", HOLIDAYS / "queries", "--model", MODEL)
     (res,) = run_json(*args, "--features", "fast")

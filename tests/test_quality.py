@@ -22,7 +22,7 @@ FLOORS = {"mAP": 0.235, "P@5": 0.45}  # leave-one-out, balanced preset (measured
 # balanced preset (18 of 30 with the previous, clip-art-chosen default: its whole-image view suits
 # drawings whose subject touches the border, and hurts photos; docs/quality.md)
 QUERY_MAJORITY_FLOOR = 0.35
-COPY_RANK1_FLOOR = 0.96  # mean over the transforms, balanced preset (measured 0.972)
+COPY_RANK1_FLOOR = 0.96  # mean over the transforms, balanced preset (measured 0.972; handout 0.958)
 RULE_MARGIN = 0.005  # the default's rule: no worse than the handout's recipe within this (docs/quality.md)
 
 

@@ -11,6 +11,7 @@ import http.client
 import io
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from conftest import LIBRARY, MODEL, QUERIES, REPO, _free_port, copy_library, run_cli
 from PIL import Image
 
@@ -42,11 +44,15 @@ def _record(**figures: Any) -> None:
 class Proc:
     """An `imgsearch` command running in the background, its output in a log file."""
 
-    def __init__(self, log: Path, *args: str | os.PathLike[str]) -> None:
+    def __init__(self, log: Path, *args: str | os.PathLike[str], env: dict[str, str] | None = None) -> None:
         self.log = log
         with open(log, "ab") as out:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", *map(str, args)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "cli.main", *map(str, args)],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
             )
 
     def text(self) -> str:
@@ -295,13 +301,22 @@ def test_security_ids_uploads_and_limits(service: Service, tmp_path: Path) -> No
     _record(security_status_codes=codes)
 
 
-@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()), reason="needs Debian's chromium + chromedriver")
-def test_browser_page_searches_by_upload_and_more_like_this(service: Service, tmp_path: Path) -> None:
+# the rendered result cards as [rank, score, chip text, category, name, id], once every thumbnail has loaded
+LOADED_JS = (
+    "const hits = [...document.querySelectorAll('li.hit')];"
+    "return hits.every(h => h.querySelector('img').complete && h.querySelector('img').naturalWidth > 0)"
+    " ? hits.map(h => [h.dataset.rank, h.dataset.score, h.querySelector('.chip').textContent,"
+    " h.dataset.category, h.querySelector('.name').textContent, h.dataset.id]) : [];"
+)
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()), reason="needs Debian's chromium + chromedriver"
+)
+
+
+def chromium(profile: Path) -> Any:
+    """Headless Chromium through selenium (the caller quits it)."""
     from selenium import webdriver
-    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service as DriverService
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
@@ -314,17 +329,20 @@ def test_browser_page_searches_by_upload_and_more_like_this(service: Service, tm
         "--disable-component-update",
         "--disable-sync",
         "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--user-data-dir={profile}",
         "--window-size=1400,1000",
     ):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=options)
-    loaded = (
-        "const hits = [...document.querySelectorAll('li.hit')];"
-        "return hits.every(h => h.querySelector('img').complete && h.querySelector('img').naturalWidth > 0)"
-        " ? hits.map(h => [h.dataset.rank, h.dataset.score, h.querySelector('.chip').textContent,"
-        " h.dataset.category, h.querySelector('.name').textContent, h.dataset.id]) : [];"
-    )
+    return webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=options)
+
+
+@needs_chromium
+def test_browser_page_searches_by_upload_and_more_like_this(service: Service, tmp_path: Path) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chromium(tmp_path / "profile")
     try:
         driver.get(service.url + "/")
         wait = WebDriverWait(driver, 60, ignored_exceptions=(StaleElementReferenceException,))  # re-rendered
@@ -335,7 +353,7 @@ def test_browser_page_searches_by_upload_and_more_like_this(service: Service, tm
         assert options_shown == ["", *(c.name for c in folders(service.lib))]
         query = queries()[0]
         driver.find_element(By.ID, "file").send_keys(str(query))
-        cards = wait.until(lambda d: len(rows := d.execute_script(loaded)) >= 5 and rows)
+        cards = wait.until(lambda d: len(rows := d.execute_script(LOADED_JS)) >= 5 and rows)
         assert len(cards) == 10  # k defaults to 10 on the page
         assert [int(c[0]) for c in cards] == list(range(1, 11))
         scores = [float(c[1]) for c in cards]
@@ -354,10 +372,205 @@ def test_browser_page_searches_by_upload_and_more_like_this(service: Service, tm
         clicked = first.get_attribute("data-id")
         first.click()  # more like this
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, ".querycard .badge").text == "MORE LIKE")
-        again = wait.until(lambda d: len(rows := d.execute_script(loaded)) >= 5 and rows)
+        again = wait.until(lambda d: len(rows := d.execute_script(LOADED_JS)) >= 5 and rows)
         assert clicked not in {row[5] for row in again} and len(again) == 10
         _record(browser={"results": len(cards), "top_scores": scores[:5], "screenshot": str(shot.relative_to(REPO))})
     finally:
+        driver.quit()
+
+
+class Guarded:
+    """A second web server on the service's store: a token (from IMGSEARCH_TOKEN), one decode at a time and
+    one upload waiting, so a handful of large uploads overloads it."""
+
+    PIXEL_CAP = 30_000_000
+
+    def __init__(self, tmp: Path, service: Service) -> None:
+        self.token = secrets.token_hex(16)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        limits = ["--max-concurrent", "1", "--max-queue", "1", "--max-upload-pixels", self.PIXEL_CAP]
+        self.web = Proc(
+            tmp / "guarded.log",
+            *("serve", "--port", self.port, *limits, "--status", service.status, *service.store),
+            env={"IMGSEARCH_TOKEN": self.token},
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {self.token}"})
+        self.anonymous = httpx.Client(base_url=self.url, timeout=60)
+        # a real photo-sized image that is slow to decode but a few kB to send: 25 MP of gradients
+        self.large = tmp / "large.png"
+        gradient = Image.linear_gradient("L").resize((5000, 5000))
+        Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.ROTATE_90), gradient)).save(self.large)
+
+
+@pytest.fixture(scope="module")
+def guarded(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
+    svc = Guarded(tmp_path_factory.mktemp("guarded"), service)
+    try:
+        wait_for("the guarded web server", lambda: svc.client.get("/readyz").status_code == 200, 120, svc.web)
+        yield svc
+    finally:
+        svc.client.close()
+        svc.anonymous.close()
+        svc.web.kill()
+
+
+def poll_health(url: str, stop: threading.Event, seconds: list[float]) -> None:
+    """GET /healthz every 50 ms until ``stop``; each answer's latency (inf for a failure) into ``seconds``."""
+    with httpx.Client(base_url=url, timeout=10) as own:
+        while not stop.wait(0.05):
+            started = time.perf_counter()
+            try:
+                ok = own.get("/healthz").status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            seconds.append(time.perf_counter() - started if ok else float("inf"))
+
+
+def test_overload_gets_503_with_retry_after_while_healthz_stays_fast(guarded: Guarded, tmp_path: Path) -> None:
+    log_start = len(guarded.web.text())
+    answers: list[httpx.Response] = []
+    health: list[float] = []
+    stop = threading.Event()
+    poller = threading.Thread(target=poll_health, args=(guarded.url, stop, health))
+    poller.start()
+
+    def upload() -> None:
+        with httpx.Client(base_url=guarded.url, timeout=120, headers=guarded.client.headers) as own:
+            answers.append(search_file(own, guarded.large, k=3))
+
+    clients = [threading.Thread(target=upload) for _ in range(6)]
+    try:
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(180)
+    finally:
+        time.sleep(0.3)
+        stop.set()
+        poller.join()
+    codes = sorted(r.status_code for r in answers)
+    assert len(codes) == 6 and set(codes) <= {200, 503}, [(r.status_code, r.text[:200]) for r in answers]
+    busy = [r for r in answers if r.status_code == 503]
+    assert codes.count(200) >= 2 and busy, codes  # one ran, one waited; the rest were turned away
+    for res in busy:
+        assert int(res.headers["Retry-After"]) >= 1 and res.json()["detail"].startswith("busy:"), res.text
+    assert len(health) >= 3 and max(health) < 1.0, health  # never waited for the model
+
+    over = tmp_path / "over.png"
+    Image.linear_gradient("L").resize((6000, 6000)).save(over)  # 36 MP: over this server's 30 MP upload cap
+    res = search_file(guarded.client, over, k=3)
+    assert res.status_code == 422 and "--max-upload-pixels" in res.json()["detail"], res.text
+    after = search_file(guarded.client, queries()[0], k=3)  # normal searches are served again
+    assert after.status_code == 200 and len(after.json()["results"]) == 3
+    log = guarded.web.text()[log_start:]
+    assert "Traceback" not in log and 'HTTP/1.1" 500' not in log
+    _record(overload={"status_codes": codes, "healthz_max_ms": round(max(health) * 1000, 1), "polls": len(health)})
+
+
+def test_token_guards_every_route_and_the_host_header_is_checked(guarded: Guarded, service: Service) -> None:
+    anon, authed = guarded.anonymous, guarded.client
+    query = queries()[0]
+    for path in ("/api/stats", "/readyz", "/docs", "/openapi.json", "/api/images/" + "0" * 32 + "/thumb"):
+        res = anon.get(path)
+        assert res.status_code == 401 and res.headers["www-authenticate"] == "Bearer", (path, res.text[:200])
+        assert "token" in res.json()["detail"]
+        assert anon.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert search_file(anon, query).status_code == 401
+    assert anon.post("/api/search/by-id/" + "0" * 32).status_code == 401
+    page = anon.get("/")
+    assert page.status_code == 401 and '<form method="post" action="/login">' in page.text
+    assert anon.get("/healthz").status_code == 200  # the liveness probe needs no secret
+
+    assert authed.get("/").status_code == 200 and "Drop an image here" in authed.get("/").text
+    assert authed.get("/api/stats").json()["count"] >= 24
+    assert search_file(authed, query, k=2).status_code == 200
+
+    # the page's way in: the sign-in form posts the token, the answer sets an HttpOnly cookie
+    with httpx.Client(base_url=guarded.url, timeout=60) as browser:
+        assert browser.post("/login", data={"token": "wrong"}).status_code == 401
+        res = browser.post("/login", data={"token": guarded.token})
+        assert res.status_code == 303 and res.headers["location"] == "/"
+        cookie = res.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and guarded.token not in cookie
+        assert browser.get("/").status_code == 200 and browser.get("/api/stats").status_code == 200
+
+    # DNS rebinding: a request naming another host is refused, token or not, on both servers
+    for client, port in ((authed, guarded.port), (service.client, service.port)):
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example"):
+            res = client.get("/api/stats", headers={"Host": host})
+            assert res.status_code == 400 and "--allowed-host" in res.json()["detail"], (host, res.text[:200])
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+            assert client.get("/healthz", headers={"Host": host}).status_code == 200, host
+
+    # docker-compose's healthcheck, run against this server: it passes with the token only
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    check = compose["services"]["web"]["healthcheck"]["test"]
+    command = [sys.executable, "-c", check[3].replace("8080", str(guarded.port))]
+    for token, passes in ((guarded.token, True), ("wrong", False)):
+        done = subprocess.run(command, env={**os.environ, "IMGSEARCH_TOKEN": token}, capture_output=True, timeout=30)
+        assert (done.returncode == 0) == passes, done.stderr[-500:]
+
+
+def test_serving_the_network_without_a_token_warns(service: Service, tmp_path: Path) -> None:
+    # an empty store and no --model: the server only waits for a collection, so nothing is exposed meanwhile
+    web = Proc(tmp_path / "exposed.log", "serve", "--host", "0.0.0.0", "--port", _free_port(), "--db", tmp_path / "db")
+    try:
+        wait_for("the warning", lambda: "WARNING: listening on 0.0.0.0 without a token" in web.text(), 60, web)
+    finally:
+        web.kill()
+    assert "WARNING" not in service.web.text()  # 127.0.0.1: nothing to warn about
+
+
+def _status_after_search(text: str) -> str | None:
+    """The page's status line once a search is busy or answered (not while it says "searching…")."""
+    return text if "busy, retrying" in text or " results for " in text else None
+
+
+@needs_chromium
+def test_browser_says_busy_and_retries_on_503(guarded: Guarded, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    stop = threading.Event()
+    refused: list[int] = []
+
+    def keep_busy() -> None:  # large uploads back to back: the one decode slot and the one queue place stay taken
+        with httpx.Client(base_url=guarded.url, timeout=120, headers=guarded.client.headers) as own:
+            while not stop.is_set():
+                if search_file(own, guarded.large, k=3).status_code == 503:
+                    refused.append(1)
+                    stop.wait(0.05)
+
+    driver = chromium(tmp_path / "profile")
+    loaders = [threading.Thread(target=keep_busy) for _ in range(3)]
+    try:
+        wait = WebDriverWait(driver, 60)
+        driver.get(guarded.url + "/")
+        driver.find_element(By.ID, "token").send_keys(guarded.token)  # the sign-in form
+        driver.find_element(By.ID, "signin").click()
+        wait.until(lambda d: d.find_element(By.ID, "count").text not in ("", "…"))
+        for thread in loaders:
+            thread.start()
+        wait.until(lambda _: refused)  # the server is full
+        for _ in range(5):  # an upload that slipped into a free place between two large ones is served: again
+            driver.find_element(By.ID, "file").send_keys(str(queries()[0]))
+            shown = wait.until(lambda d: _status_after_search(d.find_element(By.ID, "status").text))
+            if "busy, retrying" in shown:
+                break
+        assert "busy, retrying in" in shown, shown
+        assert driver.find_element(By.ID, "error").get_attribute("hidden") is not None  # not shown as a failure
+        stop.set()
+        for thread in loaders:
+            thread.join(120)
+        cards = wait.until(lambda d: d.execute_script(LOADED_JS))  # the retry succeeded
+        assert len(cards) == 10 and queries()[0].name in driver.find_element(By.ID, "status").text
+        _record(browser_busy={"status_shown": shown, "results_after_retry": len(cards)})
+    finally:
+        stop.set()
+        for thread in loaders:
+            if thread.is_alive():
+                thread.join(120)
         driver.quit()
 
 
@@ -440,11 +653,16 @@ def test_worker_follows_the_folder_while_the_api_searches(service: Service) -> N
 
 def test_sigterm_mid_batch_leaves_a_consistent_store(service: Service) -> None:
     before = service.count()
-    # enough images that the sync lasts seconds even with the fast default backend
-    for cat in folders(LIBRARY)[5:9]:
-        (service.lib / cat.name).mkdir()
+    # enough images that the sync lasts seconds even with the fast default backend; staged beside the
+    # library and moved in whole, so that one sync takes them all (copied in place, they settle in
+    # pieces and each piece's sync may be over between two status writes)
+    staging = service.lib.parent / "staging"
+    for cat in folders(LIBRARY)[5:11]:
+        (staging / cat.name).mkdir(parents=True)
         for src in sorted(cat.iterdir())[:40]:
-            shutil.copy2(src, service.lib / cat.name / src.name)
+            shutil.copy2(src, staging / cat.name / src.name)
+    for folder in sorted(staging.iterdir()):
+        folder.rename(service.lib / folder.name)
     on_disk = images_under(service.lib)
     new = len(on_disk) - before
 

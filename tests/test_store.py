@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, copy_library, run_cli, run_json
+from test_chroma_failures import delete_collection
 
-from imgsearch.store import Location, Store, StoreError, image_id, path_fields, stored_path
+from imgsearch.store import (
+    TIMEOUT_ENV,
+    CollectionMissing,
+    Location,
+    Store,
+    StoreError,
+    default_timeout,
+    image_id,
+    path_fields,
+    stored_path,
+)
 
 HOLDER = """
 import sys, time
@@ -101,3 +115,49 @@ def test_new_collections_get_the_tuned_hnsw_settings(tmp_path: Path) -> None:
         200,
         200,
     )
+
+
+def _server_store(url: str, collection: str, fingerprint: dict | None = None) -> Store:
+    store = Store(Location(db=None, url=url, collection=collection, timeout=10))
+    if fingerprint is not None:
+        store.create(fingerprint)
+    return store
+
+
+def test_a_collection_recreated_or_deleted_on_the_server_is_looked_up_again(chroma_server: str) -> None:
+    name = f"t{time.monotonic_ns()}"
+    held = _server_store(chroma_server, name, {"model": "m"})
+    held.add(["a"], np.ones((1, 4), np.float32), [{"path": "/a"}])
+    other = _server_store(chroma_server, name)
+    delete_collection(chroma_server, name)
+    other.create({"model": "m"})
+    other.add(["b", "c"], np.ones((2, 4), np.float32), [{"path": "/b"}, {"path": "/c"}])
+    assert held.count() == 2  # the stale handle was dropped and the collection looked up again
+    delete_collection(chroma_server, name)
+    with pytest.raises(CollectionMissing, match=f"no collection '{name}'"):
+        held.count()
+    assert held.fingerprint() is None
+    held.close()
+    other.close()
+
+
+def test_replace_overwrites_rows_in_place_and_drops_old_keys(chroma_server: str) -> None:
+    store = _server_store(chroma_server, f"t{time.monotonic_ns()}", {"model": "m"})
+    store.add(["a", "b"], np.eye(2, 4, dtype=np.float32), [{"path": "/a", "album": "x"}, {"path": "/b"}])
+    store.replace(["a"], np.eye(1, 4, 3, dtype=np.float32), [{"path": "/a", "size": 2}], [{"path": "/a", "album": "x"}])
+    row = store.get(["a"], embeddings=True)["a"]
+    assert store.count() == 2 and row["size"] == 2 and "album" not in row
+    assert np.allclose(row["_embedding"], [0, 0, 0, 1])
+    store.close()
+
+
+def test_an_unreachable_server_is_one_line_store_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(StoreError, match=f"cannot reach the Chroma server at {url}") as err:
+        Store(Location(db=None, url=url)).count()
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv(TIMEOUT_ENV, "soon")
+    with pytest.raises(ValueError, match=f"{TIMEOUT_ENV}='soon'"):
+        default_timeout()

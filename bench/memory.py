@@ -1,0 +1,282 @@
+"""Peak memory of the real CLI as its inputs grow: flat in the number of inputs, or a regression.
+
+Why: one batch of 550 query photos once took `imgsearch search` to 19 GB. Each row here runs the
+real command in its own process and reads that process's peak RSS from /proc (VmHWM, polled until
+it exits; the kernel's ru_maxrss is recorded beside it as a cross-check):
+
+- ``search`` with 10 / 1,000 / 2,000 / 10,000 query files (real images of the demo library,
+  re-wrapped as JPEGs with a unique comment each, so every query is a distinct file);
+- leave-one-out ``eval`` over 1,000 / 20,000 library images;
+- an ``ingest`` re-run that finds every file unchanged (a worker's sync) over 1,000 / 100,000 rows.
+
+Targets: every row of a series within 1.2x of the series' smallest case and under 2 GB; the
+2,000-query search under 3 GB. The search rows search the demo library, embedded for real with
+``--model efficientnet-lite0`` (offline ImageNet weights). The large libraries are hard links to
+the demo library's files, stored directly through ``Store.add`` with the real vectors plus noise
+(cosine ~0.9 to the original) and metadata that matches the files, so that ingest finds them
+unchanged and nothing spends an hour embedding.
+
+    python bench/memory.py --out test-artifacts/memory.json     # full size: hours on 2 CPU cores
+    python bench/memory.py --scale 0.1 --server                  # every size / 10: ~15 min
+
+Time: on 2 shared CPU cores a leave-one-out query (1,000 deep, with its metadata) takes ~0.25 s, so
+the 20,000-image eval alone takes over an hour; 10,000 queries take ~15 min. ``--scale`` shrinks
+every size; ``--work DIR`` keeps the generated files and stores for a re-run.
+
+The store: with an embedded store (the default), Chroma loads the collection's HNSW index into the
+process that opens it, ~5 kB per stored row of 1280-d vectors (0.5 GB at 100,000 rows): memory of the
+data, not of imgsearch's code paths. ``--server`` runs eval and sync against a ``chroma run`` server,
+as docker-compose deploys the worker, so that the figures are those of imgsearch's own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from imgsearch.store import PAGE, Location, Store, image_id, stored_path  # noqa: E402
+from ingest.scan import scan  # noqa: E402
+from ingest.sync import _metadata  # noqa: E402  (the metadata ingest writes, so rows match the files)
+
+LIBRARY = REPO / "examples" / "library"
+MODEL = "efficientnet-lite0"
+SERIES = {
+    "search": [10, 1_000, 2_000, 10_000],  # query files
+    "eval": [1_000, 20_000],  # leave-one-out library images
+    "sync": [1_000, 100_000],  # stored rows an unchanged ingest re-run reads
+}
+FLAT = 1.2  # the largest case of a series may use at most this much more than its smallest
+LIMIT_MB = 2048
+SEARCH_2000_LIMIT_MB = 3072
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def measure(args: list[str], label: str) -> dict[str, Any]:
+    """Run ``imgsearch ARGS`` in its own process; its peak RSS from /proc and from the kernel."""
+    with tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err
+        )
+        hwm_kb = 0
+        while True:
+            try:
+                with open(f"/proc/{proc.pid}/status") as fh:
+                    hwm_kb = max([hwm_kb] + [int(line.split()[1]) for line in fh if line.startswith("VmHWM:")])
+            except (OSError, ValueError):
+                pass
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        code = os.waitstatus_to_exitcode(status)
+        proc.returncode = code
+        if code != 0:
+            err.seek(0)
+            raise SystemExit(f"{label}: imgsearch {args[0]} exited {code}:\n{err.read()[-3000:]}")
+    return {
+        "peak_rss_mb": round(hwm_kb / 1024, 1),
+        "ru_maxrss_mb": round(usage.ru_maxrss / 1024, 1),
+        "seconds": round(seconds, 1),
+    }
+
+
+def jpeg_with_comment(jpeg: bytes, comment: str) -> bytes:
+    """The same JPEG with a COM segment after SOI: a distinct file that decodes to the same pixels."""
+    body = comment.encode()
+    return jpeg[:2] + b"\xff\xfe" + (len(body) + 2).to_bytes(2, "big") + body + jpeg[2:]
+
+
+def query_files(folder: Path, sources: list[str], n: int) -> list[str]:
+    """``n`` distinct query files made from the demo library's images."""
+    import io
+
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    encoded = []
+    for src in sources:
+        buf = io.BytesIO()
+        with Image.open(src) as im:
+            im.convert("RGB").save(buf, "JPEG", quality=90)
+        encoded.append(buf.getvalue())
+    out = []
+    for i in range(n):
+        path = folder / f"q{i:05d}.jpg"
+        if not path.exists():
+            path.write_bytes(jpeg_with_comment(encoded[i % len(encoded)], f"imgsearch memory bench query {i}"))
+        out.append(str(path))
+    return out
+
+
+def synthetic_library(work: Path, n: int, base: dict[str, Any], url: str | None) -> tuple[Path, list[str]]:
+    """A folder of ``n`` hard links to demo images and a store already holding a row for each; returns
+    the folder and the CLI options that reach the store (the embedded folder, or the server's collection)."""
+    lib = work / f"lib{n}"
+    location = Location(url=url, collection=f"lib{n}") if url else Location(db=work / f"db{n}")
+    args = ["--chroma-url", url, "--collection", location.collection] if url else ["--db", str(location.db)]
+    store = Store(location)
+    if store.fingerprint() is not None:  # filled by an earlier run with this --work
+        store.close()
+        return lib, args
+    sources = base["paths"]
+    if not lib.exists():
+        for j in range(n):
+            src = Path(sources[j % len(sources)])
+            dest = lib / src.parent.name / f"{src.stem}_{j:06d}{src.suffix}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, dest)
+    real = base["vectors"]
+    rng = np.random.default_rng(n)
+    sigma = np.sqrt(0.23 / real.shape[1])  # cosine ~0.9 to the real vector, as search/index_bench.py
+    store.create(base["fingerprint"])
+    files = scan([str(lib)]).files
+    for s in range(0, len(files), PAGE):
+        part = files[s : s + PAGE]
+        src = [int(Path(f.path).stem.rsplit("_", 1)[1]) % len(sources) for f in part]  # the link's number
+        noisy = real[src] + rng.standard_normal((len(part), real.shape[1])) * sigma
+        noisy = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+        metas = [_metadata(f, *base["facts"][i], {}) for f, i in zip(part, src, strict=True)]
+        store.add([image_id(f.path) for f in part], noisy, metas)
+    store.close()
+    return lib, args
+
+
+def chroma_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A real ``chroma run`` on 127.0.0.1 (as docker-compose runs it), and its URL."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+    cmd = [chroma, "run", "--path", str(folder), "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2).read()
+            return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("chroma run did not start")
+
+
+def demo_store(work: Path) -> dict[str, Any]:
+    """The demo library embedded for real by ``imgsearch ingest``: its store, vectors and facts."""
+    db = work / "demo-db"
+    if not db.exists():
+        log(f"ingesting {LIBRARY} with {MODEL} (real embeddings) ...")
+        measure(["ingest", str(LIBRARY), "--db", str(db), "--model", MODEL], "demo ingest")
+    store = Store(Location(db=db))
+    rows = sorted((stored_path(m), m["_embedding"], m) for _, m in store.scan(embeddings=True))
+    fingerprint = store.fingerprint()
+    store.close()
+    return {
+        "db": db,
+        "fingerprint": fingerprint,
+        "paths": [p for p, _, _ in rows],
+        "vectors": np.stack([v for _, v, _ in rows]),
+        "facts": [(m["sha256"], int(m["width"]), int(m["height"])) for _, _, m in rows],
+    }
+
+
+def run(work: Path, scale: float, url: str | None) -> dict[str, Any]:
+    sizes = {name: [max(10, round(n * scale)) for n in ns] for name, ns in SERIES.items()}
+    base = demo_store(work)
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in SERIES}
+    queries = query_files(work / "queries", base["paths"], max(sizes["search"]))
+    for n in sizes["search"]:
+        log(f"search with {n} query files ...")
+        args = ["search", *queries[:n], "--db", str(base["db"]), "--json"]
+        rows["search"].append({"n": n, **measure(args, f"search {n}")})
+    for n in sizes["eval"]:
+        lib, store = synthetic_library(work, n, base, url)
+        log(f"eval (leave-one-out) over {n} library images ...")
+        rows["eval"].append({"n": n, **measure(["eval", str(lib), *store, "--json"], f"eval {n}")})
+    for n in sizes["sync"]:
+        lib, store = synthetic_library(work, n, base, url)
+        log(f"ingest re-run (all unchanged) over {n} stored rows ...")
+        rows["sync"].append({"n": n, **measure(["ingest", str(lib), *store, "--json"], f"sync {n}")})
+    checks = {}
+    for name, series in rows.items():
+        low, high = min(r["peak_rss_mb"] for r in series), max(r["peak_rss_mb"] for r in series)
+        checks[f"{name}: largest / smallest <= {FLAT}"] = {"value": round(high / low, 3), "met": high <= FLAT * low}
+        checks[f"{name}: every case < {LIMIT_MB} MB"] = {"value": high, "met": high < LIMIT_MB}
+    for r in rows["search"]:
+        if r["n"] == sizes["search"][2]:
+            checks[f"search {r['n']} queries < {SEARCH_2000_LIMIT_MB} MB"] = {
+                "value": r["peak_rss_mb"],
+                "met": r["peak_rss_mb"] < SEARCH_2000_LIMIT_MB,
+            }
+    return {
+        "model": MODEL,
+        "scale": scale,
+        "store": "chroma server (eval, sync)" if url else "embedded",
+        "cpus": len(os.sched_getaffinity(0)),
+        "rows": rows,
+        "checks": checks,
+        "all_met": all(c["met"] for c in checks.values()),
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [f"{'case':<8} {'n':>8} {'peak RSS MB':>12} {'ru_maxrss MB':>13} {'seconds':>8}"]
+    for name, series in result["rows"].items():
+        lines += [
+            f"{name:<8} {r['n']:>8} {r['peak_rss_mb']:>12.1f} {r['ru_maxrss_mb']:>13.1f} {r['seconds']:>8.1f}"
+            for r in series
+        ]
+    lines.append("")
+    lines += [f"{'met' if c['met'] else 'NOT MET':>7}  {name}: {c['value']}" for name, c in result["checks"].items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="write the figures here as JSON")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every size (0.1 for a quick run)")
+    parser.add_argument("--work", type=Path, help="keep generated files and stores here (default: a temp dir)")
+    parser.add_argument(
+        "--server", action="store_true", help="eval and sync against a `chroma run` server, as docker-compose runs"
+    )
+    args = parser.parse_args()
+    work = (args.work or Path(tempfile.mkdtemp(prefix="imgsearch-memory-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    server, url = chroma_server(work / "server") if args.server else (None, None)
+    try:
+        result = run(work, args.scale, url)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=60)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(table(result))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    sys.exit(0 if result["all_met"] else 1)
+
+
+if __name__ == "__main__":
+    main()
