@@ -183,7 +183,7 @@ def run_queries(
 
     filt = parse_where(where)
     for q in queries:
-        if not q.is_file():
+        if not q.exists():
             fail(f"query {q}: no such file")
         try:
             load_image(q)
