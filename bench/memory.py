@@ -200,26 +200,27 @@ def demo_store(work: Path) -> dict[str, Any]:
     }
 
 
-def run(work: Path, scale: float, url: str | None) -> dict[str, Any]:
+def run(work: Path, scale: float, url: str | None, series: list[str], earlier: dict[str, Any]) -> dict[str, Any]:
+    """Measure the named series; the others are taken from ``earlier`` (a previous result's rows)."""
     sizes = {name: [max(10, round(n * scale)) for n in ns] for name, ns in SERIES.items()}
     base = demo_store(work)
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in SERIES}
-    queries = query_files(work / "queries", base["paths"], max(sizes["search"]))
-    for n in sizes["search"]:
+    rows: dict[str, list[dict[str, Any]]] = {name: [] if name in series else earlier[name] for name in SERIES}
+    queries = query_files(work / "queries", base["paths"], max(sizes["search"]) if "search" in series else 0)
+    for n in sizes["search"] if "search" in series else []:
         log(f"search with {n} query files ...")
         args = ["search", *queries[:n], "--db", str(base["db"]), "--json"]
         rows["search"].append({"n": n, **measure(args, f"search {n}")})
-    for n in sizes["eval"]:
+    for n in sizes["eval"] if "eval" in series else []:
         lib, store = synthetic_library(work, n, base, url)
         log(f"eval (leave-one-out) over {n} library images ...")
         rows["eval"].append({"n": n, **measure(["eval", str(lib), *store, "--json"], f"eval {n}")})
-    for n in sizes["sync"]:
+    for n in sizes["sync"] if "sync" in series else []:
         lib, store = synthetic_library(work, n, base, url)
         log(f"ingest re-run (all unchanged) over {n} stored rows ...")
         rows["sync"].append({"n": n, **measure(["ingest", str(lib), *store, "--json"], f"sync {n}")})
     checks = {}
-    for name, series in rows.items():
-        low, high = min(r["peak_rss_mb"] for r in series), max(r["peak_rss_mb"] for r in series)
+    for name, measured in rows.items():
+        low, high = min(r["peak_rss_mb"] for r in measured), max(r["peak_rss_mb"] for r in measured)
         checks[f"{name}: largest / smallest <= {FLAT}"] = {"value": round(high / low, 3), "met": high <= FLAT * low}
         checks[f"{name}: every case < {LIMIT_MB} MB"] = {"value": high, "met": high < LIMIT_MB}
     for r in rows["search"]:
@@ -259,12 +260,27 @@ def main() -> None:
     parser.add_argument(
         "--server", action="store_true", help="eval and sync against a `chroma run` server, as docker-compose runs"
     )
+    parser.add_argument(
+        "--series",
+        nargs="+",
+        choices=list(SERIES),
+        default=list(SERIES),
+        help="measure only these series; the others are kept from the existing --out file (same scale and store)",
+    )
     args = parser.parse_args()
+    earlier: dict[str, Any] = {}
+    if set(args.series) != set(SERIES):
+        if args.out is None or not args.out.exists():
+            parser.error("--series with a subset needs an existing --out file to take the other series from")
+        old = json.loads(args.out.read_text())
+        if old["scale"] != args.scale or (old["store"] != "embedded") != args.server:
+            parser.error(f"{args.out} was measured at another --scale or store; re-run every series")
+        earlier = old["rows"]
     work = (args.work or Path(tempfile.mkdtemp(prefix="imgsearch-memory-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     server, url = chroma_server(work / "server") if args.server else (None, None)
     try:
-        result = run(work, args.scale, url)
+        result = run(work, args.scale, url, args.series, earlier)
     finally:
         if server is not None:
             server.terminate()
