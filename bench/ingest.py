@@ -247,7 +247,7 @@ def cpu_costs(files: list[Path], limit: int = 60) -> dict[str, float]:
     """Milliseconds of one core per image for the work that must run besides the model: the JPEG
     draft decode + preprocessing (ingest's own load_views) and the content hash. Together with the
     model's cost they bound what any pipeline on this machine can reach (see ``bound``)."""
-    from ingest.sync import file_sha256
+    from imgsearch.ingest.sync import file_sha256
 
     sample = files[:limit]
     load_views(sample[0], HANDOUT_VIEWS)  # warm-up
@@ -272,7 +272,7 @@ def bound(model_ips: float, costs: dict[str, float]) -> float:
 def pipeline(files: list[Path], model: str, backend: str, device: str, weights: Path | None) -> float:
     """Images/s of ingest's decode → preprocess → embed stage alone, in this process (no store)."""
     from imgsearch.backbones import load_embedder
-    from ingest.embed import embed_files
+    from imgsearch.batching import embed_files
 
     embedder = load_embedder(model, weights=weights, device=device, pooling="avg", views=HANDOUT_VIEWS, backend=backend)
     started = time.perf_counter()
@@ -298,7 +298,7 @@ def end_to_end(
     """`imgsearch ingest` as a user runs it, in its own process (``backend`` None: the default one);
     peak RSS from the kernel."""
     with tempfile.TemporaryDirectory(prefix="imgsearch-bench-") as tmp:
-        cmd = [sys.executable, "-m", "cli.main", "ingest", str(folder), "--db", f"{tmp}/db", "--json"]
+        cmd = [sys.executable, "-m", "imgsearch.cli.main", "ingest", str(folder), "--db", f"{tmp}/db", "--json"]
         cmd += ["--model", model, "--device", device, *features]
         cmd += ["--weights", str(weights)] if weights else []
         cmd += ["--backend", backend] if backend else []
@@ -328,8 +328,8 @@ def backend_agreement(backends: list[str], device: str) -> dict[str, Any]:
     """Each backend's vectors against eager fp32 on CPU, with EfficientNet-Lite0's real weights on the
     demo library and its queries, at the shipped default features (the ingest pipeline embeds)."""
     from imgsearch.backbones import load_embedder
-    from ingest.embed import embed_files
-    from search.evaluate import agreement
+    from imgsearch.batching import embed_files
+    from imgsearch.evaluation.evaluate import agreement
 
     examples = REPO / "examples"
     paths = sorted(map(str, (examples / "library").glob("*/*.jpg"))) + sorted(

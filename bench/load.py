@@ -92,7 +92,7 @@ def build_library(root: Path, size: int, first_variant: int = 0) -> list[Path]:
 
 
 def cli(*args: str | os.PathLike[str]) -> list[str]:
-    return [sys.executable, "-m", "cli.main", *map(str, args)]
+    return [sys.executable, "-m", "imgsearch.cli.main", *map(str, args)]
 
 
 def free_port() -> int:

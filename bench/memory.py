@@ -47,9 +47,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from imgsearch.ingest.scan import scan  # noqa: E402
+from imgsearch.ingest.sync import _metadata  # noqa: E402  (the metadata ingest writes, so rows match the files)
 from imgsearch.store import PAGE, Location, Store, image_id, stored_path  # noqa: E402
-from ingest.scan import scan  # noqa: E402
-from ingest.sync import _metadata  # noqa: E402  (the metadata ingest writes, so rows match the files)
 
 LIBRARY = REPO / "examples" / "library"
 MODEL = "efficientnet-lite0"
@@ -72,7 +72,7 @@ def measure(args: list[str], label: str) -> dict[str, Any]:
     with tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err
+            [sys.executable, "-m", "imgsearch.cli.main", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err
         )
         hwm_kb = 0
         while True:

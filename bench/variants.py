@@ -63,7 +63,7 @@ def datasets(root: Path) -> dict[str, list[str]]:
 
 
 def run(eval_args: list[str], model: str, extra: list[str], n_copies: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "cli.main", "eval", *eval_args, "--model", model, "--copies"]
+    cmd = [sys.executable, "-m", "imgsearch.cli.main", "eval", *eval_args, "--model", model, "--copies"]
     cmd += ["--n-copies", str(n_copies), "--json", *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
     if proc.returncode != 0:

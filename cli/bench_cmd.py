@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from cli.options import CollectionOpt, DbOpt, JsonOpt, UrlOpt, fail, user_errors
-from cli.output import json_stdout, say
+from imgsearch.cli.options import CollectionOpt, DbOpt, JsonOpt, UrlOpt, fail, user_errors
+from imgsearch.cli.output import json_stdout, say
 
 
 def bench_index(
@@ -39,9 +39,9 @@ def bench_index(
     with user_errors(), json_stdout(as_json) as emit:
         import numpy as np
 
+        from imgsearch.evaluation.index_bench import bench, markdown, perturbed
+        from imgsearch.evaluation.index_bench import plot as draw
         from imgsearch.store import Location, Store
-        from search.index_bench import bench, markdown, perturbed
-        from search.index_bench import plot as draw
 
         try:
             configs = [

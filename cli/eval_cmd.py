@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from cli.options import (
+from imgsearch.backbones import describe
+from imgsearch.cli.options import (
     BackendOpt,
     CollectionOpt,
     CropOpt,
@@ -27,24 +27,13 @@ from cli.options import (
     parse_scales,
     user_errors,
 )
-from cli.output import json_stdout, progress_bar, say, table
-from imgsearch.backbones import describe
-
-BASELINE_FILE = Path(__file__).resolve().parents[1] / "search" / "baseline.json"
-
-
-def _baseline(model: str) -> dict[str, Any]:
-    """The checked-in figures of the handout's recipe (avg pool, centre crop, cosine) on the demo library."""
-    try:
-        return json.loads(BASELINE_FILE.read_text()).get(model, {})
-    except (OSError, ValueError):
-        return {}
+from imgsearch.cli.output import json_stdout, progress_bar, say, table
 
 
 def _held_out(qdir: Path) -> list[tuple[str, str]]:
     """(path, category) for every image under ``qdir``: category = first folder, like ingest; files
     directly in ``qdir`` are named CATEGORY_anything.ext (e.g. ``cats_1.jpg``)."""
-    from ingest.scan import is_image_name
+    from imgsearch.ingest.scan import is_image_name
 
     out = []
     for path in sorted(qdir.rglob("*")):
@@ -97,10 +86,10 @@ def evaluate(
             fail(f"no such folder: {library}")
         if queries is not None and not queries.is_dir():
             fail(f"--queries {queries}: no such folder")
+        from imgsearch.evaluation.evaluate import METRICS, copy_detection, evaluate, handout_baseline
+        from imgsearch.ingest.sync import ingest
         from imgsearch.session import ModelChoice, open_embedder
         from imgsearch.store import Location, Store
-        from ingest.sync import ingest
-        from search.evaluate import METRICS, copy_detection, evaluate
 
         with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as tmp:
             store = Store(Location(db=db or Path(tmp) / "db", url=chroma_url, collection=collection))
@@ -117,7 +106,7 @@ def evaluate(
             found = copy_detection(store, embedder, n_copies, expand=expand, whiten=whiten) if copies else None
             store.close()
         expand = fp.get("expand", 0) if expand is None else expand
-        baseline = _baseline(fp["model"])
+        baseline = handout_baseline(fp["model"])
         out: dict[str, Any] = {
             "model": fp,
             "expand": expand,

@@ -17,9 +17,10 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.bench_cmd import bench_index
-from cli.eval_cmd import evaluate
-from cli.options import (
+from imgsearch.backbones import describe
+from imgsearch.cli.bench_cmd import bench_index
+from imgsearch.cli.eval_cmd import evaluate
+from imgsearch.cli.options import (
     BackendOpt,
     CollectionOpt,
     CropOpt,
@@ -44,10 +45,9 @@ from cli.options import (
     run_queries,
     user_errors,
 )
-from cli.output import json_stdout, progress_bar, say, table
-from cli.report_cmd import report
-from cli.service_cmd import StatusOpt, read_worker_status, serve, worker, worker_line
-from imgsearch.backbones import describe
+from imgsearch.cli.output import json_stdout, progress_bar, say, table
+from imgsearch.cli.report_cmd import report
+from imgsearch.cli.service_cmd import StatusOpt, read_worker_status, serve, worker, worker_line
 
 EXIT_PARTIAL = 3
 
@@ -112,9 +112,9 @@ def ingest(
         missing = [str(d) for d in dirs if not os.path.exists(d)]
         if missing:
             fail(f"no such folder: {', '.join(missing)}")
+        from imgsearch.ingest.sync import check_tags
+        from imgsearch.ingest.sync import ingest as run_ingest
         from imgsearch.session import ModelChoice, open_embedder
-        from ingest.sync import check_tags
-        from ingest.sync import ingest as run_ingest
 
         tags = _parse_tags(tag)
         check_tags(tags)
@@ -180,9 +180,9 @@ def search(
     With --json: one object per query per line on stdout.
     """
     with user_errors(), json_stdout(as_json) as emit:
+        from imgsearch.search.query import ranking_text
         from imgsearch.session import ModelChoice
         from imgsearch.store import Location
-        from search.query import ranking_text
 
         location = Location(db=db, url=chroma_url, collection=collection, timeout=timeout)
         choice = ModelChoice(model, variant, weights, device, backend)
@@ -206,7 +206,7 @@ def search(
         if open_report:
             import tempfile
 
-            from search.report import write_report
+            from imgsearch.reports.html import write_report
 
             out = Path(tempfile.mkdtemp(prefix="imgsearch-")) / "report.html"
             report = write_report(

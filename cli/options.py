@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from cli.output import say
+from imgsearch.cli.output import say
 
 if TYPE_CHECKING:
+    from imgsearch.search.query import Hit
     from imgsearch.session import ModelChoice
     from imgsearch.store import Location
-    from search.query import Hit
 
 EXIT_ERROR = 1
 
@@ -176,10 +176,10 @@ def run_queries(
     """The search shared by ``search`` and ``report``: every input checked before the slow model load,
     then the results stream (a chunk of queries in memory at a time, however many there are)."""
     from imgsearch.decode import ImageError, load_image
+    from imgsearch.search.filters import parse_where
+    from imgsearch.search.query import search_files
     from imgsearch.session import open_embedder
     from imgsearch.store import Store
-    from search.filters import parse_where
-    from search.query import search_files
 
     filt = parse_where(where)
     for q in queries:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli.options import (
+from imgsearch.cli.options import (
     BackendOpt,
     CollectionOpt,
     DbOpt,
@@ -27,14 +27,14 @@ from cli.options import (
     run_queries,
     user_errors,
 )
-from cli.output import say
+from imgsearch.cli.output import say
 
 EXIT_USAGE = 2
 
 
 def _query_files(queries: list[Path], queries_dir: Path | None) -> list[Path]:
     """QUERY arguments plus every image directly in ``queries_dir`` (sorted by name)."""
-    from ingest.scan import is_image_name
+    from imgsearch.ingest.scan import is_image_name
 
     found = list(queries)
     if queries_dir is not None:
@@ -86,9 +86,9 @@ def report(
     Prints the report's absolute path on stdout; opens offline (thumbnails are embedded).
     """
     with user_errors():
+        from imgsearch.reports.html import write_report
         from imgsearch.session import ModelChoice
         from imgsearch.store import Location
-        from search.report import write_report
 
         files = _query_files(queries or [], queries_dir)
         location = Location(db=db, url=chroma_url, collection=collection)

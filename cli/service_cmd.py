@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.options import (
+from imgsearch.cli.options import (
     BackendOpt,
     CollectionOpt,
     DbOpt,
@@ -28,7 +28,7 @@ from cli.options import (
     fail,
     user_errors,
 )
-from cli.output import say
+from imgsearch.cli.output import say
 
 StatusOpt = Annotated[
     Path | None,
@@ -63,7 +63,7 @@ def _missing(dirs: list[Path]) -> None:
 
 def read_worker_status(location: Any, status: Path | None) -> dict[str, Any] | None:
     """The worker status for ``stats``: ``--status FILE``, else the default file of ``location``."""
-    from ingest.worker import default_status_path, read_status
+    from imgsearch.ingest.worker import default_status_path, read_status
 
     return read_status(status or default_status_path(location))
 
@@ -111,9 +111,9 @@ def worker(
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         from imgsearch.backbones import describe
+        from imgsearch.ingest.worker import Worker, default_status_path, wait_for_store
         from imgsearch.session import ModelChoice, open_embedder
         from imgsearch.store import Location, Store
-        from ingest.worker import Worker, default_status_path, wait_for_store
 
         location = Location(db=db, url=chroma_url, collection=collection)
         store = Store(location)
@@ -217,7 +217,7 @@ def serve(
         try:
             import uvicorn
 
-            from search.web import LOOPBACK_NAMES, Limits, create_app, exposed
+            from imgsearch.service.app import LOOPBACK_NAMES, Limits, create_app, exposed
         except ImportError as err:
             fail(f"imgsearch serve needs FastAPI and uvicorn: pip install 'imgsearch[serve]' ({err})")
         from imgsearch.session import ModelChoice

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from imgsearch.backbones import Embedder
+from imgsearch.batching import embed_files
 from imgsearch.files import open_regular
+from imgsearch.ingest.scan import Failure, FileInfo, scan
 from imgsearch.runtime import usable_cpus
 from imgsearch.store import PAGE, RESERVED_KEYS, Store, image_id, path_fields, stored_path
-from ingest.embed import embed_files
-from ingest.scan import Failure, FileInfo, scan
 
 WRITE_BATCH = 256  # rows buffered before a store write: a kill loses at most this much work
 HASH_CHUNK = 1 << 20

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from imgsearch.backbones import Embedder
+from imgsearch.ingest.scan import FileInfo, scan
+from imgsearch.ingest.sync import IngestReport, ingest
 from imgsearch.store import DEFAULT_DB, CollectionMissing, Location, Store, StoreError
-from ingest.scan import FileInfo, scan
-from ingest.sync import IngestReport, ingest
 
 State = tuple[int, int]  # (size, mtime_ns): what a scan sees of a file
 STATUS_EVERY = 1.0  # seconds between status-file writes while a sync is running

@@ -27,7 +27,7 @@ def run_cli(
     """Run ``imgsearch ARGS`` as a user would, in its own process."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *map(str, args)],
+        [sys.executable, "-m", "imgsearch.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -13,11 +13,11 @@ import torch
 from conftest import LIBRARY, MODEL, QUERIES, copy_library, run_cli, run_json
 
 from imgsearch.backbones import ModelUnavailable, load_embedder
+from imgsearch.batching import embed_files
 from imgsearch.decode import Views
+from imgsearch.evaluation.evaluate import agreement
 from imgsearch.presets import DEFAULT_PRESET, PRESETS
 from imgsearch.runtime import EXPORT_VERSION
-from ingest.embed import embed_files
-from search.evaluate import agreement
 
 
 @pytest.fixture(scope="module", autouse=True)

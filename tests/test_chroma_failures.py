@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import LIBRARY, MODEL, QUERIES, REPO, _free_port, copy_library, run_cli
 
+from imgsearch.ingest.worker import read_status
 from imgsearch.store import Location, Store, image_id
-from ingest.worker import read_status
 
 SERVER_START = 60.0  # seconds for `chroma run` to answer its heartbeat
 CLI_RUN = 300.0  # seconds for one CLI run on a few dozen images (model load + embedding, 2 busy cores)
@@ -115,7 +115,7 @@ def add_images(lib: Path, category: str, count: int) -> None:
 
 def start_cli(*args: str | os.PathLike[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *map(str, args)],
+        [sys.executable, "-m", "imgsearch.cli.main", *map(str, args)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -223,7 +223,7 @@ def start_worker(lib: Path, server: Server, status_file: Path, log_file: Path) -
     args += ["--interval", "0.5", "--settle", "0", "--status", str(status_file)]
     with open(log_file, "w") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "cli.main", *args],
+            [sys.executable, "-m", "imgsearch.cli.main", *args],
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -15,7 +15,7 @@ import typer
 import yaml
 from conftest import REPO, _free_port
 
-from cli.main import app
+from imgsearch.cli.main import app
 
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"

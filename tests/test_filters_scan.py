@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.scan import OUTSIDE, scan
-from search.filters import FilterError, parse_where
+from imgsearch.ingest.scan import OUTSIDE, scan
+from imgsearch.search.filters import FilterError, parse_where
 
 
 def test_where_expressions() -> None:

@@ -345,8 +345,8 @@ def test_raw_preview_cut_short_is_caught_whatever_memory_follows(tmp_path: Path)
 
 
 def test_ingest_stores_new_formats_and_reports_corrupt_ones(tmp_path: Path, embedder: Any) -> None:
+    from imgsearch.ingest.sync import ingest
     from imgsearch.store import Location, Store, stored_path
-    from ingest.sync import ingest
 
     lib = tmp_path / "lib" / "phone"
     lib.mkdir(parents=True)
@@ -378,7 +378,7 @@ def test_ingest_stores_new_formats_and_reports_corrupt_ones(tmp_path: Path, embe
 
 
 def test_scan_picks_up_phone_and_camera_files() -> None:
-    from ingest.scan import EXTENSIONS, is_image_name
+    from imgsearch.ingest.scan import EXTENSIONS, is_image_name
 
     assert RAW_EXTENSIONS <= EXTENSIONS
     for name in ("IMG_0001.HEIC", "a.heif", "b.avif", "DSC_0001.NEF", "IMG_1.CR2", "c.dng", "DSC0001.ARW"):

@@ -31,8 +31,8 @@ from PIL import Image
 
 from imgsearch.decode import ImageError, load_image, load_views
 from imgsearch.files import NotRegularFile, open_regular
-from ingest.scan import OUTSIDE
-from ingest.sync import file_sha256
+from imgsearch.ingest.scan import OUTSIDE
+from imgsearch.ingest.sync import file_sha256
 
 CHEAP = ["--model", MODEL, "--pooling", "avg", "--crop", "center", "--scales", "224"]
 CLI_DEADLINE = 300  # seconds for one ingest of a dozen images, model load included
@@ -262,7 +262,7 @@ class _Worker:
         args = ["worker", lib, "--db", self.db, "--model", MODEL, "--interval", "0.3", "--settle", "0"]
         with open(self.log, "wb") as out:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", *map(str, args), "--status", str(self.status)],
+                [sys.executable, "-m", "imgsearch.cli.main", *map(str, args), "--status", str(self.status)],
                 cwd=REPO,
                 stdout=out,
                 stderr=subprocess.STDOUT,

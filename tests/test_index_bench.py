@@ -9,9 +9,9 @@ import pytest
 from conftest import MODEL, copy_library, run_json
 from PIL import Image
 
-from search.evaluate import ranking_metrics
-from search.index_bench import exact_top, perturbed
-from search.lsh import HyperplaneLSH
+from imgsearch.evaluation.evaluate import ranking_metrics
+from imgsearch.evaluation.index_bench import exact_top, perturbed
+from imgsearch.evaluation.lsh import HyperplaneLSH
 
 
 def test_ranking_metrics_by_hand() -> None:

@@ -9,13 +9,29 @@ from pathlib import Path
 
 from conftest import REPO
 
-# package -> packages it may import (bottom to top: imgsearch core, ingest, search, cli)
+# folder -> the layers its modules may import. Bottom to top: the core (imgsearch/: files, decode, the
+# backbones, the batched decode -> model stage, the store); ingest/ and search/, siblings that never import
+# each other; reports/ (presentation); service/ and evaluation/, which may use both; the CLI on top.
 ALLOWED = {
-    "imgsearch": {"imgsearch"},
-    "ingest": {"imgsearch", "ingest"},
-    "search": {"imgsearch", "ingest", "search"},
-    "cli": {"imgsearch", "ingest", "search", "cli"},
+    "imgsearch": {"core"},
+    "ingest": {"core", "ingest"},
+    "search": {"core", "search"},
+    "reports": {"core", "search", "reports"},
+    "service": {"core", "ingest", "search", "reports", "service"},
+    "evaluation": {"core", "ingest", "search", "evaluation"},
+    "cli": {"core", "ingest", "search", "reports", "service", "evaluation", "cli"},
 }
+LAYERS = set(ALLOWED) - {"imgsearch"}
+
+
+def _layer(module: str) -> str | None:
+    """The layer an absolute module name belongs to (imgsearch.search.query -> search), None if not ours."""
+    parts = module.split(".")
+    if parts[0] in LAYERS:  # a top-level `search`, `cli`, ...: only the installed namespace is allowed
+        return f"top-level {parts[0]}"
+    if parts[0] != "imgsearch":
+        return None
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "core"
 
 
 def _imports(path: Path) -> set[str]:
@@ -23,24 +39,38 @@ def _imports(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names & set(ALLOWED)
+            names |= {f"{node.module}.{a.name}" for a in node.names} if node.module == "imgsearch" else {node.module}
+    return {layer for name in names if (layer := _layer(name)) is not None}
 
 
 def test_imports_only_run_down_the_layers() -> None:
     bad = []
-    for package, allowed in ALLOWED.items():
-        for path in (REPO / package).rglob("*.py"):
-            for name in _imports(path) - allowed:
-                bad.append(f"{path.relative_to(REPO)} imports {name}")
+    for folder, allowed in ALLOWED.items():
+        for path in (REPO / folder).rglob("*.py"):
+            for layer in _imports(path) - allowed:
+                bad.append(f"{path.relative_to(REPO)} imports {layer}")
     assert bad == []
+
+
+def test_one_installed_namespace(tmp_path: Path) -> None:
+    """The folders install under imgsearch.*: `import search` from elsewhere fails, imgsearch.search works."""
+    probe = "import importlib.util as u; print([u.find_spec(m) is not None for m in ('search', 'cli', 'ingest')])"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert run.stdout.strip() == "[False, False, False]", run.stderr
+    run = subprocess.run(
+        [sys.executable, "-c", "import imgsearch.search.query, imgsearch.service.app, imgsearch.cli.main"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
 
 
 PROBE = """
 import sys
-from cli.main import app
+from imgsearch.cli.main import app
 try:
     app(sys.argv[1:])
 except SystemExit:

@@ -40,7 +40,10 @@ def _search(tmp: Path, *args: str) -> tuple[list[dict], float]:
     out, err = tmp / "search.jsonl", tmp / "search.err"
     with out.open("w") as stdout, err.open("w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "search", *args, "--json"], cwd=REPO, stdout=stdout, stderr=stderr
+            [sys.executable, "-m", "imgsearch.cli.main", "search", *args, "--json"],
+            cwd=REPO,
+            stdout=stdout,
+            stderr=stderr,
         )
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)

@@ -198,8 +198,8 @@ def test_search_with_a_bad_file_is_one_clear_line(tmp_path: Path) -> None:
 def test_files_deleted_or_rewritten_during_ingest(tmp_path: Path, embedder: Any) -> None:
     """Deterministic windows, in process: deleted between scan and hash, deleted or still being
     written between hash and decode, and a half-written file held open by its writer."""
+    from imgsearch.ingest.sync import ingest
     from imgsearch.store import Location, Store
-    from ingest.sync import ingest
 
     lib = copy_library(tmp_path / "lib", categories=1, per_category=4)
     cat = next(lib.iterdir())
@@ -306,7 +306,10 @@ def _verify(lib: Path, store_args: list[str], embedder: Any, rng: random.Random)
 def _kill_at(args: list[str], delay: float) -> tuple[bool, float]:
     """Start ``imgsearch ARGS``, SIGKILL it after ``delay`` s; (killed while running, its runtime)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "imgsearch.cli.main", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     started = time.monotonic()
     try:
@@ -322,8 +325,8 @@ def _rerun(lib: Path, store_args: list[str], embedder: Any) -> dict[str, Any]:
     """The re-run after a kill, in this process through the function the CLI's ingest calls (it
     takes the same store lock): the CLI's 3 s of start-up per trial would buy nothing more."""
     from imgsearch.backbones import fingerprint_mismatch
+    from imgsearch.ingest.sync import ingest
     from imgsearch.store import Store
-    from ingest.sync import ingest
 
     store = Store(_location(store_args))
     try:

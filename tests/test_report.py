@@ -21,7 +21,7 @@ from conftest import LIBRARY, MODEL, REPO, run_cli
 from conftest import QUERIES as QUERY_DIR
 from PIL import Image
 
-from search.report import SHEET_CAPTION, SHEET_GAP, SHEET_TILE, SHEET_TITLE, THUMB, sheet_size
+from imgsearch.reports.html import SHEET_CAPTION, SHEET_GAP, SHEET_TILE, SHEET_TITLE, THUMB, sheet_size
 
 QUERY_LIST = [QUERY_DIR / name for name in ("arrows_1.png", "mammals_2.png", "vehicles_1.png")]
 CATEGORIES = ("arrows", "mammals", "vehicles")

@@ -48,7 +48,7 @@ class Proc:
         self.log = log
         with open(log, "ab") as out:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", *map(str, args)],
+                [sys.executable, "-m", "imgsearch.cli.main", *map(str, args)],
                 cwd=REPO,
                 stdout=out,
                 stderr=subprocess.STDOUT,

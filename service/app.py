@@ -4,7 +4,7 @@ Why it is shaped like this:
 - The model is loaded once per process, in a background thread, so ``/healthz`` answers at once
   and ``/readyz`` says 503 (with the reason) until the model is loaded and the store answers.
 - ``POST /api/search`` returns exactly the object ``search --json`` prints, built by the same
-  :mod:`search.query` functions; uploads go through the one decode + preprocessing path.
+  :mod:`imgsearch.search.query` functions; uploads go through the one decode + preprocessing path.
 - Pictures are served only by store id (``/api/images/{id}/thumb``): the path comes from the
   store, never from the request, and the bytes are a re-encoded JPEG thumbnail, never the file.
 - Request bodies are capped before they are read (413), so a huge upload fills neither RAM nor disk.
@@ -45,13 +45,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgsearch.backbones import Embedder, ModelUnavailable, describe
 from imgsearch.decode import ImageError, load_image, pixel_size
+from imgsearch.ingest.worker import Worker, default_status_path, read_status
 from imgsearch.runtime import usable_cpus
+from imgsearch.search.filters import FilterError, parse_where
+from imgsearch.search.query import embed_queries, search_vectors
+from imgsearch.service.page import LOGIN_PAGE, PAGE
 from imgsearch.session import ModelChoice, open_embedder
 from imgsearch.store import Location, Store, StoreError, stored_path
-from ingest.worker import Worker, default_status_path, read_status
-from search.filters import FilterError, parse_where
-from search.query import embed_queries, search_vectors
-from search.web_page import LOGIN_PAGE, PAGE
 
 IMAGE_ID = re.compile(r"[0-9a-f]{32}")  # imgsearch.store.image_id: 32 hex digits
 MAX_K = 100

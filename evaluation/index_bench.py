@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from imgsearch.evaluation.lsh import HyperplaneLSH
 from imgsearch.store import HNSW
-from search.lsh import HyperplaneLSH
 
 K = 10
 HNSW_CONFIGS = {  # name -> Chroma hnsw configuration

@@ -9,6 +9,7 @@ size of the library: never all hits at once, never a queries x library matrix.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -24,13 +25,23 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 from imgsearch.backbones import Embedder
 from imgsearch.batching import embed_files
+from imgsearch.search.query import Hit, search_vectors
 from imgsearch.store import PAGE, Store, stored_path
-from search.query import Hit, search_vectors
 
 METRICS = ("mAP", "P@1", "P@5", "P@10", "recall@10")
 MAX_DEPTH = 1000  # ranks scored for mAP; libraries larger than this get mAP@1000
 EVAL_ROWS = 5_000  # hits held at once: queries are ranked EVAL_ROWS // depth at a time (5 at depth 1000)
 SCORE_CHUNK = 64  # queries scored at once against the whole library in the whitened (exact) case
+
+
+def handout_baseline(model: str) -> dict[str, Any]:
+    """The shipped figures of the handout's recipe (avg pool, centre crop, cosine) on the demo library."""
+    from importlib.resources import files
+
+    try:
+        return json.loads(files(__package__).joinpath("baseline.json").read_text()).get(model, {})
+    except (OSError, ValueError):
+        return {}
 
 
 def ranking_metrics(relevant: Sequence[bool], n_relevant: int) -> dict[str, float]:

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from imgsearch.backbones import describe, describe_feature
 from imgsearch.decode import ImageError, load_image
-from search.style import CARDS_CSS, HIGH, MID
+from imgsearch.reports.style import CARDS_CSS, HIGH, MID
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from search.query import Hit
+    from imgsearch.search.query import Hit
 
 Entry = tuple[str, list["Hit"]]  # (query path, its hits best first)
 

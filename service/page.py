@@ -1,6 +1,6 @@
 """The one page `imgsearch serve` shows at ``/``: self-contained (no CDN; the service may run offline).
 
-It talks only to the JSON API of :mod:`search.web`: ``/api/stats`` for the store's facts and
+It talks only to the JSON API of :mod:`imgsearch.service.app`: ``/api/stats`` for the store's facts and
 categories, ``/api/search`` for an uploaded query, ``/api/search/by-id/{id}`` for "more like this",
 and ``/api/images/{id}/thumb`` for every picture. Results are built with ``textContent``, never
 ``innerHTML``, so a file name cannot inject markup. Each result card carries ``data-rank``,
@@ -9,7 +9,7 @@ failure: the page says "busy, retrying" and asks again after the server's ``Retr
 ``LOGIN_PAGE`` is what a server with a token shows instead until its form posts the right token.
 """
 
-from search.style import CARDS_CSS, HIGH, MID
+from imgsearch.reports.style import CARDS_CSS, HIGH, MID
 
 PAGE = (
     (

@@ -1,0 +1,1 @@
+"""Measurement: retrieval quality (leave-one-out mAP, copy detection) and the vector-index benchmark."""
