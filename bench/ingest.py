@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 
 from imgsearch.decode import HANDOUT_VIEWS, MEAN, STD, Views, load_views  # noqa: E402
 from imgsearch.presets import DEFAULT_PRESET, PRESETS  # noqa: E402
-from imgsearch.runtime import BACKENDS, CALIBRATION, cache_dir, resolve, usable_cpus  # noqa: E402
+from imgsearch.runtime import BACKENDS, CALIBRATION, cache_dir, choose_backend, usable_cpus  # noqa: E402
 
 HANDOUT_FEATURES = ["--features", "handout"]
 DEFAULT_FEATURES: list[str] = []  # what a user gets without flags
@@ -366,7 +366,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the tables to OUT.md and the JSON to OUT.json")
     args = parser.parse_args()
     backends = [b for b in args.backends.split(",") if b]
-    default = resolve("auto", args.device)[0]  # what `imgsearch ingest` runs when not told
+    default = choose_backend(None, args.device).backend  # what `imgsearch ingest` runs when not told
     if "torch" not in backends or default not in backends:
         raise SystemExit(f"--backends must include torch (the eager reference) and {default} (the default here)")
 

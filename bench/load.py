@@ -243,22 +243,31 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     return 0.0
 
 
+def time_healthz(http: Any, stop: Any, every: float, seconds: list[float]) -> None:
+    """GET /healthz with ``http`` (an httpx.Client on the server) every ``every`` s until ``stop`` (a
+    threading or multiprocessing Event) is set; each answer's latency (inf for a failure) into
+    ``seconds`` as it comes. Shared with tests/test_service.py's overload test."""
+    import httpx
+
+    while not stop.wait(every):
+        started = time.perf_counter()
+        try:
+            ok = http.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        seconds.append(time.perf_counter() - started if ok else float("inf"))
+
+
 def poll_health(url: str, stop: Any, out: Any) -> None:
     """GET /healthz every 0.1 s until ``stop`` (an Event) is set, then send the latencies (inf for a
     failure) through ``out``. Run in its own process: in this one the 50 clients' threads would hold
     the GIL and the figure would be the client's wait, not the server's."""
     import httpx
 
-    seconds = []
+    seconds: list[float] = []
     with httpx.Client(base_url=url, timeout=10) as http:
         out.send(None)  # polling from now on
-        while not stop.wait(0.1):
-            started = time.perf_counter()
-            try:
-                ok = http.get("/healthz").status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            seconds.append(time.perf_counter() - started if ok else float("inf"))
+        time_healthz(http, stop, 0.1, seconds)
     out.send(seconds)
 
 

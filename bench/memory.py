@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from imgsearch.ingest.scan import scan  # noqa: E402
-from imgsearch.ingest.sync import _metadata  # noqa: E402  (the metadata ingest writes, so rows match the files)
+from imgsearch.ingest.sync import file_metadata  # noqa: E402  (the metadata ingest writes, so rows match the files)
 from imgsearch.store import PAGE, Location, Store, image_id, stored_path  # noqa: E402
 
 LIBRARY = REPO / "examples" / "library"
@@ -153,7 +153,7 @@ def synthetic_library(work: Path, n: int, base: dict[str, Any], url: str | None)
         src = [int(Path(f.path).stem.rsplit("_", 1)[1]) % len(sources) for f in part]  # the link's number
         noisy = real[src] + rng.standard_normal((len(part), real.shape[1])) * sigma
         noisy = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
-        metas = [_metadata(f, *base["facts"][i], {}) for f, i in zip(part, src, strict=True)]
+        metas = [file_metadata(f, *base["facts"][i], {}) for f, i in zip(part, src, strict=True)]
         store.add([image_id(f.path) for f in part], noisy, metas)
     store.close()
     return lib, args

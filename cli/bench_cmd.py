@@ -5,18 +5,20 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from imgsearch.cli.options import CollectionOpt, DbOpt, JsonOpt, UrlOpt, fail, user_errors
+from imgsearch.cli.options import JsonOpt, fail, store_options, user_errors
 from imgsearch.cli.output import json_stdout, say
 
+if TYPE_CHECKING:
+    from imgsearch.store import Location
 
+
+@store_options
 def bench_index(
-    db: DbOpt = Path("./imgsearch-db"),
-    chroma_url: UrlOpt = None,
-    collection: CollectionOpt = "images",
+    location: Location,
     sizes: Annotated[str, typer.Option(help="Synthetic set sizes (perturbed real vectors), comma-separated.")] = (
         "100000,1000000"
     ),
@@ -41,7 +43,7 @@ def bench_index(
 
         from imgsearch.evaluation.index_bench import bench, markdown, perturbed
         from imgsearch.evaluation.index_bench import plot as draw
-        from imgsearch.store import Location, Store
+        from imgsearch.store import Store
 
         try:
             configs = [
@@ -51,7 +53,7 @@ def bench_index(
             fail(f"--lsh {lsh!r}: expected BITSxTABLES pairs such as 12x8,8x16")
         if plot is not None and importlib.util.find_spec("matplotlib") is None:
             fail("--plot needs matplotlib: pip install 'imgsearch[bench]'")
-        store = Store(Location(db=db, url=chroma_url, collection=collection))
+        store = Store(location)
         ids = [i for i, _ in store.scan()]
         if len(ids) < 20:
             fail(f"{store.location.describe()} holds {len(ids)} vectors; ingest at least 20 first")

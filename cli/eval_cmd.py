@@ -4,30 +4,25 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from imgsearch.backbones import describe
 from imgsearch.cli.options import (
-    BackendOpt,
     CollectionOpt,
-    CropOpt,
-    DeviceOpt,
     ExpandOpt,
-    FeaturesOpt,
     JsonOpt,
-    ModelOpt,
-    PoolingOpt,
-    ScalesOpt,
+    TimeoutOpt,
     UrlOpt,
-    VariantOpt,
-    WeightsOpt,
     fail,
-    parse_scales,
+    model_options,
     user_errors,
 )
 from imgsearch.cli.output import json_stdout, progress_bar, say, table
+
+if TYPE_CHECKING:
+    from imgsearch.session import ModelChoice
 
 
 def _held_out(qdir: Path) -> list[tuple[str, str]]:
@@ -48,6 +43,7 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+@model_options(features=True)
 def evaluate(
     library: Annotated[Path, typer.Argument(help="Labelled folder tree: DIR/CATEGORY/images.")],
     queries: Annotated[
@@ -63,16 +59,10 @@ def evaluate(
         Path | None, typer.Option("--db", help="Embedded store to ingest into (default: a temporary one).")
     ] = None,
     chroma_url: UrlOpt = None,
+    timeout: TimeoutOpt = None,
     collection: CollectionOpt = "images",
-    model: ModelOpt = None,
-    variant: VariantOpt = None,
-    weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
-    backend: BackendOpt = None,
-    features: FeaturesOpt = None,
-    pooling: PoolingOpt = None,
-    crop: CropOpt = None,
-    scales: ScalesOpt = None,
+    *,
+    choice: ModelChoice,
     as_json: JsonOpt = False,
 ) -> None:
     """Ingest DIR (real ingest path), then report mAP, P@1, P@5, P@10 and recall@10, overall and per category.
@@ -88,14 +78,12 @@ def evaluate(
             fail(f"--queries {queries}: no such folder")
         from imgsearch.evaluation.evaluate import METRICS, copy_detection, evaluate, handout_baseline
         from imgsearch.ingest.sync import ingest
-        from imgsearch.session import ModelChoice, open_embedder
+        from imgsearch.session import open_embedder
         from imgsearch.store import Location, Store
 
         with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as tmp:
-            store = Store(Location(db=db or Path(tmp) / "db", url=chroma_url, collection=collection))
-            choice = ModelChoice(
-                model, variant, weights, device, backend, pooling, crop, parse_scales(scales), features
-            )
+            location = Location(db=db or Path(tmp) / "db", url=chroma_url, collection=collection, timeout=timeout)
+            store = Store(location)
             embedder = open_embedder(store, choice)
             fp = embedder.fingerprint
             with progress_bar("ingesting", enabled=not as_json) as tick:

@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,33 +21,24 @@ from imgsearch.backbones import describe
 from imgsearch.cli.bench_cmd import bench_index
 from imgsearch.cli.eval_cmd import evaluate
 from imgsearch.cli.options import (
-    BackendOpt,
-    CollectionOpt,
-    CropOpt,
-    DbOpt,
-    DeviceOpt,
     ExpandOpt,
-    FeaturesOpt,
     FollowOutsideOpt,
     JsonOpt,
     MinScoreOpt,
-    ModelOpt,
-    PoolingOpt,
-    ScalesOpt,
-    TimeoutOpt,
     TopKOpt,
-    UrlOpt,
-    VariantOpt,
-    WeightsOpt,
     WhereOpt,
     fail,
-    parse_scales,
-    run_queries,
+    model_options,
+    store_options,
     user_errors,
 )
 from imgsearch.cli.output import json_stdout, progress_bar, say, table
 from imgsearch.cli.report_cmd import report
 from imgsearch.cli.service_cmd import StatusOpt, read_worker_status, serve, worker, worker_line
+
+if TYPE_CHECKING:
+    from imgsearch.session import ModelChoice
+    from imgsearch.store import Location
 
 EXIT_PARTIAL = 3
 
@@ -61,12 +52,6 @@ app = typer.Typer(
 )
 
 
-def _store(db: Path, url: str | None, collection: str, timeout: float | None) -> Any:
-    from imgsearch.store import Location, Store
-
-    return Store(Location(db=db, url=url, collection=collection, timeout=timeout))
-
-
 def _parse_tags(tags: list[str]) -> dict[str, str]:
     out = {}
     for t in tags:
@@ -78,21 +63,12 @@ def _parse_tags(tags: list[str]) -> dict[str, str]:
 
 
 @app.command()
+@store_options
+@model_options(features=True)
 def ingest(
     dirs: Annotated[list[Path], typer.Argument(help="Folders (or single images) to ingest, recursively.")],
-    db: DbOpt = Path("./imgsearch-db"),
-    chroma_url: UrlOpt = None,
-    timeout: TimeoutOpt = None,
-    collection: CollectionOpt = "images",
-    model: ModelOpt = None,
-    variant: VariantOpt = None,
-    weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
-    backend: BackendOpt = None,
-    features: FeaturesOpt = None,
-    pooling: PoolingOpt = None,
-    crop: CropOpt = None,
-    scales: ScalesOpt = None,
+    location: Location,
+    choice: ModelChoice,
     category: Annotated[
         str | None, typer.Option(help="Category for every file (default: first folder under DIR).")
     ] = None,
@@ -114,12 +90,12 @@ def ingest(
             fail(f"no such folder: {', '.join(missing)}")
         from imgsearch.ingest.sync import check_tags
         from imgsearch.ingest.sync import ingest as run_ingest
-        from imgsearch.session import ModelChoice, open_embedder
+        from imgsearch.session import open_embedder
+        from imgsearch.store import Store
 
         tags = _parse_tags(tag)
         check_tags(tags)
-        store = _store(db, chroma_url, collection, timeout)
-        choice = ModelChoice(model, variant, weights, device, backend, pooling, crop, parse_scales(scales), features)
+        store = Store(location)
         embedder = open_embedder(store, choice)
         say(f"model: {describe(embedder.fingerprint)}; store: {store.location.describe()}")
         with progress_bar("embedding", enabled=not as_json) as tick:
@@ -154,21 +130,17 @@ def ingest(
 
 
 @app.command()
+@store_options
+@model_options()
 def search(
     queries: Annotated[list[Path], typer.Argument(help="Query image files (need not be in the library).")],
     k: TopKOpt = 5,
     where: WhereOpt = [],  # noqa: B006
     min_score: MinScoreOpt = None,
     expand: ExpandOpt = None,
-    db: DbOpt = Path("./imgsearch-db"),
-    chroma_url: UrlOpt = None,
-    timeout: TimeoutOpt = None,
-    collection: CollectionOpt = "images",
-    model: ModelOpt = None,
-    variant: VariantOpt = None,
-    weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
-    backend: BackendOpt = None,
+    *,
+    location: Location,
+    choice: ModelChoice,
     as_json: JsonOpt = False,
     open_report: Annotated[
         bool, typer.Option("--open", help="Also write an HTML report (thumbnails, ranks, scores) to a temp file.")
@@ -180,66 +152,64 @@ def search(
     With --json: one object per query per line on stdout.
     """
     with user_errors(), json_stdout(as_json) as emit:
-        from imgsearch.search.query import ranking_text
-        from imgsearch.session import ModelChoice
-        from imgsearch.store import Location
+        from imgsearch.search.filters import parse_where
+        from imgsearch.search.query import check_queries, open_search, ranking_text, result_json, searched_with
+        from imgsearch.search.query import search as run_search
 
-        location = Location(db=db, url=chroma_url, collection=collection, timeout=timeout)
-        choice = ModelChoice(model, variant, weights, device, backend)
-        found = run_queries(queries, k, where, min_score, location, choice, expand)
-        model_name = found.fingerprint["model"]
+        filt = parse_where(where)
+        names = [str(q) for q in queries]
+        check_queries(names)  # before the model loads; each file is decoded once, by the search
+        with open_search(location, choice) as (store, embedder):
+            fingerprint = searched_with(embedder, expand)
+            found = run_search(store, names, embedder, k=k, where=filt, min_score=min_score, expand=expand)
 
-        def shown() -> Iterator[tuple[str, list[Any]]]:
-            """Each query's hits printed as they are found, then passed on (to the report)."""
-            for q, hits in found.results:
-                if as_json:
-                    results = [h.as_dict() for h in hits]
-                    emit({"query": q, "model": model_name, "k": k, "where": found.where, "results": results})
-                else:
-                    print(f"query: {q}")
-                    rows = [(h.rank, f"{h.score:.4f}", f"{h.distance:.4f}", h.category, h.path) for h in hits]
-                    header = ["rank", "score", "distance", "category", "path"]
-                    print(table(header, rows, right=(0, 1, 2)) if rows else "(no results)", end="\n\n", flush=True)
-                yield q, hits
+            def shown() -> Iterator[tuple[str, list[Any]]]:
+                """Each query's hits printed as they are found, then passed on (to the report)."""
+                for q, hits in found:
+                    if as_json:
+                        emit(result_json(str(q), hits, fingerprint["model"], k, filt))
+                    else:
+                        print(f"query: {q}")
+                        rows = [(h.rank, f"{h.score:.4f}", f"{h.distance:.4f}", h.category, h.path) for h in hits]
+                        header = ["rank", "score", "distance", "category", "path"]
+                        print(table(header, rows, right=(0, 1, 2)) if rows else "(no results)", end="\n\n", flush=True)
+                    yield str(q), hits
 
-        report = None
-        if open_report:
-            import tempfile
+            report = None
+            if open_report:
+                import tempfile
 
-            from imgsearch.reports.html import write_report
+                from imgsearch.reports.html import write_report
 
-            out = Path(tempfile.mkdtemp(prefix="imgsearch-")) / "report.html"
-            report = write_report(
-                shown(), len(queries), found.fingerprint, found.store, out, k, where, min_score=min_score
-            )
-        else:
-            for _ in shown():
-                pass
+                out = Path(tempfile.mkdtemp(prefix="imgsearch-")) / "report.html"
+                report = write_report(
+                    shown(), len(names), fingerprint, location.describe(), out, k, where, min_score=min_score
+                )
+            else:
+                for _ in shown():
+                    pass
         if not as_json:
-            print(ranking_text(found.fingerprint))
+            print(ranking_text(fingerprint))
         if report is not None:
             (say if as_json else print)(f"report: {report}")
 
 
 @app.command()
+@store_options
 def stats(
-    db: DbOpt = Path("./imgsearch-db"),
-    chroma_url: UrlOpt = None,
-    timeout: TimeoutOpt = None,
-    collection: CollectionOpt = "images",
+    location: Location,
     status: StatusOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """How many images the store holds, per category, and which model made them (and the worker's state)."""
     with user_errors(), json_stdout(as_json) as emit:
-        store = _store(db, chroma_url, collection, timeout)
-        counts: dict[str, int] = {}
-        for _, meta in store.scan():
-            cat = str(meta.get("category", ""))
-            counts[cat] = counts.get(cat, 0) + 1
+        from imgsearch.store import Store
+
+        store = Store(location)
+        counts = store.categories()
         out = {
             "count": store.count(),
-            "categories": dict(sorted(counts.items())),
+            "categories": counts,
             "model": store.fingerprint(),
             "store": store.location.describe(),
         }
@@ -258,23 +228,18 @@ def stats(
 
 
 @app.command()
+@store_options
 def remove(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders whose entries to delete.")],
-    db: DbOpt = Path("./imgsearch-db"),
-    chroma_url: UrlOpt = None,
-    timeout: TimeoutOpt = None,
-    collection: CollectionOpt = "images",
+    location: Location,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete the entries of these files (a folder: every entry under it). Files on disk are untouched."""
     with user_errors(), json_stdout(as_json) as emit:
-        from imgsearch.store import image_id, stored_path
+        from imgsearch.store import Store
 
-        store = _store(db, chroma_url, collection, timeout)
-        wanted = [os.path.abspath(p) for p in paths]
-        prefixes = tuple(os.path.join(w, "") for w in wanted)
-        ids = set(store.get([image_id(w) for w in wanted]))
-        ids |= {id_ for id_, meta in store.scan() if stored_path(meta).startswith(prefixes)}
+        store = Store(location)
+        ids = store.ids_under([os.path.abspath(p) for p in paths])
         store.delete(sorted(ids))
         store.close()
         if as_json:

@@ -1,24 +1,27 @@
-"""Option aliases and error handling shared by every command, so each command module can import them."""
+"""Options and error handling shared by every command.
+
+The option groups every store or model command takes (``--db --chroma-url --timeout --collection``;
+``--model --variant --weights --device --backend`` and the feature flags) are written once here and
+added to a command by :func:`store_options` / :func:`model_options`, which hand the command one
+``Location`` / ``ModelChoice`` built from them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from imgsearch.cli.output import say
 
-if TYPE_CHECKING:
-    from imgsearch.search.query import Hit
-    from imgsearch.session import ModelChoice
-    from imgsearch.store import Location
-
 EXIT_ERROR = 1
 
+DEFAULT_DB = Path("./imgsearch-db")  # the same as imgsearch.store.DEFAULT_DB (not imported: --help stays fast)
 DbOpt = Annotated[
     Path,
     typer.Option(
@@ -156,58 +159,6 @@ def user_errors() -> Iterator[None]:
         fail("interrupted; finished batches are kept, re-run to complete", 130)
 
 
-@dataclass
-class Searched:
-    fingerprint: dict[str, Any]
-    store: str  # the store's description
-    where: dict[str, Any] | None
-    results: Iterator[tuple[str, list[Hit]]]  # (query, hits) as found; the store closes when it ends
-
-
-def run_queries(
-    queries: Sequence[Path],
-    k: int,
-    where: Sequence[str],
-    min_score: float | None,
-    location: Location,
-    choice: ModelChoice,
-    expand: int | None = None,
-) -> Searched:
-    """The search shared by ``search`` and ``report``: every input checked before the slow model load,
-    then the results stream (a chunk of queries in memory at a time, however many there are)."""
-    from imgsearch.decode import ImageError, load_image
-    from imgsearch.search.filters import parse_where
-    from imgsearch.search.query import search_files
-    from imgsearch.session import open_embedder
-    from imgsearch.store import Store
-
-    filt = parse_where(where)
-    for q in queries:
-        if not q.exists():
-            fail(f"query {q}: no such file")
-        try:
-            load_image(q)
-        except ImageError as err:
-            fail(f"query {q}: {err}")
-    store = Store(location)
-    try:
-        if store.count() == 0:
-            fail(f"{location.describe()} is empty: run `imgsearch ingest DIR` first")
-        embedder = open_embedder(store, choice)
-    except BaseException:
-        store.close()
-        raise
-
-    def results() -> Iterator[tuple[str, list[Hit]]]:
-        try:
-            yield from search_files(store, embedder, [str(q) for q in queries], k, filt, min_score, expand)
-        finally:
-            store.close()
-
-    fingerprint = embedder.fingerprint if expand is None else {**embedder.fingerprint, "expand": expand}
-    return Searched(fingerprint, location.describe(), filt, results())
-
-
 def parse_scales(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -215,3 +166,79 @@ def parse_scales(text: str | None) -> tuple[int, ...] | None:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise ValueError(f"--scales {text!r}: expected sizes like 224 or 224,320") from None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+_PLACEHOLDERS = ("location", "choice")  # replaced by option groups; their types are imported for checkers only
+
+
+def _replace_parameter(func: F, name: str, options: list[inspect.Parameter], build: Callable[..., Any]) -> F:
+    """``func`` with its parameter ``name`` replaced by ``options`` (Typer reads the new signature);
+    each call builds ``name`` from the options' values with ``build``."""
+    signature = inspect.signature(func)  # annotations as written: the replaced one's type is never imported
+    params: list[inspect.Parameter] = []
+    for p in signature.parameters.values():
+        if p.name == name:
+            params += options
+        else:
+            written = isinstance(p.annotation, str) and p.name not in _PLACEHOLDERS
+            params.append(p.replace(annotation=eval(p.annotation, func.__globals__) if written else p.annotation))
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]  # Typer passes keywords
+    names = [o.name for o in options]
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> Any:
+        kwargs[name] = build(**{n: kwargs.pop(n) for n in names})
+        return func(**kwargs)
+
+    command.__signature__ = signature.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command  # type: ignore[return-value]
+
+
+def _options(**annotated: tuple[Any, Any]) -> list[inspect.Parameter]:
+    return [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d) for n, (a, d) in annotated.items()
+    ]
+
+
+def store_options(func: F) -> F:
+    """Give the command ``--db --chroma-url --timeout --collection`` in place of its ``location`` parameter."""
+
+    def location(db: Path, chroma_url: str | None, timeout: float | None, collection: str) -> Any:
+        from imgsearch.store import Location
+
+        return Location(db=db, url=chroma_url, collection=collection, timeout=timeout)
+
+    options = _options(
+        db=(DbOpt, DEFAULT_DB),
+        chroma_url=(UrlOpt, None),
+        timeout=(TimeoutOpt, None),
+        collection=(CollectionOpt, "images"),
+    )
+    return _replace_parameter(func, "location", options, location)
+
+
+def model_options(features: bool = False) -> Callable[[F], F]:
+    """Give the command ``--model --variant --weights --device --backend`` (and with ``features`` the
+    flags that make a new collection's vectors) in place of its ``choice`` parameter."""
+
+    def choice(**given: Any) -> Any:
+        from imgsearch.session import ModelChoice
+
+        scales = parse_scales(given.pop("scales", None))
+        preset = given.pop("features", None)
+        return ModelChoice(**given, scales=scales, preset=preset)
+
+    options = _options(
+        model=(ModelOpt, None),
+        variant=(VariantOpt, None),
+        weights=(WeightsOpt, None),
+        device=(DeviceOpt, "auto"),
+        backend=(BackendOpt, None),
+    )
+    if features:
+        options += _options(
+            features=(FeaturesOpt, None), pooling=(PoolingOpt, None), crop=(CropOpt, None), scales=(ScalesOpt, None)
+        )
+    return lambda func: _replace_parameter(func, "choice", options, choice)

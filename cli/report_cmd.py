@@ -6,28 +6,25 @@ Registered in cli.main with ``app.command()(report)``; kept in its own module so
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from imgsearch.cli.options import (
-    BackendOpt,
-    CollectionOpt,
-    DbOpt,
-    DeviceOpt,
     ExpandOpt,
     MinScoreOpt,
-    ModelOpt,
     TopKOpt,
-    UrlOpt,
-    VariantOpt,
-    WeightsOpt,
     WhereOpt,
     fail,
-    run_queries,
+    model_options,
+    store_options,
     user_errors,
 )
 from imgsearch.cli.output import say
+
+if TYPE_CHECKING:
+    from imgsearch.session import ModelChoice
+    from imgsearch.store import Location
 
 EXIT_USAGE = 2
 
@@ -49,6 +46,8 @@ def _query_files(queries: list[Path], queries_dir: Path | None) -> list[Path]:
     return found
 
 
+@store_options
+@model_options()
 def report(
     queries: Annotated[
         list[Path] | None,
@@ -71,14 +70,9 @@ def report(
             "--sheet", metavar="DIR", help="Also write one PNG contact sheet per query here (QUERY-STEM.png)."
         ),
     ] = None,
-    db: DbOpt = Path("./imgsearch-db"),
-    chroma_url: UrlOpt = None,
-    collection: CollectionOpt = "images",
-    model: ModelOpt = None,
-    variant: VariantOpt = None,
-    weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
-    backend: BackendOpt = None,
+    *,
+    location: Location,
+    choice: ModelChoice,
 ) -> None:
     """Write an HTML report: each query image beside its top-k results, with ranks, scores and thumbnails.
 
@@ -87,16 +81,18 @@ def report(
     """
     with user_errors():
         from imgsearch.reports.html import write_report
-        from imgsearch.session import ModelChoice
-        from imgsearch.store import Location
+        from imgsearch.search.filters import parse_where
+        from imgsearch.search.query import check_queries, open_search, search, searched_with
 
-        files = _query_files(queries or [], queries_dir)
-        location = Location(db=db, url=chroma_url, collection=collection)
-        say(f"searching {len(files)} quer{'y' if len(files) == 1 else 'ies'} in {location.describe()}")
-        choice = ModelChoice(model, variant, weights, device, backend)
-        found = run_queries(files, k, where, min_score, location, choice, expand)
+        files = [str(f) for f in _query_files(queries or [], queries_dir)]
         n = len(files)
-        path = write_report(found.results, n, found.fingerprint, found.store, out, k, where, sheet, min_score=min_score)
+        filt = parse_where(where)
+        check_queries(files)  # before the model loads; each file is decoded once, by the search
+        say(f"searching {n} quer{'y' if n == 1 else 'ies'} in {location.describe()}")
+        with open_search(location, choice) as (store, embedder):
+            found = search(store, files, embedder, k=k, where=filt, min_score=min_score, expand=expand)
+            fingerprint = searched_with(embedder, expand)
+            path = write_report(found, n, fingerprint, location.describe(), out, k, where, sheet, min_score=min_score)
         if sheet is not None:
             say(f"wrote {n} contact sheets to {sheet.resolve()}")
         say(f"wrote the report for {n} quer{'y' if n == 1 else 'ies'}")

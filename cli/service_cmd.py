@@ -11,24 +11,16 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from imgsearch.cli.options import (
-    BackendOpt,
-    CollectionOpt,
-    DbOpt,
-    DeviceOpt,
-    FollowOutsideOpt,
-    ModelOpt,
-    UrlOpt,
-    VariantOpt,
-    WeightsOpt,
-    fail,
-    user_errors,
-)
+from imgsearch.cli.options import FollowOutsideOpt, fail, model_options, store_options, user_errors
 from imgsearch.cli.output import say
+
+if TYPE_CHECKING:
+    from imgsearch.session import ModelChoice
+    from imgsearch.store import Location
 
 StatusOpt = Annotated[
     Path | None,
@@ -77,19 +69,16 @@ def worker_line(status: dict[str, Any]) -> str:
     )
 
 
+@store_options
+@model_options()
 def worker(
     dirs: Annotated[list[Path], typer.Argument(metavar="DIR", help="Folders to keep in sync, recursively.")],
     interval: IntervalOpt = 5.0,
     settle: SettleOpt = 2.0,
     status: StatusOpt = None,
-    db: DbOpt = Path("./imgsearch-db"),
-    chroma_url: UrlOpt = None,
-    collection: CollectionOpt = "images",
-    model: ModelOpt = None,
-    variant: VariantOpt = None,
-    weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
-    backend: BackendOpt = None,
+    *,
+    location: Location,
+    choice: ModelChoice,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 16,
     follow_outside: FollowOutsideOpt = False,
 ) -> None:
@@ -112,14 +101,13 @@ def worker(
         signal.signal(signal.SIGINT, on_signal)
         from imgsearch.backbones import describe
         from imgsearch.ingest.worker import Worker, default_status_path, wait_for_store
-        from imgsearch.session import ModelChoice, open_embedder
-        from imgsearch.store import Location, Store
+        from imgsearch.session import open_embedder
+        from imgsearch.store import Store
 
-        location = Location(db=db, url=chroma_url, collection=collection)
         store = Store(location)
-        if chroma_url and not wait_for_store(store, stop):
+        if location.url and not wait_for_store(store, stop):
             return
-        embedder = open_embedder(store, ModelChoice(model, variant, weights, device, backend))
+        embedder = open_embedder(store, choice)
         status_path = status or default_status_path(location)
         say(f"model: {describe(embedder.fingerprint)}; status file: {status_path}")
         Worker(
@@ -134,6 +122,8 @@ def worker(
         store.close()
 
 
+@store_options
+@model_options()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
@@ -193,14 +183,9 @@ def serve(
             "127.0.0.1, ::1 and --host; anything else gets 400 (DNS rebinding).",
         ),
     ] = [],  # noqa: B006
-    db: DbOpt = Path("./imgsearch-db"),
-    chroma_url: UrlOpt = None,
-    collection: CollectionOpt = "images",
-    model: ModelOpt = None,
-    variant: VariantOpt = None,
-    weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
-    backend: BackendOpt = None,
+    *,
+    location: Location,
+    choice: ModelChoice,
 ) -> None:
     """Serve the search page (GET /) and its JSON API with FastAPI + uvicorn.
 
@@ -220,12 +205,9 @@ def serve(
             from imgsearch.service.app import LOOPBACK_NAMES, Limits, create_app, exposed
         except ImportError as err:
             fail(f"imgsearch serve needs FastAPI and uvicorn: pip install 'imgsearch[serve]' ({err})")
-        from imgsearch.session import ModelChoice
-        from imgsearch.store import Location
-
         app = create_app(
-            Location(db=db, url=chroma_url, collection=collection),
-            ModelChoice(model, variant, weights, device, backend),
+            location,
+            choice,
             watch_dirs=[os.path.abspath(d) for d in watch],
             interval=interval,
             settle=settle,

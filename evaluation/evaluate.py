@@ -1,7 +1,7 @@
 """Retrieval quality you can measure: leave-one-out / held-out evaluation and copy detection.
 
 Both go through the product's real paths: images are embedded by the shared windowed mapper, ranked by
-``search.query.search_vectors`` against the Chroma collection. A leave-one-out query uses the
+``search.query.search`` against the Chroma collection. A leave-one-out query uses the
 image's stored vector (the same vector re-embedding the file gives) and leaves itself out.
 Queries are ranked a chunk at a time and only their metrics are kept, so memory stays flat in the
 size of the library: never all hits at once, never a queries x library matrix.
@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 from imgsearch.backbones import Embedder
-from imgsearch.batching import embed_files
-from imgsearch.search.query import Hit, search_vectors
+from imgsearch.batching import embed_chunks
+from imgsearch.search.query import Hit, search
 from imgsearch.store import PAGE, Store, stored_path
 
 METRICS = ("mAP", "P@1", "P@5", "P@10", "recall@10")
@@ -119,22 +119,6 @@ class _Tally:
         )
 
 
-def _embedded_chunks(paths: Iterable[str], embedder: Embedder, chunk: int) -> Iterator[tuple[list[int], np.ndarray]]:
-    """(indices of the usable paths, their vectors), ``chunk`` at a time, through the windowed mapper;
-    unusable files are left out (an evaluation measures what can be measured)."""
-    kept: list[int] = []
-    rows: list[np.ndarray] = []
-    for i, result in enumerate(embed_files(paths, embedder)):
-        if result.vector is not None:
-            kept.append(i)
-            rows.append(result.vector)
-        if len(rows) == chunk:
-            yield kept, np.stack(rows)
-            kept, rows = [], []
-    if rows:
-        yield kept, np.stack(rows)
-
-
 class Whitening:
     """PCA whitening learned on the library (Jégou & Chum, 2012): decorrelates the feature dimensions
     and evens out the few dominant directions that co-occurring activations create. Eval-only: it
@@ -201,7 +185,8 @@ class _Ranker:
 
     def rank(self, vectors: np.ndarray, k: int, exclude: list[str | None] | None = None) -> list[list[Hit]]:
         if self.whitening is None or self.library is None:
-            return search_vectors(self.store, vectors, k, expand=self.expand, exclude=exclude, metadata=False)
+            found = search(self.store, vectors, k=k, expand=self.expand, exclude=exclude, metadata=False)
+            return [hits for _, hits in found]
         skip = exclude or [None] * len(vectors)
         out: list[list[Hit]] = []
         for s in range(0, len(vectors), SCORE_CHUNK):
@@ -241,9 +226,10 @@ def evaluate(
             for id_, row in zip(part, hits, strict=True):
                 tally.add(labels[id_], row, counts[labels[id_]] - 1)
     else:
-        for kept, vectors in _embedded_chunks([p for p, _ in queries], embedder, chunk):
-            for i, row in zip(kept, ranker.rank(vectors, depth), strict=True):
-                tally.add(queries[i][1], row, counts.get(queries[i][1], 0))
+        category = dict(queries)
+        for names, vectors in embed_chunks(category, embedder, chunk, skip_unusable=True):
+            for name, row in zip(names, ranker.rank(vectors, depth), strict=True):
+                tally.add(category[name], row, counts.get(category[name], 0))
     return tally.evaluation(time.perf_counter() - started, "leave-one-out" if queries is None else "held-out")
 
 
@@ -351,17 +337,17 @@ def copy_detection(
     per: dict[str, list[bool]] = {name: [] for name in TRANSFORMS}
     matched: list[float] = []
     with tempfile.TemporaryDirectory(prefix="imgsearch-copies-") as tmp:
-        jobs: list[tuple[str, str, str]] = []  # (copy path, transform, original id)
+        made: dict[str, tuple[str, str]] = {}  # copy path -> (transform, original id)
         stored = store.get(originals)
         for k, id_ in enumerate(originals):
             image = load_image(stored_path(stored[id_])).image
             for t, (name, (transform, quality)) in enumerate(TRANSFORMS.items()):
                 path = os.path.join(tmp, f"{k:04d}-{t:02d}.jpg")
                 transform(image, random.Random(f"{seed}:{k}:{name}")).convert("RGB").save(path, quality=quality)
-                jobs.append((path, name, id_))
-        for kept, vectors in _embedded_chunks([p for p, _, _ in jobs], embedder, EVAL_ROWS):
-            for i, row in zip(kept, ranker.rank(vectors, 1), strict=True):
-                _, name, id_ = jobs[i]
+                made[path] = (name, id_)
+        for paths, vectors in embed_chunks(made, embedder, EVAL_ROWS, skip_unusable=True):
+            for path, row in zip(paths, ranker.rank(vectors, 1), strict=True):
+                name, id_ = made[path]
                 per[name].append(bool(row) and row[0].id == id_)
                 if per[name][-1]:
                     matched.append(row[0].score)

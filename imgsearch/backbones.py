@@ -21,7 +21,7 @@ import numpy as np
 
 from imgsearch.decode import HANDOUT_VIEWS, Decoded, Views, load_views
 from imgsearch.presets import DEFAULT_PRESET, PRESETS
-from imgsearch.runtime import DEFAULT_BACKEND, BackendUnavailable, Runner, make_runner, resolve, usable_cpus
+from imgsearch.runtime import BackendUnavailable, Runner, choose_backend, make_runner, usable_cpus
 
 DEFAULT_MODEL = "resnet50"
 # the fingerprint keys that must agree for two sets of vectors to be comparable
@@ -214,10 +214,11 @@ class Embedder:
             total = torch.nn.functional.normalize(total, dim=1)
         return total.cpu().numpy().astype(np.float32, copy=False)
 
-    def embed_files(self, paths: list[str]) -> np.ndarray:
-        """Embed a few files (queries) through the windowed mapper; raises ImageError for an unusable one.
+    def embed_paths(self, paths: list[str]) -> np.ndarray:
+        """All of a few files' vectors (queries) as one (n, dim) array; raises ImageError for an unusable one.
 
-        Holds every vector it returns: many files go through :func:`imgsearch.batching.embed_chunks`.
+        Holds every vector it returns, so it is for a handful of files: many go through
+        :func:`imgsearch.batching.embed_files`, which streams one record per file (a bad file's says why).
         """
         from imgsearch.batching import embed_chunks
 
@@ -232,13 +233,17 @@ def load_embedder(
     device: str = "cpu",
     pooling: str | None = None,
     views: Views | None = None,
-    backend: str = DEFAULT_BACKEND,
+    backend: str | None = None,
+    *,
+    preset_backend: str | None = None,
+    recorded_backend: str | None = None,
 ) -> Embedder:
     """Build ``model`` with its ImageNet weights (or ``weights``), in eval mode, ready to embed.
 
     ``pooling`` and ``views`` default to the default feature preset's (imgsearch.presets);
-    ``backend`` and ``device`` are resolved by :func:`imgsearch.runtime.resolve`; when ``auto`` picked
-    onnx and it cannot run here (no onnx package, cache not writable), eager torch takes over.
+    :func:`imgsearch.runtime.choose_backend` decides from ``backend`` (None: not given, so ``auto``
+    unless a preset or the collection says otherwise), ``device``, ``preset_backend`` and
+    ``recorded_backend`` where the model runs, and what takes over when that cannot be built here.
     """
     import torch
 
@@ -254,9 +259,8 @@ def load_embedder(
     views = views or Views(default.crop, default.scales)
     if pooling not in POOLINGS:
         raise ModelUnavailable(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
-    requested = backend
     try:
-        backend, device = resolve(backend, device)
+        place = choose_backend(backend, device, preset_backend=preset_backend, recorded_backend=recorded_backend)
     except BackendUnavailable as err:
         raise ModelUnavailable(str(err)) from None
     torch.set_num_threads(usable_cpus())
@@ -272,18 +276,18 @@ def load_embedder(
         "preprocess": views.version,
         "crop": views.crop,
         "scales": list(views.scales),
-        "backend": backend,  # informational: backends agree closely (docs in imgsearch/runtime.py)
+        "backend": place.backend,  # informational: backends agree closely (docs in imgsearch/runtime.py)
     }
     if weights is not None:
         fingerprint["weights_file"] = str(Path(weights).resolve())
     try:
-        run = make_runner(trunk.eval(), backend, device, fingerprint, views)
+        run = make_runner(trunk.eval(), place.backend, place.device, fingerprint, views)
     except (BackendUnavailable, OSError) as err:
-        if requested != "auto":
-            raise ModelUnavailable(f"--backend {backend}: {err}") from None
+        if place.fallback is None:
+            raise ModelUnavailable(f"--backend {place.backend}: {err}") from None
         print(f"note: {err}; running the model with eager PyTorch instead", file=sys.stderr)
-        fingerprint["backend"] = "torch"
-        run = make_runner(trunk.eval(), "torch", device, fingerprint, views)
+        fingerprint["backend"] = place.fallback
+        run = make_runner(trunk.eval(), place.fallback, place.device, fingerprint, views)
     return Embedder(run, fingerprint, views, pooling)
 
 

@@ -101,16 +101,19 @@ def _run_batch(batch: list[tuple[str, Loaded]], embedder: Embedder) -> Iterator[
 
 
 def embed_chunks(
-    paths: Iterable[str], embedder: Embedder, chunk: int, batch_size: int = 16
+    paths: Iterable[str], embedder: Embedder, chunk: int, batch_size: int = 16, skip_unusable: bool = False
 ) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Query files a chunk at a time: (paths, (n, dim) vectors), ``chunk`` rows at most each.
+    """Files a chunk at a time: (paths, (n, dim) vectors), ``chunk`` rows at most each.
 
-    Raises :class:`UnusableFile` for the first file that cannot be used: a query has no partial answer.
+    Raises :class:`UnusableFile` for the first file that cannot be used (a query has no partial
+    answer), or with ``skip_unusable`` leaves such files out (an evaluation measures what it can).
     """
     names: list[str] = []
     rows: list[np.ndarray] = []
     for e in embed_files(paths, embedder, batch_size):
         if e.vector is None:
+            if skip_unusable:
+                continue
             raise UnusableFile(e.path, e.error)
         names.append(e.path)
         rows.append(e.vector)

@@ -123,14 +123,29 @@ def load_image(path: str | os.PathLike[str], min_side: int = RESIZE) -> Decoded:
             return _decode(img, min_side)
 
 
+def probe(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """Width and height from the header alone (nothing decoded), through the same safe open, formats and
+    pixel cap as :func:`load_image`: the checks a query gets before the model loads. Raises ImageError
+    with the same reasons; a camera RAW file is only opened (its preview is found when decoding)."""
+    with _image_errors():
+        fh = open_regular(path)
+    with fh, _image_errors(lambda: _unidentified_reason(fh)):
+        if os.path.splitext(os.fspath(path))[1].lower() in RAW_EXTENSIONS:
+            return (0, 0)
+        with Image.open(fh, formats=_pil_formats()) as img:
+            width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(_too_large(f"{width}x{height}"))
+    return width, height
+
+
 def pixel_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
-    """Width and height from the header alone (nothing decoded), through the same safe open and
-    formats as :func:`load_image`; None when that cannot say (decoding then gives the reason)."""
+    """:func:`probe`'s width and height, or None when the header cannot say (decoding then gives the reason)."""
     try:
-        with open_regular(path) as fh, Image.open(fh, formats=_pil_formats()) as img:
-            return img.size
-    except Exception:
+        size = probe(path)
+    except Exception:  # an upload's header: whatever it is, decoding gives the reason
         return None
+    return size if size != (0, 0) else None
 
 
 def _decode(img: Image.Image, min_side: int, orientation: int | None = None) -> Decoded:

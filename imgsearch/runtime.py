@@ -23,12 +23,14 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imgsearch.decode import Views, load_views
+from imgsearch.presets import DEFAULT_PRESET, PRESETS
 
 if TYPE_CHECKING:
     import torch
@@ -60,32 +62,59 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def resolve(backend: str, device: str) -> tuple[str, str]:
-    """The backend and device to run: ``auto`` → torch on CUDA when torch sees a GPU, else onnx."""
-    if backend not in BACKENDS:
-        raise BackendUnavailable(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    if backend != "auto":
-        return backend, resolve_device(device, backend)
-    device = resolve_device(device, "torch")
-    return ("onnx" if device == "cpu" else "torch"), device
+@dataclass(frozen=True)
+class Placement:
+    """Where a model runs, as :func:`choose_backend` decided it."""
+
+    backend: str  # torch, onnx or int8
+    device: str  # cpu, cuda or cuda:N
+    fallback: str | None  # the backend to run instead when ``backend`` cannot be built here; None: fail
 
 
-def resolve_device(device: str, backend: str) -> str:
-    """``auto`` → ``cuda`` when torch sees a GPU and the backend is torch, else ``cpu``."""
+def choose_backend(
+    backend: str | None = None,
+    device: str = "auto",
+    *,
+    preset_backend: str | None = None,
+    recorded_backend: str | None = None,
+) -> Placement:
+    """Which backend and device a model runs on: the one place this is decided.
+
+    The backend asked for is the first of: ``backend`` (``--backend``); ``preset_backend`` (the named
+    feature preset's: ``fast`` is int8); int8 when ``recorded_backend`` (the collection's) is int8
+    (fp32 backends give the same vectors, so each machine may pick its own; int8 stays int8); the
+    default preset's; ``auto``. ``auto`` → torch on CUDA when torch sees a GPU, else onnx, with eager
+    torch as the fallback when onnx cannot be built here (no onnx package, cache not writable).
+    ``device`` ``auto`` → ``cuda`` for torch when torch sees a GPU, else ``cpu``; ``cuda`` is refused
+    for the ONNX Runtime backends and when torch sees no GPU (:class:`BackendUnavailable`).
+    """
     import torch
 
+    requested = (
+        backend
+        or preset_backend
+        or ("int8" if recorded_backend == "int8" else None)
+        or PRESETS[DEFAULT_PRESET].backend
+        or DEFAULT_BACKEND
+    )
+    if requested not in BACKENDS:
+        raise BackendUnavailable(f"unknown backend {requested!r}; choose one of: {', '.join(BACKENDS)}")
     if device not in DEVICES and not device.startswith("cuda:"):
         raise BackendUnavailable(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+    fallback = "torch" if requested == "auto" else None
+    chosen = "torch" if requested == "auto" else requested  # auto: torch decides the device first
     if device == "auto":
-        return "cuda" if backend == "torch" and torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if backend != "torch":
+        device = "cuda" if chosen == "torch" and torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda"):
+        if chosen != "torch":
             raise BackendUnavailable(
-                f"--backend {backend} runs on the CPU only: use --device cpu, or --backend torch with --device {device}"
+                f"--backend {chosen} runs on the CPU only: use --device cpu, or --backend torch with --device {device}"
             )
         if not torch.cuda.is_available():
             raise BackendUnavailable(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
-    return device
+    if requested == "auto" and device == "cpu":
+        chosen = "onnx"
+    return Placement(chosen, device, fallback)
 
 
 def cache_dir() -> Path:
@@ -98,7 +127,7 @@ def cache_dir() -> Path:
 def make_runner(trunk: Any, backend: str, device: str, fingerprint: dict[str, Any], views: Views) -> Runner:
     """A function from a (n, 3, s, s) float32 batch to the trunk's (n, C, h, w) float32 feature map.
 
-    ``backend`` and ``device`` are what :func:`resolve` returned (the user's input is checked there).
+    ``backend`` and ``device`` are what :func:`choose_backend` placed (the user's input is checked there).
     """
     import torch
 
@@ -120,14 +149,14 @@ def make_runner(trunk: Any, backend: str, device: str, fingerprint: dict[str, An
     ort.set_default_logger_severity(3)  # errors only: its graph-cleanup notes would flood the terminal
     path = _onnx_model(trunk, fingerprint, views, int8=backend == "int8")
     try:
-        session = _session(path)
+        ort_session = _ort_session(path)
     except Exception as err:  # a damaged cache file (ORT has its own exception types): build it again
         print(f"cannot load {path} ({err}); building it again", file=sys.stderr)
         path.unlink(missing_ok=True)
-        session = _session(_onnx_model(trunk, fingerprint, views, int8=backend == "int8"))
+        ort_session = _ort_session(_onnx_model(trunk, fingerprint, views, int8=backend == "int8"))
 
     def run_onnx(batch: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {"x": batch})[0])
+        return torch.from_numpy(ort_session.run(None, {"x": batch})[0])
 
     return run_onnx
 
@@ -233,7 +262,8 @@ def _quantise(fp32: Path, path: Path, views: Views) -> None:
         prepared.unlink(missing_ok=True)
 
 
-def _session(path: Path) -> Any:
+def _ort_session(path: Path) -> Any:
+    """An ONNX Runtime InferenceSession for the model file, on this process's CPUs."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

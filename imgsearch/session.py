@@ -12,7 +12,6 @@ from pathlib import Path
 from imgsearch.backbones import DEFAULT_MODEL, Embedder, ModelUnavailable, fingerprint_mismatch, load_embedder
 from imgsearch.decode import HANDOUT_VIEWS, Views
 from imgsearch.presets import DEFAULT_PRESET, get_preset, matching_preset
-from imgsearch.runtime import DEFAULT_BACKEND
 from imgsearch.store import Store
 
 SEARCH_KEYS = ("preset", "expand", "alpha")  # recorded with a collection: how it is searched
@@ -37,12 +36,11 @@ class ModelChoice:
 def open_embedder(store: Store, choice: ModelChoice | None = None) -> Embedder:
     """Load the embedder that fits ``store`` (or, for a new store, the given or default settings)."""
     c = choice or ModelChoice()
-    model, variant, weights, backend = c.model, c.variant, c.weights, c.backend
+    model, variant, weights = c.model, c.variant, c.weights
     pooling, crop, scales = c.pooling, c.crop, c.scales
     named = get_preset(c.preset) if c.preset else None
     if named is not None:  # the preset's settings, as if each flag had been given
         pooling, crop, scales = pooling or named.pooling, crop or named.crop, scales or named.scales
-        backend = backend or named.backend
     recorded = store.fingerprint()
     if recorded is not None:
         if model and model != recorded.get("model"):
@@ -60,9 +58,6 @@ def open_embedder(store: Store, choice: ModelChoice | None = None) -> Embedder:
         pooling = pooling or recorded.get("pooling")
         crop = crop or recorded.get("crop", HANDOUT_VIEWS.crop)
         scales = scales or tuple(recorded.get("scales", HANDOUT_VIEWS.scales))
-        # fp32 backends give the same vectors, so each machine may pick its own; int8 stays int8
-        if backend is None and recorded.get("backend") == "int8":
-            backend = "int8"
     default = get_preset(DEFAULT_PRESET)
     views = Views(crop or default.crop, scales or default.scales)
     embedder = load_embedder(
@@ -72,7 +67,9 @@ def open_embedder(store: Store, choice: ModelChoice | None = None) -> Embedder:
         c.device,
         pooling or default.pooling,
         views,
-        backend or default.backend or DEFAULT_BACKEND,
+        c.backend,  # with the preset's and the collection's: imgsearch.runtime.choose_backend decides
+        preset_backend=named.backend if named else None,
+        recorded_backend=recorded.get("backend") if recorded else None,
     )
     if recorded is None:  # a new collection records how it is searched as well as how vectors are made
         chosen = named or matching_preset(embedder.fingerprint)

@@ -398,6 +398,20 @@ class Store:
                 return
             offset += PAGE
 
+    def categories(self) -> dict[str, int]:
+        """Images per category, by name: read page by page (``stats``, the web page's filter list)."""
+        counts: dict[str, int] = {}
+        for _, meta in self.scan():
+            cat = str(meta.get("category", ""))
+            counts[cat] = counts.get(cat, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def ids_under(self, paths: Sequence[str]) -> set[str]:
+        """Ids of the entries whose file is one of the absolute ``paths`` or lies in a folder among them."""
+        prefixes = tuple(os.path.join(p, "") for p in paths)
+        ids = set(self.get([image_id(p) for p in paths]))
+        return ids | {id_ for id_, meta in self.scan() if stored_path(meta).startswith(prefixes)}
+
     def query(
         self, vectors: np.ndarray, k: int, where: dict[str, Any] | None = None, metadata: bool = True
     ) -> list[list[tuple[str, float, dict[str, Any]]]]:

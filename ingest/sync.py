@@ -1,13 +1,12 @@
-"""The writer stage: compare scanned files with the store, embed only what changed, write in batches.
+"""The runner: scan the folders, plan (:mod:`imgsearch.ingest.plan`), carry the plan out against the store.
 
-Decisions per file (nothing is decoded to make them):
-- stored with the same size and mtime → unchanged;
-- stored, content hash equal (only touched) → metadata refreshed, unchanged;
-- content hash equal to another stored entry → its vector is reused, no model run
-  (``moved`` when that entry's file is gone, else a copy, counted as ``added``);
-- otherwise → embedded (``added`` or ``updated``).
-Every write is idempotent (rows keyed by path id, overwritten in place), so a killed ingest is
-finished by re-running, and no file is missing from searches at any moment of an update.
+What is decided, and why, is the planner's (nothing is decoded to decide it): unchanged files are
+skipped, touched ones get their metadata refreshed, content already stored reuses that row's vector
+(a move when its file is gone, else a copy, counted as ``added``), the rest is embedded through the
+reader → mapper (:func:`imgsearch.batching.embed_files`) → :class:`Writer` stages, and rows whose files
+are gone are pruned (when asked). Every write is idempotent (rows keyed by path id, overwritten in
+place), so a killed ingest is finished by re-running, and no file is missing from searches at any
+moment of an update.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,11 +22,12 @@ from typing import Any
 import numpy as np
 
 from imgsearch.backbones import Embedder
-from imgsearch.batching import embed_files
+from imgsearch.batching import Embedded, embed_files
 from imgsearch.files import open_regular
+from imgsearch.ingest.plan import Action, FindTwins, Plan, plan, plan_prune
 from imgsearch.ingest.scan import Failure, FileInfo, scan
 from imgsearch.runtime import usable_cpus
-from imgsearch.store import PAGE, RESERVED_KEYS, Store, image_id, path_fields, stored_path
+from imgsearch.store import RESERVED_KEYS, Store, image_id, path_fields
 
 WRITE_BATCH = 256  # rows buffered before a store write: a kill loses at most this much work
 HASH_CHUNK = 1 << 20
@@ -86,7 +86,7 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-class _Writer:
+class Writer:
     """Buffers rows and writes them in batches, so that no file is ever missing from the store: a
     re-embedded file keeps its id and its row is overwritten in place; a moved file's new row is
     written before its old one is deleted."""
@@ -145,7 +145,8 @@ def _changed_since_scan(f: FileInfo) -> str:
     return ""
 
 
-def _metadata(f: FileInfo, sha: str, width: int, height: int, tags: dict[str, str]) -> dict[str, Any]:
+def file_metadata(f: FileInfo, sha: str, width: int, height: int, tags: dict[str, str]) -> dict[str, Any]:
+    """What is stored with a file's vector: its tags, path, root, category, size, mtime, hash, pixel size."""
     return {
         **tags,
         **path_fields(f.path),
@@ -160,23 +161,122 @@ def _metadata(f: FileInfo, sha: str, width: int, height: int, tags: dict[str, st
     }
 
 
-def _with_entries(store: Store, files: dict[str, FileInfo]) -> Iterator[tuple[str, FileInfo, dict[str, Any] | None]]:
-    """Each scanned file with its stored entry (None when it has none), read a page of ids at a time:
-    one page of entries in memory, however many rows the store holds."""
-    ids = list(files)
-    for s in range(0, len(ids), PAGE):
-        entries = store.get(ids[s : s + PAGE])
-        for id_ in ids[s : s + PAGE]:
-            yield id_, files[id_], entries.get(id_)
+def _hash_all(files: Sequence[FileInfo]) -> list[str | Failure]:
+    """sha256 of each file, in threads (hashlib releases the GIL); a Failure for those that cannot be read."""
+    with ThreadPoolExecutor(usable_cpus(), thread_name_prefix="hash") as pool:
+        return list(pool.map(_hash, files))
 
 
-def _find_by_hash(store: Store, hashes: Sequence[str]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    unique = sorted(set(hashes))
-    for s in range(0, len(unique), 500):
-        for id_, meta in store.find({"sha256": {"$in": unique[s : s + 500]}}, embeddings=True).items():
-            found.setdefault(meta["sha256"], []).append((id_, meta))
-    return found
+def _twin_finder(store: Store, vectors: dict[str, np.ndarray]) -> FindTwins:
+    """The planner's ``find_twins`` over the store: the vectors found are set aside in ``vectors`` (id →
+    vector) for the runner, the metadata goes to the planner."""
+
+    def find(hashes: Sequence[str]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+        found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        unique = sorted(set(hashes))
+        for s in range(0, len(unique), 500):
+            for id_, meta in store.find({"sha256": {"$in": unique[s : s + 500]}}, embeddings=True).items():
+                vectors[id_] = meta.pop("_embedding")
+                found.setdefault(meta["sha256"], []).append((id_, meta))
+        return found
+
+    return find
+
+
+class Runner:
+    """Carries out a :class:`Plan` against a store, counting into ``report``: metadata refreshes, vectors
+    reused for moves and copies, the reader → mapper (:func:`embed_files`: decode threads, batched model
+    calls) → :class:`Writer` stages for the files to embed, and prunes."""
+
+    def __init__(
+        self,
+        store: Store,
+        embedder: Embedder,
+        report: IngestReport,
+        tags: dict[str, str],
+        batch_size: int = 16,
+        progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        self.store, self.embedder, self.report, self.tags = store, embedder, report, tags
+        self.batch_size, self.progress, self.should_stop = batch_size, progress, should_stop
+
+    def stopping(self) -> bool:
+        return self.should_stop is not None and self.should_stop()
+
+    def count(self, action: Action) -> None:
+        setattr(self.report, action.counter, getattr(self.report, action.counter) + 1)
+
+    def run(self, plan: Plan, vectors: dict[str, np.ndarray]) -> None:
+        """Everything but the prune; ``vectors``: id → stored vector of each move/copy source."""
+        self.report.unchanged += len(plan.skipped)
+        self.report.failures.extend(plan.failures)
+        self.refresh(plan.refresh)
+        writer = Writer(self.store)
+        self.reuse(plan.reuse, vectors, writer)
+        self.embed(plan.embed, writer)
+        writer.flush()
+
+    def refresh(self, actions: Sequence[Action]) -> None:
+        """Rewrite the metadata of files whose content is as stored (one store call)."""
+        if actions:
+            metas = [self._metadata(a, a.width, a.height) for a in actions]
+            self.store.update_metadata([a.id for a in actions], metas)
+        for action in actions:
+            self.count(action)
+
+    def reuse(self, actions: Sequence[Action], vectors: dict[str, np.ndarray], writer: Writer) -> None:
+        """Write moved and copied files with their source's vector: no model run. A move's old row is
+        deleted once the new one is written."""
+        for a in actions:
+            stale = a.source if a.kind == "move" else None
+            writer.put(a.id, vectors[a.source], self._metadata(a, a.width, a.height), a.previous, stale=stale)
+            self.count(a)
+
+    def embed(self, actions: Sequence[Action], writer: Writer) -> None:
+        """Decode and embed the files (the mapper, fed their paths), writing each vector as it comes. A file
+        that could not be used, or changed since the scan, is a failure; once ``should_stop`` says yes, the
+        rest is left for the next run."""
+        done = 0
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            self.report.decoded += 1
+            if self.progress is not None:
+                self.progress(done, len(actions))
+
+        if self.progress is not None:
+            self.progress(0, len(actions))
+        paths = [a.file.path for a in actions]  # type: ignore[union-attr]  (an embed action has its file)
+        results = embed_files(paths, self.embedder, batch_size=self.batch_size, on_decoded=tick)
+        for a, result in zip(actions, results, strict=True):
+            if self.stopping():
+                break
+            self.write_embedded(a, result, writer)
+
+    def write_embedded(self, action: Action, result: Embedded, writer: Writer) -> None:
+        """The writer's side of one embedded file."""
+        f = action.file
+        assert f is not None
+        if (unstable := _changed_since_scan(f)) or result.vector is None:
+            self.report.failures.append(Failure(f.path, unstable or result.error))
+            return
+        self.report.embedded += 1
+        writer.put(action.id, result.vector, self._metadata(action, result.width, result.height), action.previous)
+        self.count(action)
+
+    def prune(self, scanned: Container[str], roots: Sequence[str]) -> list[Action]:
+        """Delete the rows under ``roots`` whose files are gone (decided on the store as written by now)."""
+        actions = plan_prune(self.store.scan(), scanned, roots)
+        self.store.delete([a.id for a in actions])
+        for action in actions:
+            self.count(action)
+        return actions
+
+    def _metadata(self, action: Action, width: int, height: int) -> dict[str, Any]:
+        assert action.file is not None
+        return file_metadata(action.file, action.sha256, width, height, self.tags)
 
 
 def ingest(
@@ -192,7 +292,7 @@ def ingest(
     should_stop: Callable[[], bool] | None = None,
     follow_outside: bool = False,
 ) -> IngestReport:
-    """Bring the store in line with the image files under ``roots``; see the module docstring.
+    """Bring the store in line with the image files under ``roots``: scan, plan, run the plan.
 
     ``ready`` lets a watcher leave files alone this run (still being copied in): they are neither
     stored nor pruned. ``should_stop`` is asked before each embedded row is stored: once it says
@@ -207,100 +307,11 @@ def ingest(
     scanned = scan(roots, category, follow_outside)
     report.failures.extend(scanned.failures)
     files = {image_id(f.path): f for f in scanned.files if ready is None or ready(f)}
-    stored: dict[str, dict[str, Any]] = {}  # entries of the changed files that have one: updated, not added
-    writer = _Writer(store)
-
-    # 1. unchanged by size+mtime; hash the rest (in threads: hashlib releases the GIL)
-    hashed: dict[str, tuple[FileInfo, str]] = {}
-    touched_ids: list[str] = []
-    touched_metas: list[dict[str, Any]] = []
-    changed: list[tuple[str, FileInfo, dict[str, Any] | None, bool]] = []
-    for id_, f, old in _with_entries(store, files):
-        wanted_static = {"root": f.root, "category": f.category, **tags}
-        same_static = old is not None and all(old.get(k) == v for k, v in wanted_static.items())
-        if old is not None and same_static and old.get("size") == f.size and old.get("mtime_ns") == f.mtime_ns:
-            report.unchanged += 1
-            continue
-        if old is not None:
-            stored[id_] = old
-        changed.append((id_, f, old, same_static))
-    with ThreadPoolExecutor(usable_cpus(), thread_name_prefix="hash") as pool:
-        shas = list(pool.map(_hash, [f for _, f, _, _ in changed]))
-    for (id_, f, old, same_static), sha in zip(changed, shas, strict=True):
-        if isinstance(sha, Failure):
-            report.failures.append(sha)
-            continue
-        if old is not None and old.get("sha256") == sha:
-            touched_ids.append(id_)
-            touched_metas.append(_metadata(f, sha, int(old.get("width", 0)), int(old.get("height", 0)), tags))
-            if same_static:
-                report.unchanged += 1
-            else:
-                report.updated += 1
-            continue
-        hashed[id_] = (f, sha)
-    if touched_ids:
-        store.update_metadata(touched_ids, touched_metas)
-
-    # 2. reuse vectors of identical content already stored (moves, renames, copies)
-    twins = _find_by_hash(store, [sha for _, sha in hashed.values()])
-    to_embed: list[str] = []
-    for id_, (f, sha) in hashed.items():
-        candidates = [(tid, meta) for tid, meta in twins.get(sha, []) if tid != id_]
-        if not candidates:
-            to_embed.append(id_)
-            continue
-        gone = [(tid, m) for tid, m in candidates if tid not in files and not os.path.lexists(stored_path(m))]
-        twin_id, twin = (gone or candidates)[0]
-        meta = _metadata(f, sha, int(twin.get("width", 0)), int(twin.get("height", 0)), tags)
-        if gone:
-            writer.put(id_, twin["_embedding"], meta, stored.get(id_), stale=twin_id)
-            twins[sha] = [c for c in twins[sha] if c[0] != twin_id]  # one move per old entry
-            report.moved += 1
-        else:
-            writer.put(id_, twin["_embedding"], meta, stored.get(id_))
-            report.updated += id_ in stored
-            report.added += id_ not in stored
-
-    # 3. embed the rest
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        report.decoded += 1
-        if progress is not None:
-            progress(done, len(to_embed))
-
-    if progress is not None:
-        progress(0, len(to_embed))
-    paths = [hashed[id_][0].path for id_ in to_embed]
-    results = embed_files(paths, embedder, batch_size=batch_size, on_decoded=tick)
-    for id_, result in zip(to_embed, results, strict=True):
-        if should_stop is not None and should_stop():
-            break
-        f, sha = hashed[id_]
-        if (unstable := _changed_since_scan(f)) or result.vector is None:
-            report.failures.append(Failure(f.path, unstable or result.error))
-            continue
-        report.embedded += 1
-        writer.put(id_, result.vector, _metadata(f, sha, result.width, result.height, tags), stored.get(id_))
-        report.updated += id_ in stored
-        report.added += id_ not in stored
-    writer.flush()
-
-    # 4. prune entries under these roots whose files are gone
-    if prune and not (should_stop is not None and should_stop()):
-        prefixes = tuple(os.path.join(os.path.abspath(r), "") for r in roots)
-        exact = {os.path.abspath(r) for r in roots}
-        stale = [
-            id_
-            for id_, meta in store.scan()
-            if id_ not in files
-            and ((p := stored_path(meta)).startswith(prefixes) or p in exact)
-            and not os.path.lexists(p)
-        ]
-        store.delete(stale)
-        report.pruned = len(stale)
+    vectors: dict[str, np.ndarray] = {}  # id → vector of the stored rows a move or copy reuses
+    todo = plan(files, store.get, _hash_all, _twin_finder(store, vectors), tags=tags)
+    runner = Runner(store, embedder, report, tags, batch_size, progress, should_stop)
+    runner.run(todo, vectors)
+    if prune and not runner.stopping():
+        todo.prune = runner.prune(files, roots)
     report.seconds = time.perf_counter() - started
     return report

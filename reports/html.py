@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import base64
 import functools
-import html
 import io
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jinja2
+
 from imgsearch.backbones import describe, describe_feature
 from imgsearch.decode import ImageError, load_image
-from imgsearch.reports.style import CARDS_CSS, HIGH, MID
+from imgsearch.reports.bands import HIGH, MID, band
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -42,9 +43,33 @@ SHEET_FONT = 14
 SHEET_LINE = 18
 
 
-def _text(value: object) -> str:
-    """Escaped text; an undecodable file name (lone surrogates) becomes printable instead of failing."""
-    return html.escape(str(value).encode("utf-8", "replace").decode("utf-8"))
+def _printable(value: object) -> object:
+    """Every value the report prints: an undecodable file name (lone surrogates) becomes printable
+    instead of failing the UTF-8 write. Autoescaping then escapes it; nothing here is marked safe."""
+    if type(value) is str:  # not Markup: the template's own (already escaped) macro output
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _bar_width(score: float) -> float:
+    """The score bar's filled share, percent: the score clamped to [0, 1]."""
+    return max(0.0, min(1.0, score)) * 100
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    """The report's templates (``reports/templates``), autoescaped."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("imgsearch.reports", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        finalize=_printable,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(filename=_name, band=band, bar_width=_bar_width)
+    return env
 
 
 def _name(path: str) -> str:
@@ -79,10 +104,6 @@ def filters_text(where: Sequence[str], min_score: float | None = None) -> str:
     return " AND ".join(parts) if parts else "none"
 
 
-def _band(score: float) -> str:
-    return "high" if score >= HIGH else "mid" if score >= MID else "low"
-
-
 def _shortfall(found: int, k: int, where: Sequence[str], min_score: float | None) -> str | None:
     """Why a query has fewer than k results, or None when it has all of them."""
     if found >= k:
@@ -93,55 +114,6 @@ def _shortfall(found: int, k: int, where: Sequence[str], min_score: float | None
         why = "the store holds fewer images than that"
     head = "No results" if found == 0 else f"Only {found} of the {k} requested results"
     return f"{head}: {why}."
-
-
-_CSS = (
-    CARDS_CSS
-    + """
-header{background:#fff;border-bottom:1px solid var(--line);padding:20px 28px}
-h1{margin:0 0 4px;font-size:22px}
-.lede{margin:0 0 14px;color:var(--muted)}
-.facts{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:0 0 14px}
-.facts dt{font-weight:600;color:var(--muted)}
-.facts dd{margin:0}
-.legend{display:flex;flex-wrap:wrap;gap:8px 18px;align-items:center;padding:10px 12px;background:var(--bg);
-border-radius:8px;color:var(--muted);font-size:13px}
-.legend b{color:var(--ink)}
-.chip.high{background:var(--high)}.chip.mid{background:var(--mid)}.chip.low{background:var(--low)}
-main{padding:8px 28px 28px}
-section.query{background:#fff;border:1px solid var(--line);border-radius:12px;padding:14px 16px 16px;margin:18px 0;
-break-inside:avoid}
-section.query h2{margin:0 0 10px;font-size:16px;font-weight:600}
-section.query h2 .count{color:var(--muted);font-weight:400}
-.note{margin:0 0 10px;padding:6px 10px;border-left:4px solid var(--mid);background:#fff7e6;border-radius:4px}
-.row{display:flex;gap:18px;align-items:flex-start}
-.missing{color:var(--muted);font-size:12px;text-align:center;padding:8px}
-.sub{font-size:12px;color:var(--muted);white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-"""
-)
-
-
-def _thumb_html(uri: str | None, alt: str) -> str:
-    if uri is None:
-        return '<div class="thumb"><div class="missing">image unavailable<br>(moved or unreadable)</div></div>'
-    return f'<div class="thumb"><img src="{uri}" alt="{_text(alt)}"></div>'
-
-
-def _hit_html(hit: Hit, uri: str | None) -> str:
-    band = _band(hit.score)
-    return (
-        f'<li class="card hit {band}" data-rank="{hit.rank}" data-score="{hit.score:.6f}" '
-        f'data-distance="{hit.distance:.6f}" data-id="{_text(hit.id)}" data-category="{_text(hit.category)}" '
-        f'data-path="{_text(hit.path)}">'
-        f"{_thumb_html(uri, _name(hit.path))}"
-        f'<div class="top"><span class="rank">#{hit.rank}</span>'
-        f'<span><span class="lbl">score</span> <span class="chip {band}" title="score = cosine similarity">'
-        f"{hit.score:.4f}</span></span></div>"
-        f'<div class="bar"><span style="width:{max(0.0, min(1.0, hit.score)) * 100:.1f}%"></span></div>'
-        f'<div class="sub">distance {hit.distance:.4f}</div>'
-        f'<div class="cat"><span class="lbl">category</span> {_text(hit.category or "(none)")}</div>'
-        f'<div class="name" title="{_text(hit.path)}">{_text(_name(hit.path))}</div></li>'
-    )
 
 
 def html_parts(
@@ -175,42 +147,13 @@ def html_parts(
         ("Filters", filters_text(where, min_score)),
         ("Results per query", f"top {k}"),
     ]
-    fact_rows = "".join(f"<dt>{_text(name)}</dt><dd>{_text(value)}</dd>" for name, value in facts)
-    legend = (
-        "<span><b>How to read a score</b> (rough guide):</span>"
-        f'<span><span class="chip high">≥ {HIGH:.2f}</span> the same picture or a close copy</span>'
-        f'<span><span class="chip mid">{MID:.2f}–{HIGH:.2f}</span> often the same kind of subject</span>'
-        f'<span><span class="chip low">&lt; {MID:.2f}</span> weak: the nearest there is, may be unrelated</span>'
-        "<span>The features are never negative, so even unrelated images score about 0.5–0.7, not 0. "
-        "Compare scores within one model and one collection only.</span>"
+    sections = (
+        {"number": number, "query": query, "hits": hits, "note": _shortfall(len(hits), k, where, min_score)}
+        for number, (query, hits) in enumerate(entries, 1)
     )
-    yield (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>Image search report — {count} quer{'y' if count == 1 else 'ies'}</title>"
-        f"<style>{_CSS}</style></head><body><header><h1>Image search report</h1>"
-        f'<p class="lede">For each query image (blue frame) the {k} stored images most similar to it, '
-        "best first, with their similarity score.</p>"
-        f'<dl class="facts">{fact_rows}</dl><div class="legend">{legend}</div></header><main>'
-    )
-    for number, (query, hits) in enumerate(entries, 1):
-        note = _shortfall(len(hits), k, where, min_score)
-        cards = "".join(_hit_html(h, uri(h.path)) for h in hits)
-        yield (
-            f'<section class="query" data-query="{_text(query)}" data-k="{k}" data-count="{len(hits)}">'
-            f'<h2>Query {number}: {_text(_name(query))} <span class="count">— {len(hits)} '
-            f"result{'s' if len(hits) != 1 else ''}, best first</span></h2>"
-            + (f'<p class="note">{_text(note)}</p>' if note else "")
-            + '<div class="row"><figure class="card querycard" style="margin:0">'
-            f"{_thumb_html(uri(query), _name(query))}"
-            f'<figcaption><span class="badge">QUERY</span>'
-            f'<div class="name" title="{_text(query)}">{_text(_name(query))}</div></figcaption></figure>'
-            f'<div class="arrow" aria-hidden="true">→</div><ol class="hits">{cards}</ol></div></section>'
-        )
-    yield (
-        "</main><footer>Made by imgsearch. Hover a file name for its full path. Thumbnails are embedded: "
-        "this file works offline.</footer></body></html>\n"
-    )
+    template = _environment().get_template("report.html")
+    # generate(), not render(): the template's loop pulls one section at a time from `sections`
+    return template.generate(count=count, k=k, facts=facts, sections=sections, uri=uri, high=HIGH, mid=MID)
 
 
 def sheet_size(k: int) -> tuple[int, int]:

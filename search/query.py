@@ -1,25 +1,48 @@
-"""Rank stored images by cosine similarity to query images.
+"""Rank stored images by cosine similarity to query images: the one search path of the product.
 
 score = 1 − cosine distance = cos(query, image) of the L2-normalised features: 1 is the same
 picture, ~0 unrelated. Chroma's HNSW index finds the nearest neighbours; results come best first.
+
+:func:`search` is what the CLI (``search``, ``report``), the web app and evaluation all call: query
+files go through the same windowed decode → model stage as ingest (:mod:`imgsearch.batching`),
+each decoded once, and are ranked a chunk at a time, so memory stays flat however many there are.
+Failures are typed (:class:`UnusableQuery`, :class:`EmptyStore`, the store's ``StoreError``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imgsearch.backbones import Embedder, describe_feature
-from imgsearch.decode import ImageError
-from imgsearch.store import Store, stored_path
+from imgsearch.decode import ImageError, probe
+from imgsearch.store import Location, Store, StoreError, stored_path
+
+if TYPE_CHECKING:
+    from imgsearch.session import ModelChoice
 
 QUERY_CHUNK = 64  # query vectors ranked per store round trip: memory stays flat, round trips stay few
 # images per model call for queries: on CPU as fast per image as ingest's 16 (1,000 queries: 18-23 s either
 # way, measured) and ~100 MB lower at peak, so that 10 queries already reach the steady state of 10,000
 QUERY_BATCH = 8
+
+
+class UnusableQuery(ImageError):
+    """A query file that is not a usable image; ``str()`` names the file and the reason."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"query {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class EmptyStore(StoreError):
+    """The store holds no images yet: nothing to search."""
 
 
 @dataclass(frozen=True)
@@ -44,89 +67,106 @@ class Hit:
         }
 
 
-def embed_queries(paths: Sequence[str], embedder: Embedder) -> np.ndarray:
-    """The query side of the one preprocessing path. Raises ImageError for an unusable file."""
-    return embedder.embed_files(list(paths))
+def check_queries(paths: Iterable[str]) -> None:
+    """The checks a query file gets before the model loads, from its header alone (it is decoded once,
+    later, by :func:`search`): it exists, is a regular file, an image of a supported format, under the
+    pixel cap. Raises :class:`UnusableQuery`."""
+    for path in paths:
+        if not os.path.lexists(path):
+            raise UnusableQuery(path, "no such file")
+        try:
+            probe(path)
+        except ImageError as err:
+            raise UnusableQuery(path, str(err)) from None
 
 
-def search_files(
-    store: Store,
-    embedder: Embedder,
-    paths: Iterable[str],
-    k: int = 5,
-    where: dict[str, Any] | None = None,
-    min_score: float | None = None,
-    expand: int | None = None,
-    chunk: int = QUERY_CHUNK,
-) -> Iterator[tuple[str, list[Hit]]]:
-    """(path, top-k hits) per query file, in input order, as they are found.
+@contextmanager
+def open_search(location: Location, choice: ModelChoice) -> Iterator[tuple[Store, Embedder]]:
+    """The store at ``location`` and the model its vectors were made with, closed on exit.
 
-    The files go through the same windowed mapper as ingest and are ranked ``chunk`` at a time, so
-    memory does not grow with the number of queries. Raises ImageError naming an unusable file.
+    Raises :class:`EmptyStore` before loading the model when there is nothing to search.
     """
-    from imgsearch.batching import UnusableFile, embed_chunks
+    from imgsearch.session import open_embedder
 
+    store = Store(location)
     try:
-        for names, vectors in embed_chunks(paths, embedder, chunk, QUERY_BATCH):
-            yield from zip(names, search_vectors(store, vectors, k, where, min_score, expand), strict=True)
-    except UnusableFile as err:
-        raise ImageError(f"query {err.path}: {err}") from None
+        if store.count() == 0:
+            raise EmptyStore(f"{location.describe()} is empty: run `imgsearch ingest DIR` first")
+        yield store, open_embedder(store, choice)
+    finally:
+        store.close()
 
 
-def expand_queries(
+def search(
     store: Store,
-    vectors: np.ndarray,
-    n: int,
-    where: dict[str, Any] | None = None,
-    exclude: Sequence[str | None] | None = None,
-    alpha: float = 0.0,
-) -> np.ndarray:
-    """α-weighted query expansion (Radenović et al. 2018): each query plus its ``n`` nearest stored
-    vectors weighted by score ** ``alpha``, renormalised (``alpha`` 0 is plain average expansion).
-
-    Neighbours of a picture mostly show the same thing from other angles, so their mixture is a
-    steadier query; the weights keep a weak neighbour (a query whose subject the library lacks)
-    from pulling it away. ``exclude`` (one id or None per query) keeps a leave-one-out query from
-    expanding with itself.
-    """
-    skip = list(exclude) if exclude is not None else [None] * len(vectors)
-    rows = store.query(vectors, n + 1, where)
-    neighbours = [
-        [(id_, max(0.0, 1.0 - dist) ** alpha) for id_, dist, _ in row if id_ != own][:n]
-        for row, own in zip(rows, skip, strict=True)
-    ]
-    stored = store.get(sorted({i for pairs in neighbours for i, _ in pairs}), embeddings=True)
-    out = np.array(vectors, dtype=np.float32, copy=True)
-    for q, pairs in enumerate(neighbours):
-        for id_, weight in pairs:
-            out[q] += weight * stored[id_]["_embedding"]
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-
-def search_vectors(
-    store: Store,
-    vectors: np.ndarray,
+    queries: Iterable[str] | np.ndarray,
+    embedder: Embedder | None = None,
+    *,
     k: int = 5,
     where: dict[str, Any] | None = None,
     min_score: float | None = None,
     expand: int | None = None,
     exclude: Sequence[str | None] | None = None,
     metadata: bool = True,
-) -> list[list[Hit]]:
-    """Top-k hits per query vector, best first, dropping those below ``min_score``.
+    skip_unusable: bool = False,
+) -> Iterator[tuple[str | int, list[Hit]]]:
+    """(query, its top-k hits best first) per query, in input order, as they are found.
 
-    ``expand`` > 0 applies query expansion with that many neighbours, weighted as the collection
-    records (its ``alpha``); None takes the collection's recorded expansion (its preset's).
-    ``exclude`` gives per query an id to leave out of its results (leave-one-out evaluation);
-    ``metadata`` False gives hits with only id, score and distance (evaluation, which knows the rest).
+    ``queries``: image files (embedded with ``embedder``; the query is the path), or an (n, dim) array
+    of vectors already made (the query is the row number). ``where``: a parsed filter
+    (:func:`imgsearch.search.filters.parse_where`). ``min_score`` drops weaker hits. ``expand`` > 0:
+    query expansion with that many neighbours, weighted as the collection records; None: the
+    collection's own setting. ``exclude``: per query an id left out of its hits (more-like-this,
+    leave-one-out). ``metadata`` False: hits with id and score only (evaluation knows the rest).
+    ``skip_unusable``: leave out files that are not usable images instead of raising
+    :class:`UnusableQuery` (an evaluation measures what it can; a search has no partial answer).
     """
+    options = (k, where, min_score, expand, metadata)
+    if isinstance(queries, np.ndarray):
+        skip = list(exclude) if exclude is not None else [None] * len(queries)
+        for s in range(0, len(queries), QUERY_CHUNK):
+            part = _rank(store, queries[s : s + QUERY_CHUNK], skip[s : s + QUERY_CHUNK], *options)
+            yield from enumerate(part, s)
+        return
+    if embedder is None:
+        raise ValueError("query files need the embedder that made the store's vectors")
+    from imgsearch.batching import UnusableFile, embed_chunks
+
+    try:
+        for names, vectors in embed_chunks(queries, embedder, QUERY_CHUNK, QUERY_BATCH, skip_unusable):
+            yield from zip(names, _rank(store, vectors, [None] * len(names), *options), strict=True)
+    except UnusableFile as err:
+        raise UnusableQuery(err.path, str(err)) from None
+
+
+def searched_with(embedder: Embedder, expand: int | None) -> dict[str, Any]:
+    """The fingerprint a result was ranked with: the model's, with ``expand`` when the search overrode it."""
+    return embedder.fingerprint if expand is None else {**embedder.fingerprint, "expand": expand}
+
+
+def result_json(query: str, hits: Sequence[Hit], model: str, k: int, where: dict[str, Any] | None) -> dict[str, Any]:
+    """The object ``search --json`` prints per query and ``POST /api/search`` answers."""
+    return {"query": query, "model": model, "k": k, "where": where, "results": [h.as_dict() for h in hits]}
+
+
+def _rank(
+    store: Store,
+    vectors: np.ndarray,
+    exclude: Sequence[str | None],
+    k: int,
+    where: dict[str, Any] | None,
+    min_score: float | None,
+    expand: int | None,
+    metadata: bool,
+) -> list[list[Hit]]:
+    """Top-k hits per query vector in one store round trip (two with query expansion)."""
     recorded = store.fingerprint() or {}
     expand = int(recorded.get("expand", 0)) if expand is None else expand
     if expand > 0:
-        vectors = expand_queries(store, vectors, expand, where, exclude, float(recorded.get("alpha", 0.0)))
-    skip = list(exclude) if exclude is not None else [None] * len(vectors)
+        vectors = _expand(store, vectors, expand, where, exclude, float(recorded.get("alpha", 0.0)))
+    extra = any(own is not None for own in exclude)
     results = []
-    for row, own in zip(store.query(vectors, k + (exclude is not None), where, metadata), skip, strict=True):
+    for row, own in zip(store.query(vectors, k + extra, where, metadata), exclude, strict=True):
         hits: list[Hit] = []
         for id_, distance, meta in row:
             score = 1.0 - distance
@@ -136,6 +176,35 @@ def search_vectors(
             hits.append(Hit(len(hits) + 1, id_, score, distance, path, str(meta.get("category", "")), meta))
         results.append(hits)
     return results
+
+
+def _expand(
+    store: Store,
+    vectors: np.ndarray,
+    n: int,
+    where: dict[str, Any] | None,
+    exclude: Sequence[str | None],
+    alpha: float,
+) -> np.ndarray:
+    """α-weighted query expansion (Radenović et al. 2018): each query plus its ``n`` nearest stored
+    vectors weighted by score ** ``alpha``, renormalised (``alpha`` 0 is plain average expansion).
+
+    Neighbours of a picture mostly show the same thing from other angles, so their mixture is a
+    steadier query; the weights keep a weak neighbour (a query whose subject the library lacks)
+    from pulling it away. ``exclude`` (one id or None per query) keeps a leave-one-out query from
+    expanding with itself.
+    """
+    rows = store.query(vectors, n + 1, where)
+    neighbours = [
+        [(id_, max(0.0, 1.0 - dist) ** alpha) for id_, dist, _ in row if id_ != own][:n]
+        for row, own in zip(rows, exclude, strict=True)
+    ]
+    stored = store.get(sorted({i for pairs in neighbours for i, _ in pairs}), embeddings=True)
+    out = np.array(vectors, dtype=np.float32, copy=True)
+    for q, pairs in enumerate(neighbours):
+        for id_, weight in pairs:
+            out[q] += weight * stored[id_]["_embedding"]
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def ranking_text(fingerprint: dict[str, Any]) -> str:

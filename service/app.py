@@ -30,8 +30,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, replace
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,12 +44,13 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgsearch.backbones import Embedder, ModelUnavailable, describe
+from imgsearch.batching import embed_files
 from imgsearch.decode import ImageError, load_image, pixel_size
 from imgsearch.ingest.worker import Worker, default_status_path, read_status
 from imgsearch.runtime import usable_cpus
 from imgsearch.search.filters import FilterError, parse_where
-from imgsearch.search.query import embed_queries, search_vectors
-from imgsearch.service.page import LOGIN_PAGE, PAGE
+from imgsearch.search.query import UnusableQuery, result_json, search
+from imgsearch.service.page import render_login_page, render_page
 from imgsearch.session import ModelChoice, open_embedder
 from imgsearch.store import Location, Store, StoreError, stored_path
 
@@ -159,7 +160,9 @@ class _Guard:
             return
         if self.token and scope["path"] not in OPEN_PATHS and not self._authorised(conn):
             if scope["path"] == "/" and scope["method"] == "GET":
-                response: Response = HTMLResponse(LOGIN_PAGE, 401, headers={"Content-Security-Policy": LOGIN_CSP})
+                response: Response = HTMLResponse(
+                    render_login_page(), 401, headers={"Content-Security-Policy": LOGIN_CSP}
+                )
             else:
                 detail = "this server needs its token: Authorization: Bearer TOKEN (or sign in on the page)"
                 response = JSONResponse({"detail": detail}, 401, headers={"WWW-Authenticate": "Bearer"})
@@ -285,7 +288,7 @@ def _warm_up(embedder: Embedder) -> None:
         Image.new("RGB", (THUMB, THUMB), (128, 128, 128)).save(tmp, "PNG")
         tmp.flush()
         pixel_size(tmp.name)
-        embed_queries([tmp.name], embedder)
+        list(embed_files([tmp.name], embedder))
 
 
 class _Service:
@@ -391,43 +394,41 @@ class _Service:
         with self._categories_lock:
             made, counted, counts = self._categories
             if count != counted or time.monotonic() - made > CATEGORY_TTL:
-                counts = {}
-                for _, meta in self.store.scan():
-                    cat = str(meta.get("category", ""))
-                    counts[cat] = counts.get(cat, 0) + 1
-                counts = dict(sorted(counts.items()))
+                counts = self.store.categories()
                 self._categories = (time.monotonic(), count, counts)
             return counts
 
     def search(
         self,
         query: str,
-        vector: np.ndarray,
+        given: str | np.ndarray,
         k: int,
         where: Sequence[str] | None,
         min_score: float | None,
         exclude: str | None = None,
+        slot: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> dict[str, Any]:
-        """The ``search --json`` object for one query vector (``exclude``: an id left out of the results)."""
+        """The ``search --json`` object for one query: an image file or a stored vector (``exclude``: an
+        id left out of the results); ``slot`` is held while the file is decoded and embedded."""
         embedder = self.ready()
         try:
             filt = parse_where(where)
         except FilterError as err:
             raise HTTPException(422, str(err)) from None
+        queries = given[None] if isinstance(given, np.ndarray) else [given]
         try:
-            (hits,) = search_vectors(self.store, vector[None], k + (exclude is not None), filt, min_score)
+            with slot():
+                ((_, hits),) = search(
+                    self.store, queries, embedder, k=k, where=filt, min_score=min_score, exclude=[exclude]
+                )
+        except UnusableQuery as err:
+            code = 415 if err.reason.startswith(("not an image", "empty file")) else 422
+            raise HTTPException(code, f"{query}: {err.reason}") from None
         except StoreError as err:
             raise HTTPException(503, str(err)) from None
         except ValueError as err:  # Chroma refusing a filter, e.g. mixed value types in one list
             raise HTTPException(422, f"the store refused the filter {where}: {err}") from None
-        kept = [h for h in hits if h.id != exclude][:k]
-        return {
-            "query": query,
-            "model": embedder.fingerprint["model"],
-            "k": k,
-            "where": filt,
-            "results": [replace(h, rank=i).as_dict() for i, h in enumerate(kept, 1)],
-        }
+        return result_json(query, hits, embedder.fingerprint["model"], k, filt)
 
 
 def create_app(
@@ -481,7 +482,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE, headers={"Content-Security-Policy": PAGE_CSP})
+        return HTMLResponse(render_page(), headers={"Content-Security-Policy": PAGE_CSP})
 
     if token:
         secret = token
@@ -490,7 +491,7 @@ def create_app(
         async def login(given: Annotated[str, Form(alias="token")] = "") -> Response:
             """The page's way in: the login form posts the token here; the answer sets the session cookie."""
             if not _same(given, secret):
-                return HTMLResponse(LOGIN_PAGE, 401, headers={"Content-Security-Policy": LOGIN_CSP})
+                return HTMLResponse(render_login_page(), 401, headers={"Content-Security-Policy": LOGIN_CSP})
             done = RedirectResponse("/", status_code=303)
             done.set_cookie(COOKIE, _session(secret), httponly=True, samesite="strict")
             return done
@@ -535,7 +536,7 @@ def create_app(
         min_score: MinScoreOpt = None,
     ) -> dict[str, Any]:
         """Rank the stored images by similarity to the uploaded one: the ``search --json`` object."""
-        embedder = service.ready()
+        service.ready()
         name = image.filename or "upload"
         with tempfile.NamedTemporaryFile(prefix="imgsearch-query-") as tmp:
             shutil.copyfileobj(image.file, tmp)
@@ -547,14 +548,7 @@ def create_app(
                     f"{name}: too large: {size[0]}x{size[1]} is over this server's {limits.max_upload_pixels:,}-pixel "
                     "cap for uploads (imgsearch serve --max-upload-pixels)",
                 )
-            try:
-                with gate.slot():
-                    (vector,) = embed_queries([tmp.name], embedder)
-            except ImageError as err:
-                reason = str(err)
-                code = 415 if reason.startswith(("not an image", "empty file")) else 422
-                raise HTTPException(code, f"{name}: {reason}") from None
-        return service.search(name, vector, k, where, min_score)
+            return service.search(name, tmp.name, k, where, min_score, slot=gate.slot)
 
     @app.post("/api/search/by-id/{image_id}")
     def search_by_id(

@@ -109,7 +109,7 @@ def test_a_damaged_cached_model_is_rebuilt(model_cache: Path) -> None:
     (cached,) = model_cache.glob(f"efficientnet-lite0-*-v{EXPORT_VERSION}.onnx")
     cached.write_bytes(cached.read_bytes()[:1000])  # e.g. a disk that filled up
     embedder = load_embedder(MODEL, backend="onnx")
-    vec = embedder.embed_files([str(sorted(QUERIES.iterdir())[0])])
+    vec = embedder.embed_paths([str(sorted(QUERIES.iterdir())[0])])
     assert vec.shape == (1, 1280) and cached.stat().st_size > 1_000_000
 
 

@@ -47,7 +47,7 @@ def heif_writer() -> None:
 
 
 def cosine(embedder: Any, a: Path, b: Path) -> float:
-    va, vb = embedder.embed_files([str(a), str(b)])
+    va, vb = embedder.embed_paths([str(a), str(b)])
     return float(va @ vb)
 
 

@@ -291,7 +291,7 @@ def _verify(lib: Path, store_args: list[str], embedder: Any, rng: random.Random)
         assert id_ == image_id(meta["path"]) and (meta["size"], meta["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
         assert meta["sha256"] == hashlib.sha256(Path(meta["path"]).read_bytes()).hexdigest()
     spot = rng.sample(sorted(rows), 4)
-    fresh = embedder.embed_files([rows[i]["path"] for i in spot])
+    fresh = embedder.embed_paths([rows[i]["path"] for i in spot])
     store = Store(_location(store_args))
     try:
         hits = store.query(np.stack([rows[i]["_embedding"] for i in spot]), k=1)
