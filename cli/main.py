@@ -19,12 +19,14 @@ import typer
 
 from imgsearch.backbones import describe
 from imgsearch.cli.bench_cmd import bench_index
+from imgsearch.cli.dupes_cmd import dupes
 from imgsearch.cli.eval_cmd import evaluate
 from imgsearch.cli.options import (
     ExpandOpt,
     FollowOutsideOpt,
     JsonOpt,
     MinScoreOpt,
+    ShardOpt,
     TopKOpt,
     WhereOpt,
     fail,
@@ -77,6 +79,7 @@ def ingest(
     follow_outside: FollowOutsideOpt = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 16,
     failures: Annotated[Path | None, typer.Option(help="Write the failed files and reasons here as JSON.")] = None,
+    shard: ShardOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add new, re-embed changed, skip unchanged, reuse vectors of moved files; --prune removes deleted ones.
@@ -88,6 +91,7 @@ def ingest(
         missing = [str(d) for d in dirs if not os.path.exists(d)]
         if missing:
             fail(f"no such folder: {', '.join(missing)}")
+        from imgsearch.ingest.plan import ALL
         from imgsearch.ingest.sync import check_tags
         from imgsearch.ingest.sync import ingest as run_ingest
         from imgsearch.session import open_embedder
@@ -109,6 +113,7 @@ def ingest(
                 follow_outside=follow_outside,
                 batch_size=batch_size,
                 progress=tick,
+                shard=shard or ALL,  # the option's callback made it a Shard
             )
         summary = report.as_dict()
         if failures is not None:
@@ -249,6 +254,7 @@ def remove(
 
 
 app.command()(report)
+app.command()(dupes)
 app.command()(worker)
 app.command()(serve)
 app.command(name="eval")(evaluate)

@@ -139,6 +139,33 @@ FollowOutsideOpt = Annotated[
 ]
 
 
+def _shard(text: str | None) -> Any:
+    """--shard K/N → an ingest.plan.Shard (None: all files); bad usage (exit 2) when it is not 0 <= K < N."""
+    if text is None:
+        return None
+    from imgsearch.ingest.plan import Shard
+
+    try:
+        return Shard.parse(text)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        envvar="IMGSEARCH_SHARD",
+        metavar="K/N",
+        callback=_shard,
+        help="Only the files whose path hashes to shard K of N (0 <= K < N): run N workers (or ingests) with "
+        "0/N ... N-1/N on one library and each file is embedded by exactly one; every one must use the same N. "
+        "Default: all files.",
+        show_default=False,
+    ),
+]
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     say(f"error: {message}")
     raise typer.Exit(code)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from imgsearch.cli.options import FollowOutsideOpt, fail, model_options, store_options, user_errors
+from imgsearch.cli.options import FollowOutsideOpt, ShardOpt, fail, model_options, store_options, user_errors
 from imgsearch.cli.output import say
 
 if TYPE_CHECKING:
@@ -81,12 +81,14 @@ def worker(
     choice: ModelChoice,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 16,
     follow_outside: FollowOutsideOpt = False,
+    shard: ShardOpt = None,
 ) -> None:
     """Keep the store in sync with DIRs as files come and go: added, changed, moved and deleted files.
 
     Scans every --interval seconds; a file is read once its size has held still for --settle seconds.
     Logs one line per sync on stderr and writes its state to --status FILE (shown by `imgsearch stats`).
     SIGTERM/SIGINT: the sync under way stores what it has embedded, then the worker exits 0.
+    With a Chroma server, N workers (one per machine) share a library with --shard 0/N ... N-1/N.
     """
     with user_errors():
         _missing(dirs)
@@ -100,6 +102,7 @@ def worker(
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         from imgsearch.backbones import describe
+        from imgsearch.ingest.plan import ALL
         from imgsearch.ingest.worker import Worker, default_status_path, wait_for_store
         from imgsearch.session import open_embedder
         from imgsearch.store import Store
@@ -108,7 +111,8 @@ def worker(
         if location.url and not wait_for_store(store, stop):
             return
         embedder = open_embedder(store, choice)
-        status_path = status or default_status_path(location)
+        shard = shard or ALL  # the callback made it a Shard
+        status_path = status or default_status_path(location, shard)
         say(f"model: {describe(embedder.fingerprint)}; status file: {status_path}")
         Worker(
             [str(d) for d in dirs],
@@ -118,6 +122,7 @@ def worker(
             status_path,
             batch_size=batch_size,
             follow_outside=follow_outside,
+            shard=shard,
         ).run(stop, interval)
         store.close()
 

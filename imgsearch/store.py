@@ -42,6 +42,7 @@ HTTP_BATCH = 500  # rows per request to a server: 500 x 2048 floats stays far be
 HNSW = {"space": "cosine", "max_neighbors": 32, "ef_construction": 200, "ef_search": 200}
 QUERY_ROWS = 20000  # result rows per query() call: past ~32k Chroma hits SQLite's variable limit
 PAGE = 5000  # rows per get(): Chroma fails at >= 32,767 ids (SQL variable limit)
+VECTOR_PAGE = 1000  # rows per get() with their vectors: a 5,000-row page of them took ~370 MB in Chroma's client
 DISK_FULL = ("no space left", "disk is full", "disk full")  # how ENOSPC reads once Chroma has wrapped it
 T = TypeVar("T")
 # metadata keys imgsearch writes itself; user tags may not shadow them
@@ -385,18 +386,21 @@ class Store:
                 return found
             offset += PAGE
 
-    def scan(self, embeddings: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every (id, metadata, with ``"_embedding"`` when asked for), a page at a time: one page of
-        rows in memory however large the collection is."""
+    def scan(
+        self, embeddings: bool = False, where: dict[str, Any] | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every (id, metadata, with ``"_embedding"`` when asked for), of the entries ``where`` matches
+        (all by default), a page at a time: one page of rows in memory however large the collection is."""
         col = self.require()
         include = ["metadatas", "embeddings"] if embeddings else ["metadatas"]
+        step = VECTOR_PAGE if embeddings else PAGE
         offset = 0
         while True:
-            res = col.get(include=include, limit=PAGE, offset=offset)
+            res = col.get(where=where, include=include, limit=step, offset=offset)
             yield from _rows(res, embeddings).items()
-            if len(res["ids"]) < PAGE:
+            if len(res["ids"]) < step:
                 return
-            offset += PAGE
+            offset += step
 
     def categories(self) -> dict[str, int]:
         """Images per category, by name: read page by page (``stats``, the web page's filter list)."""

@@ -16,6 +16,11 @@ Nothing here runs a model, talks to a store or reads a file: the stored rows com
 Files that cannot be hashed become failures. :func:`plan_prune` picks the rows to delete: under the
 given roots, not scanned this run, and whose file is gone; the runner asks it after the writes, so that
 it sees the store (and the disk) as they are then.
+
+Several workers share one library through a :class:`Shard` (``--shard K/N``): each plans only the
+files whose id (a hash of the path) falls in its shard and prunes only rows of its shard, so no file is
+embedded by two of them. A move across shards still reuses the vector: the new path's owner finds the
+old row by content (``find_twins`` searches the whole store) and deletes it once its file is gone.
 """
 
 from __future__ import annotations
@@ -42,6 +47,40 @@ RESTATED = "same content as stored, root/category/tags differ: metadata refreshe
 NEW = "new file"
 CHANGED = "content changed since stored (sha256 differs)"
 GONE = "stored file is gone"
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Shard ``index`` of ``count``: the ids (hex path hashes, :func:`imgsearch.store.image_id`) whose
+    value modulo ``count`` is ``index``. ``Shard(0, 1)`` owns everything."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: K/N needs 0 <= K < N, e.g. 0/3, 1/3 and 2/3")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"K/N"`` (e.g. ``"1/3"``) → ``Shard(K, N)``; a ValueError that says what is wrong."""
+        k, sep, n = text.partition("/")
+        try:
+            if not sep:
+                raise ValueError
+            index, count = int(k), int(n)
+        except ValueError:
+            raise ValueError(f"{text!r}: expected K/N, e.g. 0/3 (shard K of N)") from None
+        return cls(index, count)
+
+    def owns(self, id_: str) -> bool:
+        return self.count == 1 or int(id_, 16) % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+ALL = Shard()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +144,10 @@ def plan(
     tags: Mapping[str, str] | None = None,
     exists: Exists = os.path.lexists,
     page: int = PAGE,
+    shard: Shard = ALL,
 ) -> Plan:
-    """Decide what to do with each of ``files`` (id → scanned file; see the module docstring).
+    """Decide what to do with each of ``files`` (id → scanned file; see the module docstring) that
+    ``shard`` owns; the others are left out of the plan (their shard's worker does them).
 
     ``stored`` is asked for a page of ids at a time (or is a dict); only the rows of changed files are
     kept. ``hash_files`` is called once, with the files that are not unchanged by size and mtime.
@@ -119,6 +160,8 @@ def plan(
         if callable(stored):
             raise TypeError("find_twins is needed when stored is a lookup function")
         find_twins = _twins_in(stored)
+    if shard != ALL:
+        files = {id_: f for id_, f in files.items() if shard.owns(id_)}
     result = Plan(files)
     changed = _triage(files, lookup, tags, result, page)
     hashed = _compare(changed, hash_files([c.file for c in changed]), result)
@@ -193,14 +236,16 @@ def plan_prune(
     scanned: Container[str],
     roots: Sequence[str],
     exists: Exists = os.path.lexists,
+    shard: Shard = ALL,
 ) -> list[Action]:
-    """The rows to delete: not among ``scanned`` ids, stored under one of ``roots`` (or as one of them),
-    and whose file is gone. ``rows`` is consumed as it comes (a store scan, a page at a time)."""
+    """The rows to delete: owned by ``shard``, not among ``scanned`` ids, stored under one of ``roots``
+    (or as one of them), and whose file is gone. ``rows`` is consumed as it comes (a store scan, a page
+    at a time)."""
     prefixes = tuple(os.path.join(os.path.abspath(r), "") for r in roots)
     exact = {os.path.abspath(r) for r in roots}
     pruned = []
     for id_, meta in rows:
-        if id_ in scanned:
+        if id_ in scanned or not shard.owns(id_):
             continue
         path = stored_path(meta)
         if (path.startswith(prefixes) or path in exact) and not exists(path):

@@ -24,7 +24,7 @@ import numpy as np
 from imgsearch.backbones import Embedder
 from imgsearch.batching import Embedded, embed_files
 from imgsearch.files import open_regular
-from imgsearch.ingest.plan import Action, FindTwins, Plan, plan, plan_prune
+from imgsearch.ingest.plan import ALL, Action, FindTwins, Plan, Shard, plan, plan_prune
 from imgsearch.ingest.scan import Failure, FileInfo, scan
 from imgsearch.runtime import usable_cpus
 from imgsearch.store import RESERVED_KEYS, Store, image_id, path_fields
@@ -266,9 +266,10 @@ class Runner:
         writer.put(action.id, result.vector, self._metadata(action, result.width, result.height), action.previous)
         self.count(action)
 
-    def prune(self, scanned: Container[str], roots: Sequence[str]) -> list[Action]:
-        """Delete the rows under ``roots`` whose files are gone (decided on the store as written by now)."""
-        actions = plan_prune(self.store.scan(), scanned, roots)
+    def prune(self, scanned: Container[str], roots: Sequence[str], shard: Shard = ALL) -> list[Action]:
+        """Delete the rows of ``shard`` under ``roots`` whose files are gone (decided on the store as
+        written by now)."""
+        actions = plan_prune(self.store.scan(), scanned, roots, shard=shard)
         self.store.delete([a.id for a in actions])
         for action in actions:
             self.count(action)
@@ -291,6 +292,7 @@ def ingest(
     ready: Callable[[FileInfo], bool] | None = None,
     should_stop: Callable[[], bool] | None = None,
     follow_outside: bool = False,
+    shard: Shard = ALL,
 ) -> IngestReport:
     """Bring the store in line with the image files under ``roots``: scan, plan, run the plan.
 
@@ -298,6 +300,8 @@ def ingest(
     stored nor pruned. ``should_stop`` is asked before each embedded row is stored: once it says
     yes, the rows already embedded are written, prune is skipped, and the rest waits for the next run.
     ``follow_outside`` also reads symlinks that lead out of ``roots`` (:func:`ingest.scan.scan`).
+    ``shard``: only the files (and pruned rows) whose path id it owns; the other shards' files are
+    neither stored nor pruned here (several workers sharing one library, :class:`ingest.plan.Shard`).
     """
     tags = dict(tags or {})
     check_tags(tags)
@@ -305,13 +309,13 @@ def ingest(
     started = time.perf_counter()
     report = IngestReport()
     scanned = scan(roots, category, follow_outside)
-    report.failures.extend(scanned.failures)
+    report.failures.extend(f for f in scanned.failures if shard.owns(image_id(f.path)))  # each once, by its owner
     files = {image_id(f.path): f for f in scanned.files if ready is None or ready(f)}
     vectors: dict[str, np.ndarray] = {}  # id → vector of the stored rows a move or copy reuses
-    todo = plan(files, store.get, _hash_all, _twin_finder(store, vectors), tags=tags)
+    todo = plan(files, store.get, _hash_all, _twin_finder(store, vectors), tags=tags, shard=shard)
     runner = Runner(store, embedder, report, tags, batch_size, progress, should_stop)
     runner.run(todo, vectors)
     if prune and not runner.stopping():
-        todo.prune = runner.prune(files, roots)
+        todo.prune = runner.prune(files, roots, shard)
     report.seconds = time.perf_counter() - started
     return report

@@ -8,6 +8,10 @@ failed is retried only after it changes. Stopping (SIGTERM) is checked between r
 embedded are written, nothing is half-written, and the next start finishes the job (ingest is
 idempotent). The worker's state goes to a JSON status file, replaced atomically, that
 ``imgsearch stats`` and the web app's ``/api/stats`` read.
+
+Workers sharing one library (and one Chroma server) each take a :class:`~imgsearch.ingest.plan.Shard`:
+a worker watches, stores and prunes only the files whose path id its shard owns, so every file is
+embedded by exactly one of them; a worker that dies leaves its shard to its own restart.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from imgsearch.backbones import Embedder
+from imgsearch.ingest.plan import ALL, Shard
 from imgsearch.ingest.scan import FileInfo, scan
 from imgsearch.ingest.sync import IngestReport, ingest
-from imgsearch.store import DEFAULT_DB, CollectionMissing, Location, Store, StoreError
+from imgsearch.store import DEFAULT_DB, CollectionMissing, Location, Store, StoreError, image_id
 
 State = tuple[int, int]  # (size, mtime_ns): what a scan sees of a file
 STATUS_EVERY = 1.0  # seconds between status-file writes while a sync is running
@@ -36,15 +41,18 @@ MAX_LISTED_FAILURES = 200  # failures written to the status file (the count is a
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 
 
-def default_status_path(location: Location) -> Path:
+def default_status_path(location: Location, shard: Shard = ALL) -> Path:
     """The status file of the worker of ``location``, where worker, serve and stats on this machine
     all look: in the store folder, or for a server under ``$XDG_STATE_HOME/imgsearch`` (other
-    machines or containers share one with ``--status FILE``)."""
+    machines or containers share one with ``--status FILE``). A worker of one shard of several gets
+    its own (``...-shard1of3.json``), so that workers on one machine never overwrite each other's."""
+    suffix = "" if shard == ALL else f"-shard{shard.index}of{shard.count}"
     if location.url:
         server = re.sub(r"[^A-Za-z0-9.-]+", "_", location.url.split("://")[-1]).strip("_")
         state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-        return state / "imgsearch" / f"worker-{server}-{location.collection}.json"
-    return Path(location.db or DEFAULT_DB).expanduser().resolve() / f"imgsearch-worker-{location.collection}.json"
+        return state / "imgsearch" / f"worker-{server}-{location.collection}{suffix}.json"
+    folder = Path(location.db or DEFAULT_DB).expanduser().resolve()
+    return folder / f"imgsearch-worker-{location.collection}{suffix}.json"
 
 
 def read_status(path: Path) -> dict[str, Any] | None:
@@ -98,8 +106,10 @@ class Worker:
         log: Callable[[str], None] = _stderr,
         batch_size: int = 16,
         follow_outside: bool = False,
+        shard: Shard = ALL,
     ) -> None:
         self.roots = [os.path.abspath(r) for r in roots]
+        self.shard = shard  # the files this worker stores and prunes (the others' are left to their workers)
         self.follow_outside = follow_outside  # read symlinks that lead out of the roots (ingest.scan.scan)
         self.store = store
         self.embedder = embedder
@@ -119,6 +129,7 @@ class Worker:
             "roots": self.roots,
             "store": store.location.describe(),
             "model": embedder.fingerprint.get("model"),
+            "shard": None if shard == ALL else str(shard),
             "started_at": _now(),
             "updated_at": _now(),
             "last_sync": None,
@@ -209,7 +220,10 @@ class Worker:
             self.log(f"{_now()} not syncing: {', '.join(missing)} is missing (unmounted?); nothing pruned")
             self._write_status(state="idle", cycles=self.status["cycles"] + 1)
             return None
-        snapshot = self._observe(scan(self.roots, follow_outside=self.follow_outside).files)
+        scanned = scan(self.roots, follow_outside=self.follow_outside).files
+        if self.shard != ALL:  # the other shards' files are their workers': not watched, stored or pruned here
+            scanned = [f for f in scanned if self.shard.owns(image_id(f.path))]
+        snapshot = self._observe(scanned)
         now = time.monotonic()
         ready = {path: state for path, state in snapshot.items() if self._settled(path, state, now)}
         known_failed = sum(1 for p, (state, _) in self._failed.items() if snapshot.get(p) == state)
@@ -231,6 +245,7 @@ class Worker:
             ready=lambda f: ready.get(f.path) == (f.size, f.mtime_ns),
             should_stop=stop.is_set if stop is not None else None,
             follow_outside=self.follow_outside,
+            shard=self.shard,
         )
         stopped = stop is not None and stop.is_set()
         new_failures = {f.path: f.reason for f in report.failures}
@@ -267,7 +282,7 @@ class Worker:
         """Sync every ``interval`` seconds until ``stop`` is set; a sync under way finishes its current row."""
         self.log(
             f"{_now()} watching {', '.join(self.roots)} every {interval:g} s (files settle for {self.settle:g} s) "
-            f"into {self.store.location.describe()}"
+            f"into {self.store.location.describe()}" + ("" if self.shard == ALL else f", shard {self.shard}")
         )
         while not stop.is_set():
             wait = interval

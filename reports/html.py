@@ -57,8 +57,8 @@ def _bar_width(score: float) -> float:
 
 
 @functools.cache
-def _environment() -> jinja2.Environment:
-    """The report's templates (``reports/templates``), autoescaped."""
+def environment() -> jinja2.Environment:
+    """The reports' templates (``reports/templates``), autoescaped; shared with :mod:`imgsearch.reports.dupes`."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("imgsearch.reports", "templates"),
         autoescape=True,
@@ -151,7 +151,7 @@ def html_parts(
         {"number": number, "query": query, "hits": hits, "note": _shortfall(len(hits), k, where, min_score)}
         for number, (query, hits) in enumerate(entries, 1)
     )
-    template = _environment().get_template("report.html")
+    template = environment().get_template("report.html")
     # generate(), not render(): the template's loop pulls one section at a time from `sections`
     return template.generate(count=count, k=k, facts=facts, sections=sections, uri=uri, high=HIGH, mid=MID)
 

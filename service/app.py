@@ -14,6 +14,9 @@ Why it is shaped like this:
   never in the thread pool that uploads wait in. An unexpected error is a JSON 500 and one log line.
 - With a token every route but ``/healthz`` needs it (``Authorization: Bearer`` or the page's cookie,
   set by the login form), and the Host header must be an allowed name (DNS rebinding).
+- ``GET /api/dupes`` (the ``dupes --json`` object) runs one finder at a time, in the thread pool: a second
+  request while one runs gets 503 with ``Retry-After`` (the page retries), unless the answer is cached
+  (per level and filters, while the store's count is unchanged and for at most ``DUPES_TTL``).
 - With ``watch_dirs`` the ingest worker runs in this process (the one owner of an embedded store);
   with a Chroma server it usually runs as its own process (``imgsearch worker``).
 Only ``imgsearch serve`` imports this module, so fastapi is imported at the top.
@@ -33,11 +36,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from PIL import Image
 from starlette.requests import HTTPConnection
@@ -60,6 +63,8 @@ THUMB = 256  # longest side of a served thumbnail, pixels
 FORM_SLACK = 64 * 1024  # bytes allowed on top of the upload limit for the form fields and multipart framing
 RETRY = 3.0  # seconds between attempts to reach the store / find its collection
 CATEGORY_TTL = 30.0  # seconds the per-category counts are reused while the count stays (they scan every entry)
+DUPES_TTL = 300.0  # seconds a duplicates answer is reused while the count stays (a finder run reads every vector)
+DUPES_CACHE = 8  # duplicates answers kept, one per (level, filters)
 PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 LOGIN_CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
 COOKIE = "imgsearch_session"
@@ -317,6 +322,10 @@ class _Service:
         self.threads: list[threading.Thread] = []
         self._categories: tuple[float, int, dict[str, int]] = (0.0, -1, {})  # (made, store count, counts)
         self._categories_lock = threading.Lock()
+        # (level, filters) -> (made, store count, the dupes --json object), oldest first
+        self._dupes: dict[tuple[str, tuple[str, ...]], tuple[float, int, dict[str, Any]]] = {}
+        self._dupes_lock = threading.Lock()  # held by the one finder running
+        self._dupes_run: dict[str, float] = {"started": 0.0, "done": 0, "total": 0, "seconds": 5.0}
 
     # -- life cycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -397,6 +406,63 @@ class _Service:
                 counts = self.store.categories()
                 self._categories = (time.monotonic(), count, counts)
             return counts
+
+    def dupes(self, level: str, where: Sequence[str]) -> dict[str, Any]:
+        """The ``dupes --json`` object: cached, found now, or 503 (``Retry-After``) while another finder runs."""
+        self.ready()
+        try:
+            filt = parse_where(where)
+        except FilterError as err:
+            raise HTTPException(422, str(err)) from None
+        key = (level, tuple(where))
+        try:
+            count = self.store.count()
+            if (cached := self._cached_dupes(key, count)) is not None:
+                return cached
+            if not self._dupes_lock.acquire(blocking=False):
+                raise self._dupes_busy()
+            try:
+                if (cached := self._cached_dupes(key, count)) is not None:  # the run just finished was this one
+                    return cached
+                return self._find_dupes(key, count, level, filt)
+            finally:
+                self._dupes_lock.release()
+        except StoreError as err:
+            raise HTTPException(503, str(err)) from None
+        except ValueError as err:  # Chroma refusing a filter, e.g. mixed value types in one list
+            raise HTTPException(422, f"the store refused the filter {list(where)}: {err}") from None
+
+    def _cached_dupes(self, key: tuple[str, tuple[str, ...]], count: int) -> dict[str, Any] | None:
+        made, counted, found = self._dupes.get(key, (0.0, -1, {}))
+        return found if counted == count and time.monotonic() - made <= DUPES_TTL else None
+
+    def _dupes_busy(self) -> HTTPException:
+        run = self._dupes_run
+        elapsed = time.monotonic() - run["started"]
+        seconds = max(1, min(60, math.ceil(run["seconds"] - elapsed)))
+        done = f", {int(run['done'])} of {int(run['total'])} images compared" if run["total"] else ""
+        detail = f"busy: finding duplicates (one search at a time: {elapsed:.0f} s so far{done}); retry in {seconds} s"
+        return HTTPException(503, detail, headers={"Retry-After": str(seconds)})
+
+    def _find_dupes(
+        self, key: tuple[str, tuple[str, ...]], count: int, level: str, where: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Run the finder (the caller holds ``_dupes_lock``) and cache its answer under ``key``."""
+        from imgsearch.dupes.find import find_duplicates  # only this route needs it
+
+        run = self._dupes_run
+        run.update(started=time.monotonic(), done=0, total=0)
+
+        def progress(done: int, total: int) -> None:
+            run.update(done=done, total=total)
+
+        found = find_duplicates(self.store, level=level, where=where, progress=progress).as_dict()
+        run["seconds"] = time.monotonic() - run["started"]
+        self._dupes.pop(key, None)
+        self._dupes[key] = (time.monotonic(), count, found)
+        while len(self._dupes) > DUPES_CACHE:
+            del self._dupes[next(iter(self._dupes))]
+        return found
 
     def search(
         self,
@@ -557,6 +623,18 @@ def create_app(
         """More like this stored image (itself left out); ``query`` is its path."""
         meta = service.entry(image_id, embeddings=True)
         return service.search(stored_path(meta), meta["_embedding"], k, where, min_score, exclude=image_id)
+
+    LevelOpt = Annotated[
+        Literal["exact", "copies", "similar"],
+        Query(description="exact (same bytes), copies (+ edited copies, pixels compared), similar (+ look-alikes)"),
+    ]
+    WhereQuery = Annotated[list[str] | None, Query(description="Filters, ANDed: category=cats, 'width>=640', ...")]
+
+    @app.get("/api/dupes")
+    def dupes(level: LevelOpt = "copies", where: WhereQuery = None) -> dict[str, Any]:
+        """Groups of duplicates among the stored images: the ``dupes --json`` object. One finder runs at a
+        time (others get 503 with Retry-After); an answer is reused while the store's count is unchanged."""
+        return service.dupes(level, where or [])
 
     @app.get("/api/images/{image_id}/thumb", response_class=Response)
     def thumb(image_id: str) -> Response:

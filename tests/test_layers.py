@@ -11,15 +11,17 @@ from conftest import REPO
 
 # folder -> the layers its modules may import. Bottom to top: the core (imgsearch/: files, decode, the
 # backbones, the batched decode -> model stage, the store); ingest/ and search/, siblings that never import
-# each other; reports/ (presentation); service/ and evaluation/, which may use both; the CLI on top.
+# each other; dupes/ (duplicate finding, on the core alone); reports/ (presentation); service/ and
+# evaluation/, which may use both; the CLI on top.
 ALLOWED = {
     "imgsearch": {"core"},
     "ingest": {"core", "ingest"},
     "search": {"core", "search"},
-    "reports": {"core", "search", "reports"},
-    "service": {"core", "ingest", "search", "reports", "service"},
+    "dupes": {"core", "dupes"},
+    "reports": {"core", "search", "dupes", "reports"},
+    "service": {"core", "ingest", "search", "reports", "dupes", "service"},
     "evaluation": {"core", "ingest", "search", "evaluation"},
-    "cli": {"core", "ingest", "search", "reports", "service", "evaluation", "cli"},
+    "cli": {"core", "ingest", "search", "reports", "service", "evaluation", "dupes", "cli"},
 }
 LAYERS = set(ALLOWED) - {"imgsearch"}
 

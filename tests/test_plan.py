@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import LIBRARY
 
-from imgsearch.ingest.plan import Action, Plan, plan, plan_prune
+from imgsearch.ingest.plan import ALL, Action, Plan, Shard, plan, plan_prune
 from imgsearch.ingest.scan import Failure, FileInfo, scan
 from imgsearch.ingest.sync import file_metadata, file_sha256
 from imgsearch.store import image_id
@@ -368,6 +368,86 @@ def test_twins_are_looked_up_once_with_the_new_hashes_only() -> None:
 def test_a_lookup_function_needs_a_twin_finder() -> None:
     with pytest.raises(TypeError):
         plan({}, lambda ids: {}, Hasher({}))
+
+
+# -- shards: several workers on one library -------------------------------------------------------------------
+
+
+def named_in(shard: Shard, stem: str, category: str = "cats") -> FileInfo:
+    """A file whose path id the ``shard`` owns (names are tried in turn: ids are hashes)."""
+    return next(f for i in range(1000) if shard.owns(image_id((f := info(f"{stem}{i}.jpg", category=category)).path)))
+
+
+def test_shard_parse_and_validation() -> None:
+    assert Shard.parse("1/3") == Shard(1, 3) and str(Shard(1, 3)) == "1/3"
+    assert Shard.parse(" 0 / 2 ") == Shard(0, 2) and Shard() == ALL == Shard(0, 1)
+    for bad in ["3/3", "-1/3", "0/0", "1/-2"]:
+        with pytest.raises(ValueError, match="0 <= K < N"):
+            Shard.parse(bad)
+    for bad in ["", "1", "a/3", "1/3/4", "1.5/3"]:
+        with pytest.raises(ValueError, match="expected K/N"):
+            Shard.parse(bad)
+
+
+def test_each_id_belongs_to_exactly_one_shard_and_the_split_is_even() -> None:
+    ids = [image_id(f"/photos/cats/{i}.jpg") for i in range(3000)]
+    shards = [Shard(k, 3) for k in range(3)]
+    owners = [[s for s in shards if s.owns(id_)] for id_ in ids]
+    assert all(len(o) == 1 for o in owners)
+    sizes = [sum(1 for o in owners if o == [s]) for s in shards]
+    assert min(sizes) > 900, sizes  # a stable hash of the path: about a third each
+    assert all(ALL.owns(id_) for id_ in ids)
+    assert [Shard(k, 3).owns(ids[0]) for k in range(3)] == [int(ids[0], 16) % 3 == k for k in range(3)]
+
+
+def test_a_shard_plans_only_its_own_files_and_the_shards_together_plan_everything() -> None:
+    kept, touched, changed = info("kept.jpg"), info("touched.jpg"), info("changed.jpg")
+    new = [info(f"new{i}.jpg") for i in range(12)]
+    stored = stored_rows((kept, "k"), (touched, "t"), (changed, "old"))
+    later = [kept, info("touched.jpg", mtime_ns=5_000), info("changed.jpg", size=7), *new]
+    shas = {f.path: f"sha-{f.path}" for f in later} | {touched.path: "t"}
+    whole = make_plan(later, stored, shas).kinds()
+    merged: dict[str, list[str]] = {}
+    for k in range(3):
+        shard = Shard(k, 3)
+        hasher = Hasher(shas)
+        files = {image_id(f.path): f for f in later}
+        p = plan(files, stored, hasher, exists=lambda _: True, shard=shard)
+        assert all(shard.owns(a.id) for a in p.actions()), p.kinds()
+        assert all(shard.owns(image_id(path)) for path in hasher.calls[0])  # the others' files are not even read
+        for kind, ids in p.kinds().items():
+            merged.setdefault(kind, []).extend(ids)
+    assert {k: sorted(v) for k, v in merged.items()} == {k: sorted(v) for k, v in whole.items()}
+
+
+def test_a_move_across_shards_reuses_the_vector_and_the_old_rows_shard_prunes_it_otherwise() -> None:
+    """a.jpg (shard 0) renamed to b.jpg (shard 1): b's owner moves the row (reusing the vector, deleting
+    a's row after the write); a's owner does nothing for b, and prunes a's row if it gets there first."""
+    zero, one = Shard(0, 2), Shard(1, 2)
+    old, new = named_in(zero, "a"), named_in(one, "b")
+    stored = stored_rows((old, "same"))
+    moved = make_plan([new], stored, {new.path: "same"}, present={new.path}, shard=one)
+    assert only(moved, "move").source == image_id(old.path) and moved.embed == []
+    at_zero = make_plan([new], stored, {new.path: "same"}, present={new.path}, shard=zero)
+    assert list(at_zero.actions()) == []
+    scanned = {image_id(new.path)}
+    assert [a.id for a in plan_prune(stored.items(), scanned, [ROOT], lambda _: False, shard=zero)] == [
+        image_id(old.path)
+    ]
+    assert plan_prune(stored.items(), scanned, [ROOT], lambda _: False, shard=one) == []
+
+
+def test_prune_stays_inside_the_shard() -> None:
+    gone = [info(f"gone{i}.jpg") for i in range(12)]
+    rows = stored_rows(*[(f, f"s{i}") for i, f in enumerate(gone)])
+    everything = plan_prune(rows.items(), set(), [ROOT], exists=lambda _: False)
+    pruned: list[str] = []
+    for k in range(3):
+        shard = Shard(k, 3)
+        mine = plan_prune(rows.items(), set(), [ROOT], exists=lambda _: False, shard=shard)
+        assert all(shard.owns(a.id) for a in mine)  # another shard's row is never deleted here
+        pruned += [a.id for a in mine]
+    assert sorted(pruned) == sorted(a.id for a in everything) and len(everything) == len(gone)
 
 
 # -- on real files ----------------------------------------------------------------------------------------------

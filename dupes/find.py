@@ -1,0 +1,213 @@
+"""Find duplicates in a stored library without an all-pairs matrix.
+
+1. **exact**: files with the same content hash (sha256, recorded at ingest; no model, no vectors).
+2. **candidates**: each stored vector's nearest neighbours from the index (k-NN queries in batches,
+   a page of the library at a time), kept when they score at least the level's floor.
+3. **verify** (level ``copies``): each candidate pair's pixels compared (:mod:`imgsearch.dupes.verify`),
+   so that "another photo of the same thing" is not taken for "the same photo, edited".
+4. **group**: star clusters over the accepted pairs: the picture with most accepted partners first
+   takes every unassigned partner, and so on. Every member is accepted *with its group's
+   representative*, so a chain A~B~C never joins two different pictures through an intermediate.
+
+Memory: one page of vectors and its neighbours at a time, plus the accepted pairs and, for exact
+duplicates, 8 bytes per stored file; never anything quadratic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from imgsearch.dupes.groups import Duplicates, Group, Member, Pair
+from imgsearch.runtime import usable_cpus
+from imgsearch.store import Store, stored_path
+
+# score floors of candidate pairs per level (cosine similarity of the stored vectors); docs/dupes.md
+# has the precision and recall each gives on photos with planted copies
+FLOORS = {"copies": 0.5, "similar": 0.85}
+NEIGHBOURS = 10  # nearest neighbours asked of the index per image
+BATCH = 256  # query vectors per k-NN round trip
+
+Progress = Callable[[int, int], None]
+
+
+def find_duplicates(
+    store: Store,
+    level: str = "copies",
+    threshold: float | None = None,
+    where: dict[str, Any] | None = None,
+    neighbours: int = NEIGHBOURS,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> Duplicates:
+    """Groups of duplicates among the stored images ``where`` matches (all by default).
+
+    ``level``: ``exact`` (same bytes), ``copies`` (edited copies: candidates verified by their pixels),
+    ``similar`` (look-alikes: the vectors alone). ``threshold`` replaces the level's score floor.
+    Exact groups are always reported; copies and look-alikes group distinct contents beside them.
+    """
+    if level not in ("exact", *FLOORS):
+        raise ValueError(f"unknown level {level!r}: exact, copies or similar")
+    started = time.perf_counter()
+    total = store.count()
+    exact = _exact_groups(store, where)
+    result = Duplicates(level, None if level == "exact" else threshold or FLOORS[level], exact)
+    stats: dict[str, Any] = {"images": 0, "candidate_pairs": 0, "accepted_pairs": 0, "stored": total}
+    if level != "exact":
+        floor = float(result.threshold or 0.0)
+        pairs, files = _accepted(store, where, floor, level == "copies", neighbours, stats, progress, workers)
+        stats["accepted_pairs"] = len(pairs)
+        result.groups += _stars(pairs, files, level)
+    else:
+        stats["images"] = total
+    stats["seconds"] = round(time.perf_counter() - started, 2)
+    result.stats = stats
+    return result
+
+
+def _member(id_: str, meta: dict[str, Any], score: float) -> Member:
+    return Member(
+        id_,
+        stored_path(meta),
+        score,
+        int(meta.get("size", 0)),
+        int(meta.get("width", 0)),
+        int(meta.get("height", 0)),
+        float(meta.get("mtime", 0.0)),
+    )
+
+
+def _ordered(members: list[Member]) -> list[Member]:
+    """The suggested keep first (most pixels, then oldest), then the rest by score, best first."""
+    keep = min(members, key=Member.keep_order)
+    return [keep, *sorted((m for m in members if m is not keep), key=lambda m: (-m.score, m.path))]
+
+
+# -- exact -------------------------------------------------------------------------------------------
+def _exact_groups(store: Store, where: dict[str, Any] | None) -> list[Group]:
+    """Groups of identical bytes: 8 bytes of hash per file in memory, then the few that collide re-read."""
+    prefixes = np.fromiter(
+        (int(str(m.get("sha256", ""))[:16] or "0", 16) for _, m in store.scan(where=where)), dtype=np.uint64
+    )
+    order = np.argsort(prefixes, kind="stable")
+    ordered = prefixes[order]
+    repeated = np.zeros(len(ordered), dtype=bool)
+    repeated[1:] |= ordered[1:] == ordered[:-1]
+    repeated[:-1] |= ordered[1:] == ordered[:-1]
+    rows = set(order[repeated & (ordered != 0)].tolist())
+    del prefixes, order, ordered, repeated
+    by_hash: dict[str, list[Member]] = defaultdict(list)
+    for row, (id_, meta) in enumerate(store.scan(where=where)):
+        if row in rows:
+            by_hash[str(meta["sha256"])].append(_member(id_, meta, 1.0))
+    groups = []
+    for members in by_hash.values():
+        if len(members) > 1:
+            ids = sorted(m.id for m in members)
+            pairs = [Pair(a, b, 1.0, True) for i, a in enumerate(ids) for b in ids[i + 1 :]]
+            groups.append(Group("exact", _ordered(members), pairs))
+    return sorted(groups, key=lambda g: g.keep.path)
+
+
+# -- candidates ----------------------------------------------------------------------------------------
+def _pages(store: Store, where: dict[str, Any] | None) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
+    ids: list[str] = []
+    vectors: list[np.ndarray] = []
+    metas: list[dict[str, Any]] = []
+    for id_, meta in store.scan(embeddings=True, where=where):
+        ids.append(id_)
+        vectors.append(meta.pop("_embedding"))
+        metas.append(meta)
+        if len(ids) == BATCH:
+            yield ids, np.stack(vectors), metas
+            ids, vectors, metas = [], [], []
+    if ids:
+        yield ids, np.stack(vectors), metas
+
+
+def _accepted(
+    store: Store,
+    where: dict[str, Any] | None,
+    floor: float,
+    verify: bool,
+    neighbours: int,
+    stats: dict[str, Any],
+    progress: Progress | None,
+    workers: int | None,
+) -> tuple[dict[tuple[str, str], float], dict[str, Member]]:
+    """Accepted pairs (a < b) of distinct contents, and their files: candidates scoring at least
+    ``floor``, checked page by page (with ``verify``, by their pixels), so that only pairs that are
+    kept stay in memory (and a hash of each pair already looked at)."""
+    accepted: dict[tuple[str, str], float] = {}
+    files: dict[str, Member] = {}
+    seen: set[int] = set()
+    verifier = None
+    if verify:
+        from imgsearch.dupes.verify import Verifier
+
+        verifier = Verifier()
+    with ThreadPoolExecutor(workers or usable_cpus(), thread_name_prefix="verify") as pool:
+        for ids, vectors, metas in _pages(store, where):
+            found: dict[tuple[str, str], tuple[float, dict[str, Any], dict[str, Any]]] = {}
+            for id_, meta, row in zip(ids, metas, store.query(vectors, neighbours + 1, where), strict=True):
+                for other, distance, other_meta in row:
+                    key = (id_, other) if id_ < other else (other, id_)
+                    score = 1.0 - distance
+                    if other == id_ or score < floor or other_meta.get("sha256") == meta.get("sha256"):
+                        continue
+                    if hash(key) not in seen:
+                        seen.add(hash(key))
+                        found[key] = (score, meta, other_meta) if key[0] == id_ else (score, other_meta, meta)
+            stats["candidate_pairs"] += len(found)
+            if verifier is not None:
+                paths = [(stored_path(m_a), stored_path(m_b)) for _, m_a, m_b in found.values()]
+                same = list(pool.map(lambda ab: verifier.same_picture(*ab).same, paths))
+            else:
+                same = [True] * len(found)
+            for ((a, b), (score, meta_a, meta_b)), ok in zip(found.items(), same, strict=True):
+                if ok:
+                    accepted[(a, b)] = score
+                    files.setdefault(a, _member(a, meta_a, 1.0))
+                    files.setdefault(b, _member(b, meta_b, 1.0))
+            stats["images"] += len(ids)
+            if progress is not None:
+                progress(stats["images"], stats["stored"])
+    return accepted, files
+
+
+# -- grouping ------------------------------------------------------------------------------------------
+def _stars(pairs: dict[tuple[str, str], float], files: dict[str, Member], kind: str) -> list[Group]:
+    """Star clusters: every member is accepted with its group's representative (no chaining)."""
+    partners: dict[str, dict[str, float]] = defaultdict(dict)
+    for (a, b), score in pairs.items():
+        partners[a][b] = score
+        partners[b][a] = score
+    assigned: set[str] = set()
+    groups = []
+    for centre in sorted(partners, key=lambda i: (-len(partners[i]), -max(partners[i].values()), i)):
+        if centre in assigned:
+            continue
+        members = [m for m in partners[centre] if m not in assigned]
+        if not members:
+            continue
+        assigned |= {centre, *members}
+        group = [files[centre]] + [replace(files[m], score=partners[centre][m]) for m in members]
+        inside = {centre, *members}
+        kept = [Pair(a, b, s, kind == "copies") for (a, b), s in sorted(pairs.items()) if a in inside and b in inside]
+        groups.append(Group(kind, _ordered(group), kept))
+    return sorted(groups, key=lambda g: (-len(g.members), g.keep.path))
+
+
+def planted_pairs(groups: Iterable[Group]) -> set[tuple[str, str]]:
+    """Every pair of members that share a group, (a < b): what a measurement compares to the truth."""
+    out = set()
+    for g in groups:
+        ids = sorted(m.id for m in g.members)
+        out |= {(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]}
+    return out

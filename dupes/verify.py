@@ -1,0 +1,199 @@
+"""The second stage: are two files the same picture, edited? Decided from their pixels, not their vectors.
+
+Why: a global vector cannot tell "this photo, resized / cropped / captioned / re-encoded" from
+"another photo of the same thing" (burst shots, a second shot of the same facade score as high as
+edited copies). Two tests, either of which accepts a pair:
+
+- **global**: grey-scale 16 x 16 thumbnails, normalised, compared by correlation (also mirrored).
+  Resizing, re-encoding, tone and colour changes keep them equal; nothing else does.
+- **aligned**: ORB keypoints matched and fitted with one rotation + uniform scale + shift (RANSAC;
+  also mirrored). An edit keeps one frame inside the other (a crop lies inside the original; a
+  border, letterbox, caption bar or rotation canvas surrounds it), so the aligned frames must nest,
+  and the aligned pixels must agree block by block. A second photo of a scene fails one or the other:
+  the camera moved (frames overlap but do not nest) or the scene did (blocks disagree).
+
+The thresholds are measured on photos (``bench/dupes.py``, docs/dupes.md).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from imgsearch.decode import ImageError, load_image
+
+SIDE = 480  # pixels of the longer side both images are compared at
+THUMBS = (16, 32, 64)  # sides of the global thumbnails measured
+THUMB = 32  # the side the global test uses
+GLOBAL_MIN = 0.985  # thumbnail correlation above which two pictures are the same framing
+MIN_INLIERS = 15  # keypoint matches that agree on one transform
+NEST_MIN = 0.97  # share of the smaller aligned frame that lies inside the other
+BLOCK_GRID = 12  # blocks per side of the pixel comparison
+BLOCK_MIN = 0.9  # median correlation of the aligned blocks
+DETAIL_MIN = 0.0  # median correlation of the aligned blocks' fine detail
+FLAT = 4.0  # grey-level standard deviation under which a block has no texture to compare
+
+
+@dataclass(frozen=True)
+class Verdict:
+    same: bool
+    how: str  # "global", "aligned", or why not ("unreadable: ...", "frames do not nest", ...)
+
+
+@dataclass(frozen=True)
+class Measures:
+    """What the tests look at, for calibration (``bench/dupes.py``): the thresholds apply to these."""
+
+    global_corr: dict[int, float]  # thumbnail side -> best thumbnail correlation, as is or mirrored
+    inliers: int  # keypoint matches agreeing on the best transform (0: none fitted)
+    nest: float  # share of the smaller aligned frame inside the other
+    blocks: float  # median correlation of the aligned blocks
+    detail: float  # the same of their fine detail (Laplacian): one exposure vs two
+
+
+@dataclass
+class _Prepared:
+    grey: np.ndarray  # uint8, longer side SIDE
+    thumbs: dict[int, tuple[np.ndarray, np.ndarray]]  # side -> normalised thumbnail, as is and mirrored
+    keypoints: tuple[np.ndarray, np.ndarray]  # (n, 2) float32 positions, as is and mirrored
+    descriptors: tuple[np.ndarray | None, np.ndarray | None]
+
+
+def _thumb(grey: np.ndarray, side: int) -> np.ndarray:
+    import cv2
+
+    t = cv2.resize(grey, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    t -= t.mean()
+    norm = float(np.linalg.norm(t))
+    return t / norm if norm > 0 else t
+
+
+class Verifier:
+    """Compares files pairwise; keeps the prepared form of the last ``cache`` files (thread-safe)."""
+
+    def __init__(self, cache: int = 256) -> None:
+        import cv2
+
+        cv2.setNumThreads(1)  # pairs run in parallel threads; OpenCV's own pool would oversubscribe
+        self._orb = cv2.ORB_create(nfeatures=1500, fastThreshold=10, edgeThreshold=15, patchSize=15)
+        self._cache: OrderedDict[str, _Prepared | str] = OrderedDict()
+        self._size = cache
+        self._lock = threading.Lock()
+
+    def same_picture(self, path_a: str, path_b: str) -> Verdict:
+        a, b = self._prepared(path_a), self._prepared(path_b)
+        if isinstance(a, str) or isinstance(b, str):
+            return Verdict(False, f"unreadable: {a if isinstance(a, str) else b}")
+        if _global(a, b) >= GLOBAL_MIN:
+            return Verdict(True, "global")
+        why = ""
+        for mirrored in (0, 1):
+            inliers, nest, blocks, _ = self._aligned(a, b, mirrored)
+            if inliers < MIN_INLIERS:
+                why = why or "no transform fits enough keypoint matches"
+            elif nest < NEST_MIN:
+                why = "frames do not nest (another shot, not an edit)"
+            elif blocks < BLOCK_MIN:
+                why = "aligned pixels differ"
+            else:
+                return Verdict(True, "aligned")
+        return Verdict(False, why)
+
+    def measure(self, path_a: str, path_b: str) -> Measures | None:
+        """Every measure of both tests (the aligned one as the better orientation), None if unreadable."""
+        a, b = self._prepared(path_a), self._prepared(path_b)
+        if isinstance(a, str) or isinstance(b, str):
+            return None
+        inliers, nest, blocks, detail = max(self._aligned(a, b, mirrored, detail=True) for mirrored in (0, 1))
+        return Measures({side: _global(a, b, side) for side in THUMBS}, inliers, nest, blocks, detail)
+
+    # -- preparing a file once -------------------------------------------------------------------
+    def _prepared(self, path: str) -> _Prepared | str:
+        with self._lock:
+            if path in self._cache:
+                self._cache.move_to_end(path)
+                return self._cache[path]
+        made = self._prepare(path)
+        with self._lock:
+            self._cache[path] = made
+            while len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        return made
+
+    def _prepare(self, path: str) -> _Prepared | str:
+        try:
+            image = load_image(path, min_side=SIDE).image.convert("L")
+        except ImageError as err:
+            return str(err)
+        scale = SIDE / max(image.size)
+        grey = np.asarray(image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale)))))
+        mirrored = np.ascontiguousarray(grey[:, ::-1])
+        points, descriptors = [], []
+        for g in (grey, mirrored):
+            kps, des = self._orb.detectAndCompute(g, None)
+            points.append(np.float32([k.pt for k in kps]).reshape(-1, 2))
+            descriptors.append(des)
+        thumbs = {side: (_thumb(grey, side), _thumb(mirrored, side)) for side in THUMBS}
+        return _Prepared(grey, thumbs, (points[0], points[1]), (descriptors[0], descriptors[1]))
+
+    # -- the aligned test -----------------------------------------------------------------------
+    def _aligned(
+        self, a: _Prepared, b: _Prepared, mirrored: int, detail: bool = False
+    ) -> tuple[int, float, float, float]:
+        """``b`` (mirrored or not) aligned onto ``a``: (inliers, nest, blocks, detail); zeros if nothing fits."""
+        import cv2
+
+        da, db = a.descriptors[0], b.descriptors[mirrored]
+        if da is None or db is None or len(da) < 2 or len(db) < 2:
+            return 0, 0.0, 0.0, 0.0
+        matches = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(db, da, k=2)
+        good = [m[0] for m in matches if len(m) == 2 and m[0].distance < 0.8 * m[1].distance]
+        if len(good) < 3:
+            return 0, 0.0, 0.0, 0.0
+        src = b.keypoints[mirrored][[m.queryIdx for m in good]]
+        dst = a.keypoints[0][[m.trainIdx for m in good]]
+        transform, inliers = cv2.estimateAffinePartial2D(
+            src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=2000
+        )
+        if transform is None:
+            return 0, 0.0, 0.0, 0.0
+        grey_b = np.ascontiguousarray(b.grey[:, ::-1] if mirrored else b.grey)
+        h, w = a.grey.shape
+        warped = cv2.warpAffine(grey_b, transform, (w, h), flags=cv2.INTER_LINEAR)
+        inside = cv2.warpAffine(np.full(grey_b.shape, 255, np.uint8), transform, (w, h), flags=cv2.INTER_NEAREST)
+        b_area = grey_b.shape[0] * grey_b.shape[1] * abs(float(np.linalg.det(transform[:, :2])))
+        nest = np.count_nonzero(inside) / min(b_area, h * w) if b_area > 0 else 0.0
+        fine = 0.0
+        if detail:
+            lap_a = cv2.Laplacian(a.grey, cv2.CV_32F, ksize=3)
+            lap_b = cv2.Laplacian(warped, cv2.CV_32F, ksize=3)
+            fine = _block_agreement(lap_a, lap_b, inside)
+        return int(inliers.sum()), min(1.0, float(nest)), _block_agreement(a.grey, warped, inside), fine
+
+
+def _global(a: _Prepared, b: _Prepared, side: int = THUMB) -> float:
+    return max(float(a.thumbs[side][0] @ b.thumbs[side][0]), float(a.thumbs[side][0] @ b.thumbs[side][1]))
+
+
+def _block_agreement(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> float:
+    """Median correlation of the blocks where ``b`` covers ``a`` (blocks without texture in both agree)."""
+    h, w = a.shape
+    bh, bw = max(1, h // BLOCK_GRID), max(1, w // BLOCK_GRID)
+    scores = []
+    for y in range(0, h - bh + 1, bh):
+        for x in range(0, w - bw + 1, bw):
+            if inside[y : y + bh, x : x + bw].min() == 0:
+                continue
+            pa = a[y : y + bh, x : x + bw].astype(np.float32)
+            pb = b[y : y + bh, x : x + bw].astype(np.float32)
+            if pa.std() < FLAT and pb.std() < FLAT:
+                scores.append(1.0)
+                continue
+            pa -= pa.mean()
+            pb -= pb.mean()
+            norm = float(np.linalg.norm(pa) * np.linalg.norm(pb))
+            scores.append(float((pa * pb).sum()) / norm if norm > 0 else 0.0)
+    return float(np.median(scores)) if scores else 0.0

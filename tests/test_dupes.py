@@ -1,0 +1,108 @@
+"""`imgsearch dupes`: exact duplicates by hash, edited copies verified by their pixels, groups that never
+chain two pictures together; on the embedded store and a Chroma server; the JSON contract."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MODEL, REPO, copy_library, run_json
+from PIL import Image
+
+from imgsearch.dupes.find import _stars, find_duplicates
+from imgsearch.dupes.groups import Member
+
+HOLIDAYS = REPO.parent / "shared" / "datasets" / "holidays-dev" / "library"
+
+
+def _member(id_: str, pixels: int = 100, mtime: float = 0.0) -> Member:
+    return Member(id_, f"/p/{id_}.jpg", 1.0, 1000, pixels, 1, mtime)
+
+
+def test_groups_are_stars_never_chains() -> None:
+    """A~B and B~C without A~C: A and C never share a group (B's partners are A and C: it is the centre)."""
+    files = {i: _member(i) for i in "ABCDE"}
+    pairs = {("A", "B"): 0.9, ("B", "C"): 0.9, ("D", "E"): 0.95}
+    groups = _stars(pairs, files, "copies")
+    together = [{m.id for m in g.members} for g in groups]
+    assert {"A", "B", "C"} in together and {"D", "E"} in together  # B is the centre, both partners of it
+    pairs = {("A", "B"): 0.9, ("B", "C"): 0.9, ("C", "D"): 0.9}  # a chain: B (first by degree) takes A and C
+    groups = _stars(pairs, {i: _member(i) for i in "ABCD"}, "copies")
+    assert [sorted(m.id for m in g.members) for g in groups] == [["A", "B", "C"]]  # D's only partner is taken
+
+
+def test_keep_is_most_pixels_then_oldest() -> None:
+    files = {"a": _member("a", 100, 5.0), "b": _member("b", 400, 9.0), "c": _member("c", 400, 1.0)}
+    (group,) = _stars({("a", "b"): 0.9, ("a", "c"): 0.9}, files, "copies")
+    assert group.keep.id == "c" and group.members[0].id == "c"
+
+
+def _plant(lib: Path) -> tuple[Path, Path, Path]:
+    """An exact duplicate (a byte copy) and an edited copy (half size, JPEG) of two library images."""
+    first, second = sorted(lib.rglob("*.jpg"))[:2]
+    twin = first.with_name("twin.jpg")
+    shutil.copyfile(first, twin)
+    os.utime(twin, (first.stat().st_mtime + 100,) * 2)  # younger: the original is the keep
+    small = second.with_name("small.jpg")
+    with Image.open(second) as im:
+        im.convert("RGB").resize((im.width // 2, im.height // 2)).save(small, quality=80)
+    return first, twin, small
+
+
+def test_cli_json_contract_on_both_stores(tmp_path: Path, store_args: list[str]) -> None:
+    lib = copy_library(tmp_path / "lib", categories=3, per_category=6)
+    first, twin, small = _plant(lib)
+    run_json("ingest", lib, *store_args, "--model", MODEL)
+    (out,) = run_json("dupes", *store_args)
+    assert set(out) == {"level", "threshold", "groups", "redundant", "stats"}
+    assert out["level"] == "copies" and isinstance(out["threshold"], float)
+    kinds = {g["kind"]: g for g in out["groups"]}
+    exact = kinds["exact"]
+    assert {m["path"] for m in exact["members"]} == {str(first), str(twin)}
+    assert exact["keep"] == exact["members"][0]["id"] and exact["members"][0]["path"] == str(first)
+    copies = [g for g in out["groups"] if g["kind"] == "copies"]
+    assert any(str(small) in {m["path"] for m in g["members"]} for g in copies)
+    for g in out["groups"]:
+        assert [m["keep"] for m in g["members"]] == [True] + [False] * (len(g["members"]) - 1)
+        for m in g["members"]:
+            assert set(m) == {"id", "path", "score", "size", "width", "height", "keep"}
+            assert isinstance(m["score"], float) and m["width"] > 0 and m["size"] > 0
+        for p in g["pairs"]:
+            assert set(p) == {"a", "b", "score", "verified"} and p["a"] < p["b"]
+    assert out["redundant"] == sum(len(g["members"]) - 1 for g in out["groups"])
+    (only_exact,) = run_json("dupes", *store_args, "--level", "exact")
+    assert [g["kind"] for g in only_exact["groups"]] == ["exact"]
+    other = sorted(p.name for p in lib.iterdir())[-1]
+    (elsewhere,) = run_json("dupes", *store_args, "--where", f"category={other}")
+    assert elsewhere["groups"] == []  # the planted files are in the first category
+
+
+@pytest.mark.skipif(not HOLIDAYS.is_dir(), reason=f"the photo sets are not at {HOLIDAYS.parent.parent}")
+def test_planted_copies_among_photos_of_one_scene(tmp_path: Path) -> None:
+    """Holidays photos (several shots of each scene: the hard negatives) with 10 edited copies of 20 of
+    them and 5 byte duplicates: copies are found, other shots of a scene are not taken for copies."""
+    sys.path.insert(0, str(REPO))
+    from bench.dupes import build_library
+    from imgsearch.ingest.sync import ingest
+    from imgsearch.session import ModelChoice, open_embedder
+    from imgsearch.store import Location, Store
+
+    origin = build_library(tmp_path, 20, 5, seed=1, sets={"holidays": HOLIDAYS})
+    store = Store(Location(db=tmp_path / "db"))
+    ingest([str(tmp_path / "lib")], store, open_embedder(store, ModelChoice(model=MODEL)))
+    found = find_duplicates(store)
+    store.close()
+    roots = [{origin[m.path] for m in g.members} for g in found.groups]
+    assert all(len(r) == 1 for r in roots), "a group joins two different originals"
+    together = {(a.path, b.path) for g in found.groups for a in g.members for b in g.members}
+    copies = [(p, o) for p, o in origin.items() if "__copy" in p]
+    recall = sum((p, o) in together for p, o in copies) / len(copies)
+    assert recall >= 0.9, recall
+    assert all((p, o) in together for p, o in origin.items() if "__dup" in p)
+    assert sum(g.kind == "exact" for g in found.groups) == 5
+    inside = [(a.path, b.path) for g in found.groups for i, a in enumerate(g.members) for b in g.members[i + 1 :]]
+    precision = sum(origin[a] == origin[b] for a, b in inside) / len(inside)
+    assert precision >= 0.98, precision
