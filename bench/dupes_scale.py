@@ -44,6 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.memory import chroma_server, peak_rss  # noqa: E402  (the peak-RSS measure and server of bench/memory.py)
 from imgsearch.store import PAGE, Location, Store, image_id, path_fields  # noqa: E402
 
 LIBRARY = REPO / "examples" / "library"
@@ -252,42 +253,18 @@ def child(args: argparse.Namespace) -> None:
     args.result.write_text(json.dumps({"seconds": seconds, "stats": found.stats, "groups": groups}))
 
 
-def _status_kb(pid: int, field: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            return max([0] + [int(line.split()[1]) for line in fh if line.startswith(field)])
-    except (OSError, ValueError):
-        return 0
-
-
 def measure(store_args: list[str], level: str, server_pid: int | None) -> dict[str, Any]:
     """``find_duplicates(level)`` in its own process: its result, wall time, peak RSS (and the server's)."""
-    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", level, *store_args, "--result", str(result)]
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
-        hwm_kb = server_kb = 0
-        while True:
-            hwm_kb = max(hwm_kb, _status_kb(proc.pid, "VmHWM:"))
-            if server_pid is not None:
-                server_kb = max(server_kb, _status_kb(server_pid, "VmRSS:"))
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            time.sleep(0.05)
-        wall = time.perf_counter() - started
-        code = os.waitstatus_to_exitcode(status)
-        proc.returncode = code
-        if code != 0:
-            err.seek(0)
-            raise SystemExit(f"find_duplicates({level}) exited {code}:\n{err.read()[-3000:]}")
+        rss = peak_rss(cmd, f"find_duplicates({level})", server_pid)
         out = json.loads(result.read_text())
     out.update(
-        wall_seconds=wall,
-        peak_rss_mb=round(hwm_kb / 1024, 1),
-        ru_maxrss_mb=round(usage.ru_maxrss / 1024, 1),
-        server_rss_mb=round(server_kb / 1024, 1) if server_pid is not None else None,
+        wall_seconds=rss["seconds"],
+        peak_rss_mb=rss["peak_rss_mb"],
+        ru_maxrss_mb=rss["ru_maxrss_mb"],
+        server_rss_mb=rss["server_rss_mb"],
     )
     return out
 
@@ -400,28 +377,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "checks": checks,
         "all_met": all(c["met"] for c in checks.values()),
     }
-
-
-def chroma_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A real ``chroma run`` on 127.0.0.1 (as docker-compose runs it), and its URL."""
-    import socket
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
-    cmd = [chroma, "run", "--path", str(folder), "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("chroma run did not start")
 
 
 # -- report ----------------------------------------------------------------------------------------------

@@ -67,20 +67,26 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def measure(args: list[str], label: str) -> dict[str, Any]:
-    """Run ``imgsearch ARGS`` in its own process; its peak RSS from /proc and from the kernel."""
+def _status_kb(pid: int, field: str) -> int:
+    """A ``/proc/PID/status`` figure in kB (``VmHWM:``, ``VmRSS:``); 0 once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return max([0] + [int(line.split()[1]) for line in fh if line.startswith(field)])
+    except (OSError, ValueError):
+        return 0
+
+
+def peak_rss(cmd: list[str], what: str, server_pid: int | None = None) -> dict[str, Any]:
+    """Run ``cmd`` in its own process: its peak RSS from /proc (VmHWM, polled until it exits) and from the
+    kernel (ru_maxrss), its wall seconds, and the largest VmRSS of ``server_pid`` (a store server) meanwhile."""
     with tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "imgsearch.cli.main", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err
-        )
-        hwm_kb = 0
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        hwm_kb = server_kb = 0
         while True:
-            try:
-                with open(f"/proc/{proc.pid}/status") as fh:
-                    hwm_kb = max([hwm_kb] + [int(line.split()[1]) for line in fh if line.startswith("VmHWM:")])
-            except (OSError, ValueError):
-                pass
+            hwm_kb = max(hwm_kb, _status_kb(proc.pid, "VmHWM:"))
+            if server_pid is not None:
+                server_kb = max(server_kb, _status_kb(server_pid, "VmRSS:"))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -90,12 +96,19 @@ def measure(args: list[str], label: str) -> dict[str, Any]:
         proc.returncode = code
         if code != 0:
             err.seek(0)
-            raise SystemExit(f"{label}: imgsearch {args[0]} exited {code}:\n{err.read()[-3000:]}")
+            raise SystemExit(f"{what} exited {code}:\n{err.read()[-3000:]}")
     return {
         "peak_rss_mb": round(hwm_kb / 1024, 1),
         "ru_maxrss_mb": round(usage.ru_maxrss / 1024, 1),
-        "seconds": round(seconds, 1),
+        "seconds": seconds,
+        "server_rss_mb": round(server_kb / 1024, 1) if server_pid is not None else None,
     }
+
+
+def measure(args: list[str], label: str) -> dict[str, Any]:
+    """Run ``imgsearch ARGS`` in its own process; its peak RSS from /proc and from the kernel."""
+    m = peak_rss([sys.executable, "-m", "imgsearch.cli.main", *args], f"{label}: imgsearch {args[0]}")
+    return {"peak_rss_mb": m["peak_rss_mb"], "ru_maxrss_mb": m["ru_maxrss_mb"], "seconds": round(m["seconds"], 1)}
 
 
 def jpeg_with_comment(jpeg: bytes, comment: str) -> bytes:

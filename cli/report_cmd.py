@@ -10,16 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from imgsearch.cli.options import (
-    ExpandOpt,
-    MinScoreOpt,
-    TopKOpt,
-    WhereOpt,
-    fail,
-    model_options,
-    store_options,
-    user_errors,
-)
+from imgsearch.cli import options
+from imgsearch.cli.options import fail, model_options, store_options, user_errors
 from imgsearch.cli.output import say
 
 if TYPE_CHECKING:
@@ -60,10 +52,10 @@ def report(
     out: Annotated[
         Path, typer.Option("--out", "-o", metavar="FILE", help="The HTML report to write (self-contained).")
     ] = Path("report.html"),
-    k: TopKOpt = 5,
-    where: WhereOpt = [],  # noqa: B006
-    min_score: MinScoreOpt = None,
-    expand: ExpandOpt = None,
+    k: options.TopKOpt = 5,
+    where: options.WhereOpt = [],  # noqa: B006
+    min_score: options.MinScoreOpt = None,
+    expand: options.ExpandOpt = None,
     sheet: Annotated[
         Path | None,
         typer.Option(

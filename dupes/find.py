@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imgsearch.dupes.groups import Duplicates, Group, Member, Pair
+
+if TYPE_CHECKING:
+    from imgsearch.dupes.verify import Verifier
 from imgsearch.runtime import usable_cpus
 from imgsearch.store import Store, stored_path
 
@@ -61,7 +64,12 @@ def find_duplicates(
     stats: dict[str, Any] = {"images": 0, "candidate_pairs": 0, "accepted_pairs": 0, "stored": total}
     if level != "exact":
         floor = float(result.threshold or 0.0)
-        pairs, files = _accepted(store, where, floor, level == "copies", neighbours, stats, progress, workers)
+        verifier = None
+        if level == "copies":
+            from imgsearch.dupes.verify import Verifier
+
+            verifier = Verifier()
+        pairs, files = _accepted(store, where, floor, verifier, neighbours, stats, progress, workers)
         stats["accepted_pairs"] = len(pairs)
         result.groups += _stars(pairs, files, level)
     else:
@@ -135,23 +143,18 @@ def _accepted(
     store: Store,
     where: dict[str, Any] | None,
     floor: float,
-    verify: bool,
+    verifier: Verifier | None,
     neighbours: int,
     stats: dict[str, Any],
     progress: Progress | None,
     workers: int | None,
 ) -> tuple[dict[tuple[str, str], float], dict[str, Member]]:
     """Accepted pairs (a < b) of distinct contents, and their files: candidates scoring at least
-    ``floor``, checked page by page (with ``verify``, by their pixels), so that only pairs that are
+    ``floor``, checked page by page (with a ``verifier``, by their pixels), so that only pairs that are
     kept stay in memory (and a hash of each pair already looked at)."""
     accepted: dict[tuple[str, str], float] = {}
     files: dict[str, Member] = {}
     seen: set[int] = set()
-    verifier = None
-    if verify:
-        from imgsearch.dupes.verify import Verifier
-
-        verifier = Verifier()
     with ThreadPoolExecutor(workers or usable_cpus(), thread_name_prefix="verify") as pool:
         for ids, vectors, metas in _pages(store, where):
             found: dict[tuple[str, str], tuple[float, dict[str, Any], dict[str, Any]]] = {}
@@ -202,12 +205,3 @@ def _stars(pairs: dict[tuple[str, str], float], files: dict[str, Member], kind: 
         kept = [Pair(a, b, s, kind == "copies") for (a, b), s in sorted(pairs.items()) if a in inside and b in inside]
         groups.append(Group(kind, _ordered(group), kept))
     return sorted(groups, key=lambda g: (-len(g.members), g.keep.path))
-
-
-def planted_pairs(groups: Iterable[Group]) -> set[tuple[str, str]]:
-    """Every pair of members that share a group, (a < b): what a measurement compares to the truth."""
-    out = set()
-    for g in groups:
-        ids = sorted(m.id for m in g.members)
-        out |= {(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]}
-    return out

@@ -28,12 +28,12 @@ from imgsearch.decode import ImageError, load_image
 SIDE = 480  # pixels of the longer side both images are compared at
 THUMBS = (16, 32, 64)  # sides of the global thumbnails measured
 THUMB = 32  # the side the global test uses
-GLOBAL_MIN = 0.985  # thumbnail correlation above which two pictures are the same framing
+GLOBAL_MIN = 0.993  # thumbnail correlation above which two pictures are the same framing
 MIN_INLIERS = 15  # keypoint matches that agree on one transform
-NEST_MIN = 0.97  # share of the smaller aligned frame that lies inside the other
+NEST_MIN = 0.95  # share of the smaller aligned frame that lies inside the other
 BLOCK_GRID = 12  # blocks per side of the pixel comparison
-BLOCK_MIN = 0.9  # median correlation of the aligned blocks
-DETAIL_MIN = 0.0  # median correlation of the aligned blocks' fine detail
+BLOCK_MIN = 0.95  # median correlation of the aligned blocks
+DETAIL_MIN = 0.3  # median correlation of the aligned blocks' fine detail (a second exposure: lower)
 FLAT = 4.0  # grey-level standard deviation under which a block has no texture to compare
 
 
@@ -91,12 +91,12 @@ class Verifier:
             return Verdict(True, "global")
         why = ""
         for mirrored in (0, 1):
-            inliers, nest, blocks, _ = self._aligned(a, b, mirrored)
+            inliers, nest, blocks, detail = self._aligned(a, b, mirrored, detail=True)
             if inliers < MIN_INLIERS:
                 why = why or "no transform fits enough keypoint matches"
             elif nest < NEST_MIN:
                 why = "frames do not nest (another shot, not an edit)"
-            elif blocks < BLOCK_MIN:
+            elif blocks < BLOCK_MIN or detail < DETAIL_MIN:
                 why = "aligned pixels differ"
             else:
                 return Verdict(True, "aligned")

@@ -10,20 +10,18 @@ checked against its JSON contract (``Duplicates.as_dict``).
 from __future__ import annotations
 
 import re
-import secrets
 import shutil
 import threading
 from collections.abc import Iterator
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import LIBRARY, MODEL, _free_port, copy_library, run_cli
+from conftest import LIBRARY, MODEL, copy_library, run_cli
 from PIL import Image
-from test_report import decode_thumbnail
-from test_service import ARTIFACTS, Proc, chromium, needs_chromium, wait_for
+from test_report import Parsed, decode_thumbnail
+from test_service import ARTIFACTS, TokenServer, chromium, needs_chromium
 
 from imgsearch.dupes.groups import Duplicates, Group, Member, Pair
 from imgsearch.reports import dupes as dupes_report
@@ -83,21 +81,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Duplicates:
     return Duplicates("similar", 0.85, groups, {"images": 9, "candidate_pairs": 5, "accepted_pairs": 4})
 
 
-class ReportPage(HTMLParser):
+class ReportPage(Parsed):
     """The report's group sections, member cards (with their image and text) and pair rows."""
 
     def __init__(self, text: str) -> None:
-        super().__init__()
         self.groups: list[dict[str, Any]] = []
-        self.tags: set[str] = set()
-        self.urls: list[str] = []
         self._card: dict[str, Any] | None = None
-        self.feed(text)
+        super().__init__(text)
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        self.tags.add(tag)
-        self.urls += [a[name] for name in ("src", "href") if name in a]
+    def start(self, tag: str, a: dict[str, str]) -> None:
         if tag == "section" and "data-kind" in a:
             self.groups.append({**a, "members": [], "pairs": []})
         elif tag == "li" and "data-keep" in a:
@@ -233,7 +225,7 @@ def test_chromium_shows_the_report(built: Duplicates, report: Path, tmp_path: Pa
 
 
 # -- the web view and GET /api/dupes, against a real `imgsearch serve` ---------------------------------
-class Served:
+class Served(TokenServer):
     """`imgsearch serve` with a token on an embedded store of 2 x 4 library photos plus planted duplicates."""
 
     def __init__(self, tmp: Path) -> None:
@@ -247,26 +239,12 @@ class Served:
         self.db = tmp / "db"
         done = run_cli("ingest", self.lib, "--db", self.db, "--model", MODEL)
         assert done.returncode == 0, done.stderr
-        self.token = secrets.token_hex(16)
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.web = Proc(
-            tmp / "serve.log",
-            *("serve", "--db", self.db, "--model", MODEL, "--port", self.port),
-            env={"IMGSEARCH_TOKEN": self.token},
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=120, headers={"Authorization": f"Bearer {self.token}"})
+        super().__init__(tmp / "serve.log", "--db", self.db, "--model", MODEL, timeout=120)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    svc = Served(tmp_path_factory.mktemp("served"))
-    try:
-        wait_for("the web server to be ready", lambda: svc.client.get("/readyz").status_code == 200, 180, svc.web)
-        yield svc
-    finally:
-        svc.client.close()
-        svc.web.kill()
+    yield from Served(tmp_path_factory.mktemp("served")).running("the web server to be ready", 180)
 
 
 def _paths(group: dict[str, Any]) -> set[str]:
@@ -394,10 +372,7 @@ def test_browser_duplicates_view_shows_the_planted_groups(served: Served, tmp_pa
     driver = chromium(tmp_path / "profile")
     try:
         wait = WebDriverWait(driver, 90)
-        driver.get(served.url + "/")
-        driver.find_element(By.ID, "token").send_keys(served.token)  # the sign-in form
-        driver.find_element(By.ID, "signin").click()
-        wait.until(lambda d: d.find_element(By.ID, "count").text not in ("", "…"))
+        served.sign_in(driver, wait)
         assert not driver.find_element(By.ID, "view-dupes").is_displayed()
         driver.find_element(By.ID, "tab-dupes").click()
         groups = wait.until(lambda d: d.execute_script(LOADED_PAGE_JS))

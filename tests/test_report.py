@@ -36,22 +36,36 @@ def run_report(*args: object) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
-class Page(HTMLParser):
-    """The report's query sections, result cards, image sources and notes."""
+class Parsed(HTMLParser):
+    """Every tag name and ``src``/``href`` URL of an HTML text. A subclass sets up its own fields before
+    calling ``super().__init__(text)`` and reads each start tag in ``start``."""
 
     def __init__(self, text: str) -> None:
         super().__init__()
-        self.sections: list[dict[str, Any]] = []
         self.urls: list[str] = []
         self.tags: set[str] = set()
-        self._hit: dict[str, Any] | None = None
-        self._in_note = False
         self.feed(text)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
         self.tags.add(tag)
         self.urls += [a[name] for name in ("src", "href") if name in a]
+        self.start(tag, a)
+
+    def start(self, tag: str, a: dict[str, str]) -> None:
+        """A start tag and its attributes (a value-less attribute as "")."""
+
+
+class Page(Parsed):
+    """The report's query sections, result cards, image sources and notes."""
+
+    def __init__(self, text: str) -> None:
+        self.sections: list[dict[str, Any]] = []
+        self._hit: dict[str, Any] | None = None
+        self._in_note = False
+        super().__init__(text)
+
+    def start(self, tag: str, a: dict[str, str]) -> None:
         if tag == "section" and "data-query" in a:
             self.sections.append({**a, "hits": [], "query_img": None, "note": ""})
         elif tag == "li" and "data-rank" in a:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -379,40 +379,63 @@ def test_browser_page_searches_by_upload_and_more_like_this(service: Service, tm
         driver.quit()
 
 
-class Guarded:
+class TokenServer:
+    """`imgsearch serve --port PORT ARGS` with a fresh token (IMGSEARCH_TOKEN) and a client that sends it."""
+
+    def __init__(self, log: Path, *args: str | os.PathLike[str], timeout: float) -> None:
+        self.token = secrets.token_hex(16)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.web = Proc(log, "serve", "--port", str(self.port), *args, env={"IMGSEARCH_TOKEN": self.token})
+        self.client = httpx.Client(
+            base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {self.token}"}
+        )
+
+    def running(self, what: str, timeout: float) -> Iterator[Self]:
+        """For a fixture (``yield from``): wait until /readyz answers, hand the server over, then stop it."""
+        try:
+            wait_for(what, lambda: self.client.get("/readyz").status_code == 200, timeout, self.web)
+            yield self
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.client.close()
+        self.web.kill()
+
+    def sign_in(self, driver: Any, wait: Any) -> None:
+        """Open the page in Chromium, sign in with the token (the page's form) and wait for the stats."""
+        from selenium.webdriver.common.by import By
+
+        driver.get(self.url + "/")
+        driver.find_element(By.ID, "token").send_keys(self.token)
+        driver.find_element(By.ID, "signin").click()
+        wait.until(lambda d: d.find_element(By.ID, "count").text not in ("", "…"))
+
+
+class Guarded(TokenServer):
     """A second web server on the service's store: a token (from IMGSEARCH_TOKEN), one decode at a time and
     one upload waiting, so a handful of large uploads overloads it."""
 
     PIXEL_CAP = 30_000_000
 
     def __init__(self, tmp: Path, service: Service) -> None:
-        self.token = secrets.token_hex(16)
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        limits = ["--max-concurrent", "1", "--max-queue", "1", "--max-upload-pixels", self.PIXEL_CAP]
-        self.web = Proc(
-            tmp / "guarded.log",
-            *("serve", "--port", self.port, *limits, "--status", service.status, *service.store),
-            env={"IMGSEARCH_TOKEN": self.token},
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {self.token}"})
+        limits = ["--max-concurrent", "1", "--max-queue", "1", "--max-upload-pixels", str(self.PIXEL_CAP)]
+        super().__init__(tmp / "guarded.log", *limits, "--status", service.status, *service.store, timeout=60)
         self.anonymous = httpx.Client(base_url=self.url, timeout=60)
         # a real photo-sized image that is slow to decode but a few kB to send: 25 MP of gradients
         self.large = tmp / "large.png"
         gradient = Image.linear_gradient("L").resize((5000, 5000))
         Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.ROTATE_90), gradient)).save(self.large)
 
+    def close(self) -> None:
+        self.anonymous.close()
+        super().close()
+
 
 @pytest.fixture(scope="module")
 def guarded(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
-    svc = Guarded(tmp_path_factory.mktemp("guarded"), service)
-    try:
-        wait_for("the guarded web server", lambda: svc.client.get("/readyz").status_code == 200, 120, svc.web)
-        yield svc
-    finally:
-        svc.client.close()
-        svc.anonymous.close()
-        svc.web.kill()
+    yield from Guarded(tmp_path_factory.mktemp("guarded"), service).running("the guarded web server", 120)
 
 
 def poll_health(url: str, stop: threading.Event, seconds: list[float]) -> None:
@@ -544,10 +567,7 @@ def test_browser_says_busy_and_retries_on_503(guarded: Guarded, tmp_path: Path) 
     loaders = [threading.Thread(target=keep_busy) for _ in range(3)]
     try:
         wait = WebDriverWait(driver, 60)
-        driver.get(guarded.url + "/")
-        driver.find_element(By.ID, "token").send_keys(guarded.token)  # the sign-in form
-        driver.find_element(By.ID, "signin").click()
-        wait.until(lambda d: d.find_element(By.ID, "count").text not in ("", "…"))
+        guarded.sign_in(driver, wait)
         for thread in loaders:
             thread.start()
         wait.until(lambda _: refused)  # the server is full
