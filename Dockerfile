@@ -20,6 +20,7 @@ COPY pyproject.toml README.md ./
 COPY imgsearch ./imgsearch
 COPY ingest ./ingest
 COPY search ./search
+COPY dupes ./dupes
 COPY reports ./reports
 COPY service ./service
 COPY evaluation ./evaluation
