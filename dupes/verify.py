@@ -91,23 +91,35 @@ class Verifier:
             return Verdict(True, "global")
         why = ""
         for mirrored in (0, 1):
-            inliers, nest, blocks, detail = self._aligned(a, b, mirrored, detail=True)
-            if inliers < MIN_INLIERS:
-                why = why or "no transform fits enough keypoint matches"
-            elif nest < NEST_MIN:
-                why = "frames do not nest (another shot, not an edit)"
-            elif blocks < BLOCK_MIN or detail < DETAIL_MIN:
-                why = "aligned pixels differ"
-            else:
+            why = self._unaligned(a, b, mirrored) or self._unaligned(b, a, mirrored)
+            if not why:
                 return Verdict(True, "aligned")
         return Verdict(False, why)
 
+    def _unaligned(self, a: _Prepared, b: _Prepared, mirrored: int) -> str:
+        """Why ``b`` aligned onto ``a`` is not an edit of it ("" if it is). Both directions are asked: the
+        keypoints matched and the pixels compared differ with the side warped, and an edit is an edit
+        either way round (a borderline pair of burst shots passed one way only)."""
+        inliers, nest, blocks, detail = self._aligned(a, b, mirrored, detail=True)
+        if inliers < MIN_INLIERS:
+            return "no transform fits enough keypoint matches"
+        if nest < NEST_MIN:
+            return "frames do not nest (another shot, not an edit)"
+        if blocks < BLOCK_MIN or detail < DETAIL_MIN:
+            return "aligned pixels differ"
+        return ""
+
     def measure(self, path_a: str, path_b: str) -> Measures | None:
-        """Every measure of both tests (the aligned one as the better orientation), None if unreadable."""
+        """Every measure of both tests (the aligned one as the better orientation, each measure the worse
+        of its two directions, as :meth:`same_picture` asks), None if unreadable."""
         a, b = self._prepared(path_a), self._prepared(path_b)
         if isinstance(a, str) or isinstance(b, str):
             return None
-        inliers, nest, blocks, detail = max(self._aligned(a, b, mirrored, detail=True) for mirrored in (0, 1))
+        both_ways = [
+            tuple(map(min, zip(self._aligned(a, b, m, detail=True), self._aligned(b, a, m, detail=True), strict=True)))
+            for m in (0, 1)
+        ]
+        inliers, nest, blocks, detail = max(both_ways)
         return Measures({side: _global(a, b, side) for side in THUMBS}, inliers, nest, blocks, detail)
 
     # -- preparing a file once -------------------------------------------------------------------
@@ -155,6 +167,7 @@ class Verifier:
             return 0, 0.0, 0.0, 0.0
         src = b.keypoints[mirrored][[m.queryIdx for m in good]]
         dst = a.keypoints[0][[m.trainIdx for m in good]]
+        cv2.setRNGSeed(0)  # RANSAC samples from this thread's RNG: seeded, a pair gets one verdict every run
         transform, inliers = cv2.estimateAffinePartial2D(
             src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=2000
         )

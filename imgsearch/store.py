@@ -27,6 +27,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from imgsearch.where import matches, supported
+
 DEFAULT_DB = "./imgsearch-db"
 DEFAULT_COLLECTION = "images"
 FINGERPRINT_KEY = "imgsearch_fingerprint"
@@ -41,6 +43,13 @@ HTTP_BATCH = 500  # rows per request to a server: 500 x 2048 floats stays far be
 # (still ~3 ms) and ~2.4x the insert time, both small beside computing the embeddings.
 HNSW = {"space": "cosine", "max_neighbors": 32, "ef_construction": 200, "ef_search": 200}
 QUERY_ROWS = 20000  # result rows per query() call: past ~32k Chroma hits SQLite's variable limit
+# A filtered search first asks for FILTER_FIRST nearest rows unfiltered and keeps those the filter
+# passes, widening the ask while too few pass. Chroma's own filtered search costs ~1 us per stored row
+# whatever the filter; a nearest row with its metadata ~0.15 ms (bench/scale.py, docs/scaling.md): so the
+# ask widens up to 1/FILTER_SHARE of the collection (at most FILTER_MAX rows), past that Chroma filters.
+FILTER_FIRST = 64
+FILTER_SHARE = 150
+FILTER_MAX = 8192
 PAGE = 5000  # rows per get(): Chroma fails at >= 32,767 ids (SQL variable limit)
 VECTOR_PAGE = 1000  # rows per get() with their vectors: a 5,000-row page of them took ~370 MB in Chroma's client
 DISK_FULL = ("no space left", "disk is full", "disk full")  # how ENOSPC reads once Chroma has wrapped it
@@ -420,9 +429,42 @@ class Store:
         self, vectors: np.ndarray, k: int, where: dict[str, Any] | None = None, metadata: bool = True
     ) -> list[list[tuple[str, float, dict[str, Any]]]]:
         """For each vector, up to k (id, cosine distance, metadata), nearest first. ``metadata`` False
-        leaves the dicts empty: fetching them is two thirds of a 1,000-deep query (evaluation's)."""
+        leaves the dicts empty: fetching them is two thirds of a 1,000-deep query (evaluation's).
+
+        With a filter, the nearest rows are first asked for unfiltered and filtered here
+        (:mod:`imgsearch.where`), widening the ask while too few match. Chroma's filtered search, whose
+        cost grows with the collection (docs/scaling.md), is left for a filter too few of them pass,
+        one only Chroma evaluates (:func:`imgsearch.where.supported`) and a collection small enough
+        for it to be cheap."""
         col = self.require()
         vectors = np.asarray(vectors, dtype=np.float32)
+        widest = min(FILTER_MAX, self.count() // FILTER_SHARE) if where is not None else 0
+        if where is None or not supported(where) or 2 * k > widest:
+            return self._nearest(col, vectors, k, where, metadata)
+        out: list[list[tuple[str, float, dict[str, Any]]]] = [[] for _ in vectors]
+        pending, n, chroma = list(range(len(vectors))), min(max(FILTER_FIRST, 4 * k), widest), []
+        while pending:
+            wider: dict[int, int] = {}  # query -> the nearest rows it needs asked for next
+            for i, row in zip(pending, self._nearest(col, vectors[pending], n, None, True), strict=True):
+                kept = [hit for hit in row if matches(hit[2], where)]
+                if len(kept) >= k or len(row) < n:  # enough, or every row of the collection was seen
+                    out[i] = [(id_, d, m if metadata else {}) for id_, d, m in kept[:k]]
+                    continue
+                need = -(-2 * k * n // len(kept)) if kept else 16 * n  # twice what the share seen suggests
+                if need > widest or n >= widest:
+                    chroma.append(i)
+                else:
+                    wider[i] = min(max(need, 2 * n), widest)
+            pending = list(wider)
+            n = max(wider.values(), default=n)
+        if chroma:
+            for i, row in zip(chroma, self._nearest(col, vectors[chroma], k, where, metadata), strict=True):
+                out[i] = row
+        return out
+
+    def _nearest(
+        self, col: Any, vectors: np.ndarray, k: int, where: dict[str, Any] | None, metadata: bool
+    ) -> list[list[tuple[str, float, dict[str, Any]]]]:
         step = max(1, QUERY_ROWS // max(k, 1))  # metadata of queries x k rows is fetched in one SQL query
         include = ["metadatas", "distances"] if metadata else ["distances"]
         out = []
