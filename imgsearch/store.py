@@ -19,6 +19,8 @@ import hashlib
 import json
 import os
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,8 @@ QUERY_ROWS = 20000  # result rows per query() call: past ~32k Chroma hits SQLite
 FILTER_FIRST = 64
 FILTER_SHARE = 150
 FILTER_MAX = 8192
+FILTER_MEMORY = 64  # filters whose last sufficient ask is remembered ...
+FILTER_MEMORY_S = 300.0  # ... for this long (and the collection's size)
 PAGE = 5000  # rows per get(): Chroma fails at >= 32,767 ids (SQL variable limit)
 VECTOR_PAGE = 1000  # rows per get() with their vectors: a 5,000-row page of them took ~370 MB in Chroma's client
 DISK_FULL = ("no space left", "disk is full", "disk full")  # how ENOSPC reads once Chroma has wrapped it
@@ -180,6 +184,10 @@ class Store:
         self._collection: Any = None
         self._lock_fd: int | None = None
         self._connecting = threading.Lock()  # web server threads may all connect at once
+        # filtered queries: the rows that sufficed per filter lately, and the collection's size lately
+        self._asks: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._rows: tuple[float, int] | None = None
+        self._asks_lock = threading.Lock()
 
     # -- connecting -------------------------------------------------------------------------
     def _timeout(self) -> float:
@@ -438,17 +446,22 @@ class Store:
         for it to be cheap."""
         col = self.require()
         vectors = np.asarray(vectors, dtype=np.float32)
-        widest = min(FILTER_MAX, self.count() // FILTER_SHARE) if where is not None else 0
-        if where is None or not supported(where) or 2 * k > widest:
+        if where is None or not supported(where):
+            return self._nearest(col, vectors, k, where, metadata)
+        key = json.dumps(where, sort_keys=True)
+        widest, sufficed = self._filter_memory(key)
+        if 2 * k > widest or sufficed > widest:
             return self._nearest(col, vectors, k, where, metadata)
         out: list[list[tuple[str, float, dict[str, Any]]]] = [[] for _ in vectors]
-        pending, n, chroma = list(range(len(vectors))), min(max(FILTER_FIRST, 4 * k), widest), []
+        first = min(max(FILTER_FIRST, 4 * k, sufficed), widest)
+        pending, n, chroma, enough = list(range(len(vectors))), first, [], first
         while pending:
             wider: dict[int, int] = {}  # query -> the nearest rows it needs asked for next
             for i, row in zip(pending, self._nearest(col, vectors[pending], n, None, True), strict=True):
                 kept = [hit for hit in row if matches(hit[2], where)]
                 if len(kept) >= k or len(row) < n:  # enough, or every row of the collection was seen
                     out[i] = [(id_, d, m if metadata else {}) for id_, d, m in kept[:k]]
+                    enough = max(enough, n)
                     continue
                 need = -(-2 * k * n // len(kept)) if kept else 16 * n  # twice what the share seen suggests
                 if need > widest or n >= widest:
@@ -460,7 +473,29 @@ class Store:
         if chroma:
             for i, row in zip(chroma, self._nearest(col, vectors[chroma], k, where, metadata), strict=True):
                 out[i] = row
+        self._remember(key, widest + 1 if chroma else enough)
         return out
+
+    def _filter_memory(self, key: str) -> tuple[int, int]:
+        """(the widest ask for this collection's size, the ask that sufficed for filter ``key`` lately, or 0).
+        A web page's searches repeat their filter: its next one starts where the last one ended, and a
+        filter left to Chroma goes straight there. Both are remembered FILTER_MEMORY_S seconds."""
+        now = time.monotonic()
+        with self._asks_lock:
+            rows = self._rows
+        if rows is None or now - rows[0] > FILTER_MEMORY_S:
+            rows = (now, self.count())
+        with self._asks_lock:
+            self._rows = rows
+            when, sufficed = self._asks.get(key, (now, 0))
+        return min(FILTER_MAX, rows[1] // FILTER_SHARE), sufficed if now - when <= FILTER_MEMORY_S else 0
+
+    def _remember(self, key: str, sufficed: int) -> None:
+        with self._asks_lock:
+            self._asks[key] = (time.monotonic(), sufficed)
+            self._asks.move_to_end(key)
+            while len(self._asks) > FILTER_MEMORY:
+                self._asks.popitem(last=False)
 
     def _nearest(
         self, col: Any, vectors: np.ndarray, k: int, where: dict[str, Any] | None, metadata: bool
