@@ -2,7 +2,8 @@
 
 Why: a global vector cannot tell "this photo, resized / cropped / captioned / re-encoded" from
 "another photo of the same thing" (burst shots, a second shot of the same facade score as high as
-edited copies). Two tests, either of which accepts a pair:
+edited copies). Two files that both record when they were taken (EXIF) at different moments are two
+shots, never copies. Otherwise two tests, either of which accepts a pair:
 
 - **global**: grey-scale 16 x 16 thumbnails, normalised, compared by correlation (also mirrored).
   Resizing, re-encoding, tone and colour changes keep them equal; nothing else does.
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgsearch.decode import ImageError, load_image
+from imgsearch.decode import ImageError, capture_time, load_image
 
 SIDE = 480  # pixels of the longer side both images are compared at
 THUMBS = (16, 32, 64)  # sides of the global thumbnails measured
@@ -60,6 +61,7 @@ class _Prepared:
     thumbs: dict[int, tuple[np.ndarray, np.ndarray]]  # side -> normalised thumbnail, as is and mirrored
     keypoints: tuple[np.ndarray, np.ndarray]  # (n, 2) float32 positions, as is and mirrored
     descriptors: tuple[np.ndarray | None, np.ndarray | None]
+    taken: tuple[str, str] | None  # EXIF capture time (seconds, sub-seconds), None when the file does not say
 
 
 def _thumb(grey: np.ndarray, side: int) -> np.ndarray:
@@ -87,6 +89,8 @@ class Verifier:
         a, b = self._prepared(path_a), self._prepared(path_b)
         if isinstance(a, str) or isinstance(b, str):
             return Verdict(False, f"unreadable: {a if isinstance(a, str) else b}")
+        if _taken_apart(a.taken, b.taken):
+            return Verdict(False, "taken at different moments (EXIF capture time)")
         if _global(a, b) >= GLOBAL_MIN:
             return Verdict(True, "global")
         why = ""
@@ -149,7 +153,7 @@ class Verifier:
             points.append(np.float32([k.pt for k in kps]).reshape(-1, 2))
             descriptors.append(des)
         thumbs = {side: (_thumb(grey, side), _thumb(mirrored, side)) for side in THUMBS}
-        return _Prepared(grey, thumbs, (points[0], points[1]), (descriptors[0], descriptors[1]))
+        return _Prepared(grey, thumbs, (points[0], points[1]), (descriptors[0], descriptors[1]), capture_time(path))
 
     # -- the aligned test -----------------------------------------------------------------------
     def _aligned(
@@ -185,6 +189,15 @@ class Verifier:
             lap_b = cv2.Laplacian(warped, cv2.CV_32F, ksize=3)
             fine = _block_agreement(lap_a, lap_b, inside)
         return int(inliers.sum()), min(1.0, float(nest)), _block_agreement(a.grey, warped, inside), fine
+
+
+def _taken_apart(a: tuple[str, str] | None, b: tuple[str, str] | None) -> bool:
+    """Both files say when they were taken, and the moments differ: two shots (a burst), not an edit.
+    Editors keep the capture time (or drop EXIF, and then nothing is concluded); sub-seconds are compared
+    only when both files have them."""
+    if a is None or b is None:
+        return False
+    return a[0] != b[0] or (bool(a[1]) and bool(b[1]) and a[1] != b[1])
 
 
 def _global(a: _Prepared, b: _Prepared, side: int = THUMB) -> float:

@@ -139,6 +139,23 @@ def probe(path: str | os.PathLike[str]) -> tuple[int, int]:
     return width, height
 
 
+def capture_time(path: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """When the photo was taken, from its EXIF header (DateTimeOriginal, SubSecTimeOriginal or ""), read
+    through the same safe open without decoding; None when the file does not say (screenshots, copies
+    whose EXIF a chat app stripped, formats without EXIF, anything unreadable)."""
+    try:
+        with _image_errors():
+            fh = open_regular(path)
+        with fh, Image.open(fh, formats=_pil_formats()) as img:
+            exif = img.getexif().get_ifd(0x8769)  # the Exif sub-IFD
+            when, sub = exif.get(0x9003), exif.get(0x9291)
+    except Exception:  # a hint, never a failure: a broken header simply does not say
+        return None
+    if not isinstance(when, str) or not when.strip(" \x00"):
+        return None
+    return when.strip(" \x00"), str(sub or "").strip(" \x00")
+
+
 def pixel_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     """:func:`probe`'s width and height, or None when the header cannot say (decoding then gives the reason)."""
     try:

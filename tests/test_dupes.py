@@ -125,3 +125,37 @@ def test_no_group_joins_two_different_photos(holidays_found: tuple[dict[str, str
     origin, found = holidays_found
     mixed = [[m.path for m in g.members] for g in found.groups if len({origin[m.path] for m in g.members}) > 1]
     assert mixed == []
+
+
+def _with_capture_time(src: Path, dest: Path, when: str | None, sub: str = "", scale: float = 1.0) -> Path:
+    """``src``'s pixels (resized by ``scale``) saved as a JPEG whose EXIF says it was taken at ``when``."""
+    with Image.open(src) as im:
+        image = im.convert("RGB")
+    if scale != 1.0:
+        image = image.resize((round(image.width * scale), round(image.height * scale)))
+    exif = Image.Exif()
+    if when is not None:
+        exif.get_ifd(0x8769).update({0x9003: when, **({0x9291: sub} if sub else {})})
+    image.save(dest, quality=92, exif=exif)
+    return dest
+
+
+def test_capture_times_tell_shots_from_copies(tmp_path: Path) -> None:
+    """Two files that both say when they were taken, at different moments, are two shots (a burst) even
+    when their pixels agree; a copy keeps the time (or has none) and is still found by its pixels."""
+    from imgsearch.decode import capture_time
+    from imgsearch.dupes.verify import Verifier
+
+    src = sorted((REPO / "examples" / "library").rglob("*.jpg"))[0]
+    shot = _with_capture_time(src, tmp_path / "shot.jpg", "2024:07:01 10:00:00", "120")
+    burst = _with_capture_time(src, tmp_path / "burst.jpg", "2024:07:01 10:00:00", "380")
+    later = _with_capture_time(src, tmp_path / "later.jpg", "2024:07:01 10:00:01")
+    copy = _with_capture_time(src, tmp_path / "copy.jpg", "2024:07:01 10:00:00", scale=0.5)  # an edit dropped SubSec
+    stripped = _with_capture_time(src, tmp_path / "stripped.jpg", None, scale=0.5)
+    assert capture_time(shot) == ("2024:07:01 10:00:00", "120") and capture_time(stripped) is None
+    verifier = Verifier()
+    for other in (burst, later):
+        verdict = verifier.same_picture(str(shot), str(other))
+        assert not verdict.same and "EXIF" in verdict.how
+    for other in (copy, stripped):
+        assert verifier.same_picture(str(shot), str(other)).same
