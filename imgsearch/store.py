@@ -46,9 +46,10 @@ HTTP_BATCH = 500  # rows per request to a server: 500 x 2048 floats stays far be
 HNSW = {"space": "cosine", "max_neighbors": 32, "ef_construction": 200, "ef_search": 200}
 QUERY_ROWS = 20000  # result rows per query() call: past ~32k Chroma hits SQLite's variable limit
 # A filtered search first asks for FILTER_FIRST nearest rows unfiltered and keeps those the filter
-# passes, widening the ask while too few pass. Chroma's own filtered search costs ~1 us per stored row
-# whatever the filter; a nearest row with its metadata ~0.15 ms (bench/scale.py, docs/scaling.md): so the
-# ask widens up to 1/FILTER_SHARE of the collection (at most FILTER_MAX rows), past that Chroma filters.
+# passes, widening the ask while too few pass. Chroma's own filtered search costs at least ~1 us per
+# stored row (more the more rows match); a nearest row with its metadata ~0.15 ms (bench/scale.py,
+# docs/scaling.md): so the ask widens up to 1/FILTER_SHARE of the collection (at most FILTER_MAX rows),
+# past that Chroma filters.
 FILTER_FIRST = 64
 FILTER_SHARE = 150
 FILTER_MAX = 8192

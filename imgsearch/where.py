@@ -1,10 +1,11 @@
 """A Chroma ``where`` filter evaluated on one row's metadata, here in the client.
 
 Why: Chroma's own filtered k-NN gets slower with the collection, not with k (measured by
-bench/scale.py: at 100k rows a filter matching 50 % of them took ~380 ms a query, one matching 1 %
-~170 ms, against 10 ms unfiltered; a filtered ``get`` of 10 rows alone ~90 ms). The store therefore
-asks the index for the nearest rows unfiltered and keeps those this module accepts, and only falls
-back to Chroma's filter when too few of them match (:meth:`imgsearch.store.Store.query`).
+bench/scale.py, docs/scaling.md: a filter matching 50 % of the rows took 306 ms a query at 100k rows
+and 6.7 s at 1M, one matching 1 % 162 ms and 874 ms, against 10 ms unfiltered at both sizes).
+The store therefore asks the index for the nearest rows unfiltered and keeps those this module
+accepts, and only falls back to Chroma's filter when too few of them match
+(:meth:`imgsearch.store.Store.query`).
 
 Only what ``--where`` produces is evaluated here (``$eq``, ``$in``, ``$gt``/``$gte``/``$lt``/``$lte``,
 ``$and``, ``$or``, and a bare value for equality), with Chroma's typing: a text never equals a number,
