@@ -628,7 +628,10 @@ def main() -> None:
     folders = shared if all(p.is_dir() for p in shared) else [REPO / "examples" / "library"]
     base = base_vectors(args.work, args.base_db, folders)
     held_out = DATASETS / "holidays-dev" / "queries"
-    photos = sorted((held_out if held_out.is_dir() else REPO / "examples" / "queries").rglob("*.jpg"))
+    folder = held_out if held_out.is_dir() else REPO / "examples" / "queries"
+    photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not photos:
+        raise SystemExit(f"no query photos in {folder}")
     ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     result: dict[str, Any] = {
         "argv": sys.argv[1:],
