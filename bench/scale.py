@@ -55,7 +55,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.memory import chroma_server  # noqa: E402  (a real `chroma run` on 127.0.0.1)
+from bench.memory import chroma_server, log  # noqa: E402  (a real `chroma run` on 127.0.0.1; stderr lines)
 from imgsearch.store import HNSW, Location, Store, image_id, path_fields  # noqa: E402
 
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -77,10 +77,6 @@ TARGETS = {  # issue 16, at 1M on this 2-core machine (web also at 100k)
     "web p50 ms at 100k": 150,
     "web p50 ms at 1M": 250,
 }
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
