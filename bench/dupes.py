@@ -142,6 +142,7 @@ def candidate_measures(store: Any, origin: dict[str, str], neighbours: int) -> l
                         "nest": round(m.nest, 4),
                         "blocks": round(m.blocks, 4),
                         "detail": round(m.detail, 4),
+                        "closer": m.closer,
                     }
                 ),
             }
@@ -156,7 +157,7 @@ def verified(row: dict[str, Any], th: dict[str, float]) -> bool:
     if row[f"global{th['side']}"] >= th["global"]:
         return True
     aligned = row["inliers"] >= th["inliers"] and row["nest"] >= th["nest"] and row["blocks"] >= th["blocks"]
-    return aligned and row["detail"] >= th["detail"]
+    return aligned and row["detail"] >= th["detail"] and not row.get("closer", False)
 
 
 def pair_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,6 +8,8 @@
 4. **group**: star clusters over the accepted pairs: the picture with most accepted partners first
    takes every unassigned partner, and so on. Every member is accepted *with its group's
    representative*, so a chain A~B~C never joins two different pictures through an intermediate.
+   A file left out that way (its partners all taken by a centre it was never compared with) is
+   compared with that centre once more (``copies``) and joins if they are the same picture.
 
 Memory: one page of vectors and its neighbours at a time, plus the accepted pairs and, for exact
 duplicates, 8 bytes per stored file; never anything quadratic.
@@ -71,12 +73,24 @@ def find_duplicates(
             verifier = Verifier()
         pairs, files = _accepted(store, where, floor, verifier, neighbours, stats, progress, workers)
         stats["accepted_pairs"] = len(pairs)
-        result.groups += _stars(pairs, files, level)
+        result.groups += _stars(pairs, files, level, None if verifier is None else _joiner(store, verifier))
     else:
         stats["images"] = total
     stats["seconds"] = round(time.perf_counter() - started, 2)
     result.stats = stats
     return result
+
+
+def _joiner(store: Store, verifier: Verifier) -> Callable[[str, str], float | None]:
+    """``join`` for :func:`_stars`: the two files' pixels compared, and their vectors' score."""
+
+    def join(a: str, b: str) -> float | None:
+        rows = store.get([a, b], embeddings=True)
+        if len(rows) < 2 or not verifier.same_picture(stored_path(rows[a]), stored_path(rows[b])).same:
+            return None
+        return float(np.dot(rows[a]["_embedding"], rows[b]["_embedding"]))  # stored vectors are unit length
+
+    return join
 
 
 def _member(id_: str, meta: dict[str, Any], score: float) -> Member:
@@ -185,23 +199,41 @@ def _accepted(
 
 
 # -- grouping ------------------------------------------------------------------------------------------
-def _stars(pairs: dict[tuple[str, str], float], files: dict[str, Member], kind: str) -> list[Group]:
-    """Star clusters: every member is accepted with its group's representative (no chaining)."""
+def _stars(
+    pairs: dict[tuple[str, str], float],
+    files: dict[str, Member],
+    kind: str,
+    join: Callable[[str, str], float | None] | None = None,
+) -> list[Group]:
+    """Star clusters: every member is accepted with its group's representative (no chaining).
+
+    A file whose accepted partners all went to a group whose centre it was never compared with (a
+    copy the index found only near other copies) gets one more chance: ``join(file, centre)`` gives
+    its score with that group's centre if they are the same picture (compared then), else None."""
     partners: dict[str, dict[str, float]] = defaultdict(dict)
     for (a, b), score in pairs.items():
         partners[a][b] = score
         partners[b][a] = score
-    assigned: set[str] = set()
-    groups = []
+    centre_of: dict[str, str] = {}
+    stars: dict[str, tuple[list[Member], list[Pair]]] = {}
     for centre in sorted(partners, key=lambda i: (-len(partners[i]), -max(partners[i].values()), i)):
-        if centre in assigned:
+        if centre in centre_of:
             continue
-        members = [m for m in partners[centre] if m not in assigned]
+        members = [m for m in partners[centre] if m not in centre_of]
         if not members:
             continue
-        assigned |= {centre, *members}
+        centre_of |= dict.fromkeys([centre, *members], centre)
         group = [files[centre]] + [replace(files[m], score=partners[centre][m]) for m in members]
         inside = {centre, *members}
         kept = [Pair(a, b, s, kind == "copies") for (a, b), s in sorted(pairs.items()) if a in inside and b in inside]
-        groups.append(Group(kind, _ordered(group), kept))
+        stars[centre] = (group, kept)
+    if join is not None:
+        for left in sorted(set(partners) - set(centre_of)):
+            centre = centre_of[max(partners[left], key=lambda m: (partners[left][m], m))]
+            score = join(left, centre)
+            if score is not None:
+                centre_of[left] = centre
+                stars[centre][0].append(replace(files[left], score=score))
+                stars[centre][1].append(Pair(min(left, centre), max(left, centre), score, True))
+    groups = [Group(kind, _ordered(members), kept) for members, kept in stars.values()]
     return sorted(groups, key=lambda g: (-len(g.members), g.keep.path))

@@ -12,6 +12,9 @@ shots, never copies. Otherwise two tests, either of which accepts a pair:
   border, letterbox, caption bar or rotation canvas surrounds it), so the aligned frames must nest,
   and the aligned pixels must agree block by block. A second photo of a scene fails one or the other:
   the camera moved (frames overlap but do not nest) or the scene did (blocks disagree).
+  One second exposure passes both: a closer view (zoomed in from the same spot). An edit never adds
+  detail, so a denser closer view inside a wider picture that holds finer detail than the wider one can
+  give is another exposure (:mod:`imgsearch.dupes.zoom`).
 
 The thresholds are measured on photos (``bench/dupes.py``, docs/dupes.md).
 """
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgsearch.decode import ImageError, capture_time, load_image
+from imgsearch.dupes import align, zoom
 
 SIDE = 480  # pixels of the longer side both images are compared at
 THUMBS = (16, 32, 64)  # sides of the global thumbnails measured
@@ -36,6 +40,7 @@ BLOCK_GRID = 12  # blocks per side of the pixel comparison
 BLOCK_MIN = 0.95  # median correlation of the aligned blocks
 DETAIL_MIN = 0.3  # median correlation of the aligned blocks' fine detail (a second exposure: lower)
 FLAT = 4.0  # grey-level standard deviation under which a block has no texture to compare
+SOFTEN = 1.5  # compare at the coarser file's resolution when one is this much finer (a smaller copy)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class Measures:
     nest: float  # share of the smaller aligned frame inside the other
     blocks: float  # median correlation of the aligned blocks
     detail: float  # the same of their fine detail (Laplacian): one exposure vs two
+    closer: bool  # a closer exposure: finer detail than an edit of the wider picture could hold
 
 
 @dataclass
@@ -62,6 +68,8 @@ class _Prepared:
     keypoints: tuple[np.ndarray, np.ndarray]  # (n, 2) float32 positions, as is and mirrored
     descriptors: tuple[np.ndarray | None, np.ndarray | None]
     taken: tuple[str, str] | None  # EXIF capture time (seconds, sub-seconds), None when the file does not say
+    size: tuple[int, int]  # the file's own width and height
+    path: str
 
 
 def _thumb(grey: np.ndarray, side: int) -> np.ndarray:
@@ -80,7 +88,7 @@ class Verifier:
         import cv2
 
         cv2.setNumThreads(1)  # pairs run in parallel threads; OpenCV's own pool would oversubscribe
-        self._orb = cv2.ORB_create(nfeatures=1500, fastThreshold=10, edgeThreshold=15, patchSize=15)
+        self._orb = align.detector(1500)
         self._cache: OrderedDict[str, _Prepared | str] = OrderedDict()
         self._size = cache
         self._lock = threading.Lock()
@@ -93,25 +101,29 @@ class Verifier:
             return Verdict(False, "taken at different moments (EXIF capture time)")
         if _global(a, b) >= GLOBAL_MIN:
             return Verdict(True, "global")
-        why = ""
+        reasons = []
         for mirrored in (0, 1):
-            why = self._unaligned(a, b, mirrored) or self._unaligned(b, a, mirrored)
+            why, transform = self._unaligned(a, b, mirrored)
+            why = why or self._unaligned(b, a, mirrored)[0]
             if not why:
+                if _closer(a, b, transform, mirrored):
+                    return Verdict(False, "a closer exposure: finer detail than the wider picture holds")
                 return Verdict(True, "aligned")
-        return Verdict(False, why)
+            reasons.append(why)
+        return Verdict(False, reasons[0])  # the files as they are: a mirrored fit of them finds nothing
 
-    def _unaligned(self, a: _Prepared, b: _Prepared, mirrored: int) -> str:
-        """Why ``b`` aligned onto ``a`` is not an edit of it ("" if it is). Both directions are asked: the
-        keypoints matched and the pixels compared differ with the side warped, and an edit is an edit
-        either way round (a borderline pair of burst shots passed one way only)."""
-        inliers, nest, blocks, detail = self._aligned(a, b, mirrored, detail=True)
+    def _unaligned(self, a: _Prepared, b: _Prepared, mirrored: int) -> tuple[str, np.ndarray | None]:
+        """Why ``b`` aligned onto ``a`` is not an edit of it ("" if it is), and the transform. Both
+        directions are asked: the keypoints matched and the pixels compared differ with the side warped,
+        and an edit is an edit either way round (a borderline pair of burst shots passed one way only)."""
+        inliers, nest, blocks, detail, transform = self._aligned(a, b, mirrored, detail=True)
         if inliers < MIN_INLIERS:
-            return "no transform fits enough keypoint matches"
+            return "no transform fits enough keypoint matches", transform
         if nest < NEST_MIN:
-            return "frames do not nest (another shot, not an edit)"
+            return "frames do not nest (another shot, not an edit)", transform
         if blocks < BLOCK_MIN or detail < DETAIL_MIN:
-            return "aligned pixels differ"
-        return ""
+            return "aligned pixels differ", transform
+        return "", transform
 
     def measure(self, path_a: str, path_b: str) -> Measures | None:
         """Every measure of both tests (the aligned one as the better orientation, each measure the worse
@@ -119,12 +131,14 @@ class Verifier:
         a, b = self._prepared(path_a), self._prepared(path_b)
         if isinstance(a, str) or isinstance(b, str):
             return None
-        both_ways = [
-            tuple(map(min, zip(self._aligned(a, b, m, detail=True), self._aligned(b, a, m, detail=True), strict=True)))
-            for m in (0, 1)
-        ]
-        inliers, nest, blocks, detail = max(both_ways)
-        return Measures({side: _global(a, b, side) for side in THUMBS}, inliers, nest, blocks, detail)
+        both_ways = []
+        for m in (0, 1):
+            ab, ba = self._aligned(a, b, m, detail=True), self._aligned(b, a, m, detail=True)
+            both_ways.append((tuple(map(min, zip(ab[:4], ba[:4], strict=True))), m, ab[4]))
+        (inliers, nest, blocks, detail), mirrored, transform = max(both_ways, key=lambda row: row[0])
+        aligned = inliers >= MIN_INLIERS and nest >= NEST_MIN and blocks >= BLOCK_MIN and detail >= DETAIL_MIN
+        closer = aligned and _closer(a, b, transform, mirrored)  # asked only where same_picture asks it
+        return Measures({side: _global(a, b, side) for side in THUMBS}, inliers, nest, blocks, detail, closer)
 
     # -- preparing a file once -------------------------------------------------------------------
     def _prepared(self, path: str) -> _Prepared | str:
@@ -141,9 +155,10 @@ class Verifier:
 
     def _prepare(self, path: str) -> _Prepared | str:
         try:
-            image = load_image(path, min_side=SIDE).image.convert("L")
+            decoded = load_image(path, min_side=SIDE)
         except ImageError as err:
             return str(err)
+        image = decoded.image.convert("L")
         scale = SIDE / max(image.size)
         grey = np.asarray(image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale)))))
         mirrored = np.ascontiguousarray(grey[:, ::-1])
@@ -153,42 +168,80 @@ class Verifier:
             points.append(np.float32([k.pt for k in kps]).reshape(-1, 2))
             descriptors.append(des)
         thumbs = {side: (_thumb(grey, side), _thumb(mirrored, side)) for side in THUMBS}
-        return _Prepared(grey, thumbs, (points[0], points[1]), (descriptors[0], descriptors[1]), capture_time(path))
+        return _Prepared(
+            grey,
+            thumbs,
+            (points[0], points[1]),
+            (descriptors[0], descriptors[1]),
+            capture_time(path),
+            (decoded.width, decoded.height),
+            path,
+        )
 
     # -- the aligned test -----------------------------------------------------------------------
     def _aligned(
         self, a: _Prepared, b: _Prepared, mirrored: int, detail: bool = False
-    ) -> tuple[int, float, float, float]:
-        """``b`` (mirrored or not) aligned onto ``a``: (inliers, nest, blocks, detail); zeros if nothing fits."""
+    ) -> tuple[int, float, float, float, np.ndarray | None]:
+        """``b`` (mirrored or not) aligned onto ``a``: (inliers, nest, blocks, detail, transform of ``b``'s
+        compared pixels onto ``a``'s); zeros and None if nothing fits."""
         import cv2
 
-        da, db = a.descriptors[0], b.descriptors[mirrored]
-        if da is None or db is None or len(da) < 2 or len(db) < 2:
-            return 0, 0.0, 0.0, 0.0
-        matches = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(db, da, k=2)
-        good = [m[0] for m in matches if len(m) == 2 and m[0].distance < 0.8 * m[1].distance]
-        if len(good) < 3:
-            return 0, 0.0, 0.0, 0.0
-        src = b.keypoints[mirrored][[m.queryIdx for m in good]]
-        dst = a.keypoints[0][[m.trainIdx for m in good]]
-        cv2.setRNGSeed(0)  # RANSAC samples from this thread's RNG: seeded, a pair gets one verdict every run
-        transform, inliers = cv2.estimateAffinePartial2D(
-            src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=2000
+        transform, inliers = align.fit(
+            a.keypoints[0], a.descriptors[0], b.keypoints[mirrored], b.descriptors[mirrored], tolerance=3.0
         )
         if transform is None:
-            return 0, 0.0, 0.0, 0.0
+            return 0, 0.0, 0.0, 0.0, None
         grey_b = np.ascontiguousarray(b.grey[:, ::-1] if mirrored else b.grey)
         h, w = a.grey.shape
         warped = cv2.warpAffine(grey_b, transform, (w, h), flags=cv2.INTER_LINEAR)
         inside = cv2.warpAffine(np.full(grey_b.shape, 255, np.uint8), transform, (w, h), flags=cv2.INTER_NEAREST)
-        b_area = grey_b.shape[0] * grey_b.shape[1] * abs(float(np.linalg.det(transform[:, :2])))
+        scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
+        b_area = grey_b.shape[0] * grey_b.shape[1] * scale * scale
         nest = np.count_nonzero(inside) / min(b_area, h * w) if b_area > 0 else 0.0
+        grey_a, warped = _same_resolution(a, b, warped, scale)
         fine = 0.0
         if detail:
-            lap_a = cv2.Laplacian(a.grey, cv2.CV_32F, ksize=3)
+            lap_a = cv2.Laplacian(grey_a, cv2.CV_32F, ksize=3)
             lap_b = cv2.Laplacian(warped, cv2.CV_32F, ksize=3)
             fine = _block_agreement(lap_a, lap_b, inside)
-        return int(inliers.sum()), min(1.0, float(nest)), _block_agreement(a.grey, warped, inside), fine
+        blocks = _block_agreement(grey_a, warped, inside)
+        return inliers, min(1.0, float(nest)), blocks, fine, transform
+
+
+def _same_resolution(a: _Prepared, b: _Prepared, warped: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """``a``'s compared pixels and ``b``'s warped onto them, the finer one softened to the coarser one's
+    resolution when they differ by SOFTEN or more. Why: a smaller copy (a screenshot of the photo shown
+    small, a letterboxed thumbnail) holds no detail finer than its own pixels, and its blocks would
+    disagree with the original's finer ones (``bench/zoom.py``: 106 of 150 such copies found without this).
+    Spacing: how far apart a file's own pixels fall on ``a``'s compared grid (1 = that grid's pixels)."""
+    import cv2
+
+    spacing_a = max(1.0, SIDE / max(a.size))
+    spacing_b = max(1.0, scale * max(1.0, SIDE / max(b.size)))
+    if max(spacing_a, spacing_b) < SOFTEN * min(spacing_a, spacing_b):
+        return a.grey, warped
+
+    def soften(grey: np.ndarray, spacing: float) -> np.ndarray:
+        h, w = grey.shape
+        small = cv2.resize(grey, (max(1, round(w / spacing)), max(1, round(h / spacing))), interpolation=cv2.INTER_AREA)
+        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+    if spacing_b > spacing_a:
+        return soften(a.grey, spacing_b), warped
+    return a.grey, soften(warped, spacing_a)
+
+
+def _closer(a: _Prepared, b: _Prepared, transform: np.ndarray | None, mirrored: int) -> bool:
+    """Whether one of an aligned pair is a closer exposure of the other (:mod:`imgsearch.dupes.zoom`).
+    ``transform`` takes ``b``'s compared pixels onto ``a``'s; both were scaled to SIDE, so the files' own
+    sizes give the scale between their pixels."""
+    if transform is None:
+        return False
+    scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2])))) * max(a.size) / max(b.size)
+    wide, close = (a, b) if scale < 1 else (b, a)
+    scale = min(scale, 1 / scale) if scale > 0 else 0.0
+    cover = scale**2 * close.size[0] * close.size[1] / (wide.size[0] * wide.size[1])
+    return zoom.eligible(scale, cover) and zoom.closer_exposure(wide.path, close.path, bool(mirrored))
 
 
 def _taken_apart(a: tuple[str, str] | None, b: tuple[str, str] | None) -> bool:
