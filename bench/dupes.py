@@ -141,6 +141,7 @@ def candidate_measures(store: Any, origin: dict[str, str], neighbours: int) -> l
                         "inliers": m.inliers,
                         "nest": round(m.nest, 4),
                         "blocks": round(m.blocks, 4),
+                        "textured": round(m.textured, 4),
                         "detail": round(m.detail, 4),
                         "closer": m.closer,
                     }
@@ -157,7 +158,8 @@ def verified(row: dict[str, Any], th: dict[str, float]) -> bool:
     if row[f"global{th['side']}"] >= th["global"]:
         return True
     aligned = row["inliers"] >= th["inliers"] and row["nest"] >= th["nest"] and row["blocks"] >= th["blocks"]
-    return aligned and row["detail"] >= th["detail"] and not row.get("closer", False)
+    aligned = aligned and row["detail"] >= th["detail"] and not row.get("closer", False)
+    return aligned and row["textured"] >= th["textured"]
 
 
 def pair_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -171,6 +173,7 @@ def pair_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "inliers": v.MIN_INLIERS,
         "nest": v.NEST_MIN,
         "blocks": v.BLOCK_MIN,
+        "textured": v.TEXTURED_MIN,
         "detail": v.DETAIL_MIN,
     }
     planted = sum(r["same"] and r["copy"] for r in rows)

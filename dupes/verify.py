@@ -10,8 +10,9 @@ shots, never copies. Otherwise two tests, either of which accepts a pair:
 - **aligned**: ORB keypoints matched and fitted with one rotation + uniform scale + shift (RANSAC;
   also mirrored). An edit keeps one frame inside the other (a crop lies inside the original; a
   border, letterbox, caption bar or rotation canvas surrounds it), so the aligned frames must nest,
-  and the aligned pixels must agree block by block. A second photo of a scene fails one or the other:
-  the camera moved (frames overlap but do not nest) or the scene did (blocks disagree).
+  and the aligned pixels must agree block by block, also counting only the blocks with texture (an
+  object on a plain ground agrees everywhere on the ground). A second photo of a scene fails one or the
+  other: the camera moved (frames overlap but do not nest) or the scene did (blocks disagree).
   One second exposure passes both: a closer view (zoomed in from the same spot). An edit never adds
   detail, so a denser closer view inside a wider picture that holds finer detail than the wider one can
   give is another exposure (:mod:`imgsearch.dupes.zoom`).
@@ -38,6 +39,7 @@ MIN_INLIERS = 15  # keypoint matches that agree on one transform
 NEST_MIN = 0.95  # share of the smaller aligned frame that lies inside the other
 BLOCK_GRID = 12  # blocks per side of the pixel comparison
 BLOCK_MIN = 0.95  # median correlation of the aligned blocks
+TEXTURED_MIN = 0.88  # the same over the blocks with texture in either image
 DETAIL_MIN = 0.3  # median correlation of the aligned blocks' fine detail (a second exposure: lower)
 FLAT = 4.0  # grey-level standard deviation under which a block has no texture to compare
 SOFTEN = 1.5  # compare at the coarser file's resolution when one is this much finer (a smaller copy)
@@ -57,6 +59,7 @@ class Measures:
     inliers: int  # keypoint matches agreeing on the best transform (0: none fitted)
     nest: float  # share of the smaller aligned frame inside the other
     blocks: float  # median correlation of the aligned blocks
+    textured: float  # the same over the blocks with texture (product shots of two motorbikes: 0.65-0.87)
     detail: float  # the same of their fine detail (Laplacian): one exposure vs two
     closer: bool  # a closer exposure: finer detail than an edit of the wider picture could hold
 
@@ -116,12 +119,12 @@ class Verifier:
         """Why ``b`` aligned onto ``a`` is not an edit of it ("" if it is), and the transform. Both
         directions are asked: the keypoints matched and the pixels compared differ with the side warped,
         and an edit is an edit either way round (a borderline pair of burst shots passed one way only)."""
-        inliers, nest, blocks, detail, transform = self._aligned(a, b, mirrored, detail=True)
+        inliers, nest, blocks, textured, detail, transform = self._aligned(a, b, mirrored, detail=True)
         if inliers < MIN_INLIERS:
             return "no transform fits enough keypoint matches", transform
         if nest < NEST_MIN:
             return "frames do not nest (another shot, not an edit)", transform
-        if blocks < BLOCK_MIN or detail < DETAIL_MIN:
+        if blocks < BLOCK_MIN or textured < TEXTURED_MIN or detail < DETAIL_MIN:
             return "aligned pixels differ", transform
         return "", transform
 
@@ -134,11 +137,18 @@ class Verifier:
         both_ways = []
         for m in (0, 1):
             ab, ba = self._aligned(a, b, m, detail=True), self._aligned(b, a, m, detail=True)
-            both_ways.append((tuple(map(min, zip(ab[:4], ba[:4], strict=True))), m, ab[4]))
-        (inliers, nest, blocks, detail), mirrored, transform = max(both_ways, key=lambda row: row[0])
-        aligned = inliers >= MIN_INLIERS and nest >= NEST_MIN and blocks >= BLOCK_MIN and detail >= DETAIL_MIN
+            both_ways.append((tuple(map(min, zip(ab[:5], ba[:5], strict=True))), m, ab[5]))
+        (inliers, nest, blocks, textured, detail), mirrored, transform = max(both_ways, key=lambda row: row[0])
+        aligned = (
+            inliers >= MIN_INLIERS
+            and nest >= NEST_MIN
+            and blocks >= BLOCK_MIN
+            and textured >= TEXTURED_MIN
+            and detail >= DETAIL_MIN
+        )
         closer = aligned and _closer(a, b, transform, mirrored)  # asked only where same_picture asks it
-        return Measures({side: _global(a, b, side) for side in THUMBS}, inliers, nest, blocks, detail, closer)
+        globals_ = {side: _global(a, b, side) for side in THUMBS}
+        return Measures(globals_, inliers, nest, blocks, textured, detail, closer)
 
     # -- preparing a file once -------------------------------------------------------------------
     def _prepared(self, path: str) -> _Prepared | str:
@@ -181,16 +191,16 @@ class Verifier:
     # -- the aligned test -----------------------------------------------------------------------
     def _aligned(
         self, a: _Prepared, b: _Prepared, mirrored: int, detail: bool = False
-    ) -> tuple[int, float, float, float, np.ndarray | None]:
-        """``b`` (mirrored or not) aligned onto ``a``: (inliers, nest, blocks, detail, transform of ``b``'s
-        compared pixels onto ``a``'s); zeros and None if nothing fits."""
+    ) -> tuple[int, float, float, float, float, np.ndarray | None]:
+        """``b`` (mirrored or not) aligned onto ``a``: (inliers, nest, blocks, textured blocks, detail,
+        transform of ``b``'s compared pixels onto ``a``'s); zeros and None if nothing fits."""
         import cv2
 
         transform, inliers = align.fit(
             a.keypoints[0], a.descriptors[0], b.keypoints[mirrored], b.descriptors[mirrored], tolerance=3.0
         )
         if transform is None:
-            return 0, 0.0, 0.0, 0.0, None
+            return 0, 0.0, 0.0, 0.0, 0.0, None
         grey_b = np.ascontiguousarray(b.grey[:, ::-1] if mirrored else b.grey)
         h, w = a.grey.shape
         warped = cv2.warpAffine(grey_b, transform, (w, h), flags=cv2.INTER_LINEAR)
@@ -203,9 +213,9 @@ class Verifier:
         if detail:
             lap_a = cv2.Laplacian(grey_a, cv2.CV_32F, ksize=3)
             lap_b = cv2.Laplacian(warped, cv2.CV_32F, ksize=3)
-            fine = _block_agreement(lap_a, lap_b, inside)
-        blocks = _block_agreement(grey_a, warped, inside)
-        return inliers, min(1.0, float(nest)), blocks, fine, transform
+            fine = _block_agreement(lap_a, lap_b, inside)[0]
+        blocks, textured = _block_agreement(grey_a, warped, inside)
+        return inliers, min(1.0, float(nest)), blocks, textured, fine, transform
 
 
 def _same_resolution(a: _Prepared, b: _Prepared, warped: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -257,11 +267,14 @@ def _global(a: _Prepared, b: _Prepared, side: int = THUMB) -> float:
     return max(float(a.thumbs[side][0] @ b.thumbs[side][0]), float(a.thumbs[side][0] @ b.thumbs[side][1]))
 
 
-def _block_agreement(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> float:
-    """Median correlation of the blocks where ``b`` covers ``a`` (blocks without texture in both agree)."""
+def _block_agreement(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> tuple[float, float]:
+    """Median correlation of the blocks where ``b`` covers ``a`` (blocks without texture in both agree),
+    and the median over the blocks with texture alone (1.0 when none has any). Why both: on a plain
+    ground the flat blocks agree whatever stands on it, so two product shots of two motorbikes agree on
+    most blocks (0.95-0.98) yet disagree on most of those that show a motorbike."""
     h, w = a.shape
     bh, bw = max(1, h // BLOCK_GRID), max(1, w // BLOCK_GRID)
-    scores = []
+    scores, flat = [], 0
     for y in range(0, h - bh + 1, bh):
         for x in range(0, w - bw + 1, bw):
             if inside[y : y + bh, x : x + bw].min() == 0:
@@ -269,10 +282,12 @@ def _block_agreement(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> float:
             pa = a[y : y + bh, x : x + bw].astype(np.float32)
             pb = b[y : y + bh, x : x + bw].astype(np.float32)
             if pa.std() < FLAT and pb.std() < FLAT:
-                scores.append(1.0)
+                flat += 1
                 continue
             pa -= pa.mean()
             pb -= pb.mean()
             norm = float(np.linalg.norm(pa) * np.linalg.norm(pb))
             scores.append(float((pa * pb).sum()) / norm if norm > 0 else 0.0)
-    return float(np.median(scores)) if scores else 0.0
+    if not scores:
+        return (1.0, 1.0) if flat else (0.0, 0.0)
+    return float(np.median(scores + [1.0] * flat)), float(np.median(scores))

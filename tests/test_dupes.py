@@ -174,6 +174,31 @@ def test_a_closer_exposure_is_not_an_edit(tmp_path: Path) -> None:
     assert found >= 0.85, found
 
 
+def test_product_shots_on_a_plain_ground_are_not_copies(tmp_path: Path) -> None:
+    """Studio shots of different motorbikes, posed alike on white, align and agree on most blocks (the
+    white ones); counted over the blocks with texture they disagree. Their edited copies still agree."""
+    from imgsearch.dupes.verify import Verifier
+    from imgsearch.evaluation.evaluate import TRANSFORMS
+
+    bikes = REPO.parent / "shared" / "datasets" / "caltech101-dev" / "Motorbikes"
+    if not bikes.is_dir():
+        pytest.skip(f"the photo sets are not at {bikes.parent.parent}")
+    verifier = Verifier()
+    shots = [bikes / f"image_{n:04d}.jpg" for n in (1, 2, 5, 9)]  # four bikes in one pose (two models)
+    for i, a in enumerate(shots):
+        for b in shots[i + 1 :]:
+            verdict = verifier.same_picture(str(a), str(b))
+            assert not verdict.same, (a.name, b.name, verdict)
+    for a in shots:
+        with Image.open(a) as im:
+            image = im.convert("RGB")
+        for name in ("crop 50-90%", "caption", "brightness/contrast", "rotate ±10°"):
+            transform, quality = TRANSFORMS[name]
+            copy = tmp_path / f"{a.stem}-{name[:4]}.jpg"
+            transform(image, random.Random(f"{a.name}:{name}")).convert("RGB").save(copy, quality=quality)
+            assert verifier.same_picture(str(a), str(copy)).same, (a.name, name)
+
+
 def _with_capture_time(src: Path, dest: Path, when: str | None, sub: str = "", scale: float = 1.0) -> Path:
     """``src``'s pixels (resized by ``scale``) saved as a JPEG whose EXIF says it was taken at ``when``."""
     with Image.open(src) as im:
