@@ -5,9 +5,15 @@ array of shape (3, s, s) per scale, or raises ImageError with a reason; never an
 never a hang (each input gets ``--timeout`` seconds), never a memory blow-up (the process runs under
 an address-space limit, and "not enough memory" counts as a finding).
 
-Inputs: real images (random sizes, every Pillow mode we decode, PNG/JPEG/GIF/WebP/TIFF/BMP, EXIF
-orientation tags valid and not) encoded by Pillow, then mutated (truncated, bytes flipped, chunks
-inserted or repeated, header sizes rewritten), or raw random bytes.
+Inputs, by kind: ``image``: real images (random sizes, every Pillow mode we decode, PNG/JPEG/GIF/WebP/
+TIFF/BMP, EXIF orientation tags valid and not) encoded by Pillow; ``HEIC``, ``AVIF``, ``DNG``: real
+files made from the calibration photos by pillow-heif (x265), Pillow (libavif) and the DNG writer of
+tests/test_formats.py (a JPEG or bitmap preview, or none), read through the RAW preview path; each
+then mutated (truncated, bytes flipped, chunks inserted or repeated, header sizes rewritten); or
+``bytes``: raw random bytes.
+
+Each batch of inputs (one kind) runs in a child process, so a native crash or a hang in C code (libheif,
+libavif, LibRaw), which no Python handler can catch, is a finding too: the input it died on is kept.
 
     python bench/fuzz_decode.py --minutes 5 [--out test-artifacts/fuzz-decode.json]
     python bench/fuzz_decode.py --examples 300      # a short run (tests/test_reliability.py)
@@ -20,9 +26,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import resource
+import shutil
 import signal
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +48,12 @@ sys.path.insert(0, str(REPO))
 FORMATS = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
 MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"]
 MEMORY_LIMIT = 3 << 30  # bytes of address space: a decode that wants more is a finding
+SEEDED = {"HEIC": ".heic", "AVIF": ".avif", "DNG": ".dng"}  # real files of these kinds, mutated
+KINDS = ("image", "bytes", *SEEDED)
+PHOTOS = sorted((REPO / "imgsearch" / "calibration").glob("photo-*.jpg"))
+HEADER = 1024  # "header" edits land in a file's first bytes: ISOBMFF boxes, TIFF IFDs, PNG chunks
+STALL = 30.0  # seconds past --timeout without a new input: the child is stuck in C code and is killed
+ARTIFACTS = REPO / "test-artifacts"
 
 
 class Hang(Exception):
@@ -82,6 +97,39 @@ def _encode(mode: str, size: tuple[int, int], fmt: str, seed: int, orientation: 
     return None  # e.g. JPEG and WebP hold at most 65500 / 16383 px a side
 
 
+def seeds(kind: str) -> list[bytes]:
+    """Real files of a SEEDED ``kind`` from the calibration photos, at a few sizes: HEIC/AVIF at several
+    qualities, with an alpha channel and an EXIF orientation; DNGs with a JPEG preview (turned by the
+    RAW's orientation), a bitmap preview and none."""
+    from PIL import Image
+
+    from imgsearch.decode import _register_heif
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_formats import dng  # the format tests' DNG writer: one layout, tested against LibRaw
+
+    _register_heif()  # pillow-heif's writer, as load_image registers its reader
+    out = [dng(None)] if kind == "DNG" else []
+    for n, photo in enumerate(PHOTOS[:4]):
+        with Image.open(photo) as src:
+            img = src.convert("RGB")
+        img.thumbnail(((48, 400, 160, 17)[n],) * 2)
+        orientation = (1, 6, 3, 8)[n]
+        buf = io.BytesIO()
+        if kind == "DNG":
+            img.save(buf, "JPEG", quality=90)
+            out += [dng(buf.getvalue(), img.size, orientation), dng(img.tobytes(), img.size, compression=1)]
+            continue
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        if n == 2:
+            img = img.convert("RGBA")
+            img.putalpha(Image.linear_gradient("L").resize(img.size))
+        img.save(buf, "HEIF" if kind == "HEIC" else "AVIF", quality=(90, 50, 75, 10)[n], exif=exif.tobytes())
+        out.append(buf.getvalue())
+    return out
+
+
 def _mutate(data: bytes, ops: list[tuple[str, int, int]], seed: int) -> bytes:
     """Apply (operation, position, amount) edits: what broken downloads and bad tools produce."""
     rng = np.random.default_rng(seed)
@@ -100,16 +148,18 @@ def _mutate(data: bytes, ops: list[tuple[str, int, int]], seed: int) -> bytes:
             out[pos:pos] = out[pos : pos + amount % 4096]
         elif op == "delete":
             del out[pos : pos + amount % 512]
-        elif op == "size":  # a 32-bit size or dimension field rewritten, as in a crafted header
-            out[pos : pos + 4] = struct.pack(">I", (amount * 2654435761) % (1 << 32))
+        elif op in ("size", "header"):  # a 32-bit size or dimension field rewritten, as in a crafted header
+            pos = pos % min(len(out) + 1, HEADER) if op == "header" else pos
+            out[pos : pos + 4] = struct.pack(">I" if amount % 2 else "<I", (amount * 2654435761) % (1 << 32))
     return bytes(out)
 
 
-def check(data: bytes, scales: tuple[int, ...], crop: str, workdir: Path, timeout: float) -> str:
-    """One input through load_views; returns "ok" or "ImageError"; anything else raises."""
+def check(data: bytes, suffix: str, scales: tuple[int, ...], crop: str, workdir: Path, timeout: float) -> str:
+    """One input (a file named ``input<suffix>``: RAW is found by extension) through load_views; returns
+    "ok" or "ImageError"; anything else raises."""
     from imgsearch.decode import ImageError, Views, load_views
 
-    path = workdir / "input.img"
+    path = workdir / f"input{suffix}"
     path.write_bytes(data)
     views = Views(crop, scales)
     signal.setitimer(signal.ITIMER_REAL, timeout)
@@ -129,34 +179,38 @@ def check(data: bytes, scales: tuple[int, ...], crop: str, workdir: Path, timeou
     return "ok"
 
 
-def build_test(workdir: Path, timeout: float, outcomes: Counter[str], max_examples: int) -> Any:
-    """The hypothesis test (a function that runs ``max_examples`` inputs per call)."""
+def build_test(kind: str, workdir: Path, timeout: float, outcomes: Counter[str], max_examples: int) -> Any:
+    """The hypothesis test for one kind of input (a function that runs ``max_examples`` inputs per call)."""
     from hypothesis import HealthCheck, assume, given, settings
     from hypothesis import strategies as st
 
-    image = st.tuples(
-        st.sampled_from(MODES),
-        st.one_of(  # ordinary sizes, and long thin strips (tiny files, huge extents)
-            st.tuples(st.integers(1, 300), st.integers(1, 300)),
-            st.tuples(st.integers(1000, 70000), st.integers(1, 6)),
-            st.tuples(st.integers(1, 6), st.integers(1000, 70000)),
-        ),
-        st.sampled_from(list(FORMATS)),
-        st.integers(0, 2**31),
-        st.one_of(st.none(), st.integers(0, 12), st.integers(0, 65535)),
-    )
     ops = st.lists(
         st.tuples(
-            st.sampled_from(["truncate", "flip", "insert", "repeat", "delete", "size"]),
+            st.sampled_from(["truncate", "flip", "insert", "repeat", "delete", "size", "header"]),
             st.integers(0, 1 << 20),
             st.integers(0, 1 << 16),
         ),
         max_size=4,
     )
-    source = st.one_of(
-        st.tuples(st.just("image"), image, ops, st.integers(0, 2**31)),
-        st.tuples(st.just("bytes"), st.binary(max_size=2048), st.just([]), st.just(0)),
-    )
+    if kind == "image":
+        image = st.tuples(
+            st.sampled_from(MODES),
+            st.one_of(  # ordinary sizes, and long thin strips (tiny files, huge extents)
+                st.tuples(st.integers(1, 300), st.integers(1, 300)),
+                st.tuples(st.integers(1000, 70000), st.integers(1, 6)),
+                st.tuples(st.integers(1, 6), st.integers(1000, 70000)),
+            ),
+            st.sampled_from(list(FORMATS)),
+            st.integers(0, 2**31),
+            st.one_of(st.none(), st.integers(0, 12), st.integers(0, 65535)),
+        )
+        source = st.tuples(image, ops, st.integers(0, 2**31))
+    elif kind == "bytes":
+        source = st.tuples(st.binary(max_size=2048), st.just([]), st.just(0))
+    else:
+        pool = seeds(kind)
+        source = st.tuples(st.sampled_from(pool), ops, st.integers(0, 2**31))
+    suffix = SEEDED.get(kind, ".img")
     views = st.tuples(
         st.sampled_from([(224,), (224, 320), (32,), (64, 96)]),
         st.sampled_from(["center", "full"]),
@@ -170,65 +224,130 @@ def build_test(workdir: Path, timeout: float, outcomes: Counter[str], max_exampl
         print_blob=True,
     )
     @given(source=source, views=views)
-    def fuzz(source: tuple[str, Any, list[tuple[str, int, int]], int], views: tuple[tuple[int, ...], str]) -> None:
-        kind, spec, edits, seed = source
+    def fuzz(source: tuple[Any, list[tuple[str, int, int]], int], views: tuple[tuple[int, ...], str]) -> None:
+        spec, edits, seed = source
         if kind == "image":
-            encoded = _encode(*spec)
-            assume(encoded is not None)
-            data = _mutate(encoded, edits, seed)
-        else:
-            data = spec
-        outcomes[f"{kind}: {check(data, views[0], views[1], workdir, timeout)}"] += 1
+            spec = _encode(*spec)
+            assume(spec is not None)
+        data = _mutate(spec, edits, seed)
+        started = time.monotonic()
+        outcomes[f"{kind}: {check(data, suffix, views[0], views[1], workdir, timeout)}"] += 1
+        outcomes[f"{kind}: ms"] += round((time.monotonic() - started) * 1000)
 
     return fuzz
+
+
+def batch(kind: str, examples: int, timeout: float, workdir: Path) -> dict[str, Any]:
+    """Run one batch here (the child process): the summary as a dict; the last input stays in ``workdir``."""
+    fuzz = build_test(kind, workdir, timeout, outcomes := Counter(), examples)  # seeds are encoded before the limit
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    signal.signal(signal.SIGALRM, _on_alarm)
+    findings = []
+    try:
+        fuzz()
+    except Exception as err:  # a finding: hypothesis ran its minimal input last
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        findings.append(
+            {
+                "error": f"{type(err).__name__}: {err}"[:500],
+                "raised_at": f"{where.filename}:{where.lineno} ({where.name})",
+            }
+        )
+    max_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"outcomes": dict(outcomes), "max_rss_mb": max_rss_mb, "findings": findings}
+
+
+def _keep(workdir: Path, finding: dict[str, Any], found: int) -> dict[str, Any]:
+    """Copy the input a batch stopped on to test-artifacts/ and name it in ``finding``."""
+    inputs = sorted(workdir.glob("input*"), key=lambda p: p.stat().st_mtime)
+    if inputs:
+        keep = ARTIFACTS / f"fuzz-finding-{found}{inputs[-1].suffix}"
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copyfile(inputs[-1], keep)
+        finding["input"] = str(keep)
+    return finding
+
+
+def run_batch(kind: str, examples: int, timeout: float, workdir: Path) -> dict[str, Any]:
+    """One batch in a child process, watched: a signal (a native crash) or no new input for
+    ``timeout + STALL`` seconds (a hang the alarm cannot break) ends it as a finding."""
+    workdir.mkdir()
+    command = [sys.executable, "-W", "ignore", __file__, "--batch", kind, "--examples", str(examples)]
+    command += ["--timeout", str(timeout), "--workdir", str(workdir)]
+    with open(workdir / "out.json", "w+") as out, open(workdir / "err.txt", "w+") as err:
+        child = subprocess.Popen(command, stdout=out, stderr=err)
+        last = time.time()
+        while child.poll() is None:
+            time.sleep(0.2)
+            last = max([last, *(p.stat().st_mtime for p in workdir.glob("input*"))])
+            if time.time() - last > timeout + STALL:
+                child.kill()
+                child.wait()
+                error = f"hang: no result within {timeout + STALL:g} s (stuck in native code)"
+                return {"outcomes": {}, "findings": [{"error": error}]}
+        out.seek(0)
+        err.seek(0)
+        if child.returncode < 0:
+            error = f"native crash: the child was killed by {signal.Signals(-child.returncode).name}"
+            return {"outcomes": {}, "findings": [{"error": error, "stderr": err.read()[-500:]}]}
+        if child.returncode != 0:
+            return {"outcomes": {}, "findings": [{"error": f"child exit {child.returncode}: {err.read()[-1000:]}"}]}
+        return dict(json.load(out))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=0.0, help="run for this long (rounds of --round inputs)")
-    parser.add_argument("--examples", type=int, default=300, help="inputs when --minutes is not given")
-    parser.add_argument("--round", type=int, default=500, help="inputs per hypothesis run in a --minutes run")
+    parser.add_argument("--examples", type=int, default=300, help="inputs in all when --minutes is not given")
+    parser.add_argument("--round", type=int, default=500, help="inputs per child process (batch)")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds one input may take")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"kinds of input, in turn (of {', '.join(KINDS)})")
     parser.add_argument("--out", type=Path, help="write the summary here as JSON")
+    parser.add_argument("--batch", choices=KINDS, help=argparse.SUPPRESS)  # the child: one batch of this kind
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.batch:
+        print(json.dumps(batch(args.batch, args.examples, args.timeout, args.workdir)))
+        return 0
 
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-    signal.signal(signal.SIGALRM, _on_alarm)
+    kinds = args.kinds.split(",")
+    per_kind = math.ceil(args.examples / len(kinds))
     outcomes: Counter[str] = Counter()
-    findings: list[dict[str, str]] = []
+    findings: list[dict[str, Any]] = []
+    max_rss_mb = rounds = 0
     started = time.monotonic()
-    deadline = started + args.minutes * 60
-    rounds = 0
     with tempfile.TemporaryDirectory(prefix="fuzz-decode-") as tmp:
-        workdir = Path(tmp)
         while True:
-            size = args.round if args.minutes else args.examples
-            try:
-                build_test(workdir, args.timeout, outcomes, size)()
-            except Exception as err:  # a finding: keep its minimal input, go on looking for others
-                keep = REPO / "test-artifacts" / f"fuzz-finding-{len(findings) + 1}.img"
-                keep.parent.mkdir(exist_ok=True)
-                if (workdir / "input.img").exists():
-                    keep.write_bytes((workdir / "input.img").read_bytes())
-                where = traceback.extract_tb(err.__traceback__)[-1]
-                findings.append(
-                    {
-                        "error": f"{type(err).__name__}: {err}"[:500],
-                        "raised_at": f"{where.filename}:{where.lineno} ({where.name})",
-                        "input": str(keep),
-                    }
-                )
-                print(f"finding {len(findings)}: {findings[-1]['error']} (input: {keep})", file=sys.stderr)
+            kind = kinds[rounds % len(kinds)]
+            size = args.round if args.minutes else per_kind
+            workdir = Path(tmp) / f"round-{rounds}"
+            result = run_batch(kind, size, args.timeout, workdir)
+            outcomes.update(result["outcomes"])
+            max_rss_mb = max(max_rss_mb, result.get("max_rss_mb", 0))
+            for finding in result["findings"]:
+                findings.append(_keep(workdir, {"kind": kind, **finding}, len(findings) + 1))
+                print(f"finding {len(findings)}: {findings[-1]}", file=sys.stderr)
             rounds += 1
-            if not args.minutes or time.monotonic() > deadline or len(findings) >= 10:
+            if len(findings) >= 10 or (args.minutes and time.monotonic() > started + args.minutes * 60):
                 break
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+            if not args.minutes and rounds == len(kinds):
+                break
+    per_kind_figures = {
+        k: {
+            "inputs": outcomes[f"{k}: ok"] + outcomes[f"{k}: ImageError"],
+            "ok": outcomes[f"{k}: ok"],
+            "ImageError": outcomes[f"{k}: ImageError"],
+            "decode_seconds": round(outcomes[f"{k}: ms"] / 1000, 1),
+        }
+        for k in kinds
+    }
     summary = {
-        "inputs": sum(outcomes.values()),
-        "rounds": rounds,
+        "inputs": sum(f["inputs"] for f in per_kind_figures.values()),
+        "rounds": rounds,  # hypothesis runs, each in its own child process
         "seconds": round(time.monotonic() - started, 1),
-        "outcomes": dict(sorted(outcomes.items())),
-        "max_rss_mb": round(usage.ru_maxrss / 1024),
+        "outcomes": {k: v for k, v in sorted(outcomes.items()) if not k.endswith(": ms")},
+        "per_kind": per_kind_figures,
+        "max_rss_mb": max_rss_mb,
         "findings": findings,
     }
     print(json.dumps(summary, indent=1))

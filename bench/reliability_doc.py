@@ -105,6 +105,14 @@ right shape, or `ImageError` with a reason; never another exception, never more 
 input, never "not enough memory" under a 3 GiB address-space limit. A short run (300 inputs) is a
 regular test (`test_fuzz_decode_short_run`).
 
+The phone and camera formats are fuzzed the same way, from real files: HEIC (pillow-heif, x265) and
+AVIF (Pillow, libavif) made from the calibration photos at several sizes and qualities, with an alpha
+channel and an EXIF orientation, and DNGs with a JPEG preview, a bitmap preview or none (the writer
+of tests/test_formats.py), read through LibRaw's preview path; besides the edits above, 32-bit fields
+in the first 1 KB (ISOBMFF boxes, TIFF IFDs) are rewritten. Each round of inputs (one kind) runs in a
+child process, so a native crash (a signal) or a child stuck in C code 30 s past the per-input limit
+is a finding too, with the input kept.
+
 Found and fixed:
 - the default full-image view padded a long thin image to a square at full resolution: a 1 KB
   60000x4 PNG asked for a 10 GB square (MemoryError, which also escaped `load_views` uncaught). Seen
@@ -118,7 +126,13 @@ Found and fixed:
   in b'IHDR'))` rather than "unknown format"; a file-system error while reading (a symlink loop,
   EIO) is `cannot read the file: ...` rather than "corrupt image data"; Pillow's own bomb cap
   reports the pixel count against imgsearch's cap; a non-UTF-8 name in `ingest --json`'s failures
-  crashed the JSON output (now `path` readable + `path_b64` exact, as the store keeps it).
+  crashed the JSON output (now `path` readable + `path_b64` exact, as the store keeps it);
+- libheif and libavif raise RuntimeError on some corrupt files, which escaped decoding: an `iloc` box
+  turned to version 2 (its 16-bit count and first item id read as 65537 items, over libheif's
+  security limit), a `pixi` box claiming 9-bit channels, a missing image item. Found within the first
+  few hundred HEIC/AVIF inputs; now `corrupt HEIC file: its header cannot be read (... security
+  limit ...)` and `malformed image file (RuntimeError: ...)`; regression test
+  `test_heif_and_avif_refused_by_libheif_or_libavif_are_image_errors`.
 
 Nothing else was found in about 20,000 further inputs over two 4-minute runs (the first runs'
 other "findings" were the harness's own: Pillow cannot encode every mode/size in every format).

@@ -14,6 +14,7 @@ from imgsearch.cli.options import (
     ExpandOpt,
     JsonOpt,
     TimeoutOpt,
+    TokenOpt,
     UrlOpt,
     fail,
     model_options,
@@ -60,6 +61,7 @@ def evaluate(
     ] = None,
     chroma_url: UrlOpt = None,
     timeout: TimeoutOpt = None,
+    chroma_token: TokenOpt = None,
     collection: CollectionOpt = "images",
     *,
     choice: ModelChoice,
@@ -82,7 +84,9 @@ def evaluate(
         from imgsearch.store import Location, Store
 
         with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as tmp:
-            location = Location(db=db or Path(tmp) / "db", url=chroma_url, collection=collection, timeout=timeout)
+            location = Location(
+                db=db or Path(tmp) / "db", url=chroma_url, collection=collection, timeout=timeout, token=chroma_token
+            )
             store = Store(location)
             embedder = open_embedder(store, choice)
             fp = embedder.fingerprint

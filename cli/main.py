@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from imgsearch.store import Location
 
 EXIT_PARTIAL = 3
+OFFLINE = " (offline)"  # after the path of a hit whose folder was offline at the last sync
 
 app = typer.Typer(
     help="Search your image folders by image: ingest folders into a vector store, then find the "
@@ -75,7 +76,16 @@ def ingest(
         str | None, typer.Option(help="Category for every file (default: first folder under DIR).")
     ] = None,
     tag: Annotated[list[str], typer.Option("--tag", help="KEY=VALUE metadata added to every file; repeatable.")] = [],  # noqa: B006
-    prune: Annotated[bool, typer.Option(help="Delete entries under DIRS whose files are gone.")] = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            help="Delete entries under DIRS whose files are proven gone (never under a folder that is missing, "
+            "unreadable or empty: that one is marked offline)."
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="With --prune: delete even more than half of a folder's entries (refused otherwise).")
+    ] = False,
     follow_outside: FollowOutsideOpt = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 16,
     failures: Annotated[Path | None, typer.Option(help="Write the failed files and reasons here as JSON.")] = None,
@@ -114,6 +124,7 @@ def ingest(
                 batch_size=batch_size,
                 progress=tick,
                 shard=shard or ALL,  # the option's callback made it a Shard
+                force=force,
             )
         summary = report.as_dict()
         if failures is not None:
@@ -129,7 +140,11 @@ def ingest(
                     **summary
                 )
             )
+        for root, o in report.offline.items():
+            say(f"offline: {root} {o['reason']}: its {o['rows']} entries are kept, marked offline")
         store.close()
+        if report.refused:
+            fail(report.refused)
     if report.failures:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -147,6 +162,9 @@ def search(
     location: Location,
     choice: ModelChoice,
     as_json: JsonOpt = False,
+    online_only: Annotated[
+        bool, typer.Option("--online-only", help="Leave out images whose folder the last sync found offline.")
+    ] = False,
     open_report: Annotated[
         bool, typer.Option("--open", help="Also write an HTML report (thumbnails, ranks, scores) to a temp file.")
     ] = False,
@@ -166,7 +184,9 @@ def search(
         check_queries(names)  # before the model loads; each file is decoded once, by the search
         with open_search(location, choice) as (store, embedder):
             fingerprint = searched_with(embedder, expand)
-            found = run_search(store, names, embedder, k=k, where=filt, min_score=min_score, expand=expand)
+            found = run_search(
+                store, names, embedder, k=k, where=filt, min_score=min_score, expand=expand, online_only=online_only
+            )
 
             def shown() -> Iterator[tuple[str, list[Any]]]:
                 """Each query's hits printed as they are found, then passed on (to the report)."""
@@ -175,7 +195,10 @@ def search(
                         emit(result_json(str(q), hits, fingerprint["model"], k, filt))
                     else:
                         print(f"query: {q}")
-                        rows = [(h.rank, f"{h.score:.4f}", f"{h.distance:.4f}", h.category, h.path) for h in hits]
+                        rows = [
+                            (h.rank, f"{h.score:.4f}", f"{h.distance:.4f}", h.category, h.path + OFFLINE * h.offline)
+                            for h in hits
+                        ]
                         header = ["rank", "score", "distance", "category", "path"]
                         print(table(header, rows, right=(0, 1, 2)) if rows else "(no results)", end="\n\n", flush=True)
                     yield str(q), hits
@@ -217,9 +240,13 @@ def stats(
             "categories": counts,
             "model": store.fingerprint(),
             "store": store.location.describe(),
+            "offline": store.offline_roots(),  # folder -> {since, reason, rows}
         }
         if (worker_status := read_worker_status(store.location, status)) is not None:
             out["worker"] = worker_status
+        from imgsearch.ingest.worker import quarantined
+
+        out["quarantined"] = quarantined(store.location)
         store.close()
         if as_json:
             emit(out)
@@ -228,6 +255,10 @@ def stats(
         print(f"images: {out['count']}")
         print(f"model:  {describe(out['model'])}")
         print(table(["category", "images"], sorted(counts.items()), right=(1,)))
+        for root, o in out["offline"].items():
+            print(f"offline: {root} since {o.get('since')}: {o['reason']}; {o['rows']} images kept, searchable")
+        for q in out["quarantined"]:
+            print(f"quarantined: {q['path']}: {q['reason']}")
         if worker_status is not None:
             print(worker_line(worker_status))
 

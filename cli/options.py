@@ -1,6 +1,6 @@
 """Options and error handling shared by every command.
 
-The option groups every store or model command takes (``--db --chroma-url --timeout --collection``;
+The option groups every store or model command takes (``--db --chroma-url --timeout --chroma-token --collection``;
 ``--model --variant --weights --device --backend`` and the feature flags) are written once here and
 added to a command by :func:`store_options` / :func:`model_options`, which hand the command one
 ``Location`` / ``ModelChoice`` built from them.
@@ -46,6 +46,19 @@ TimeoutOpt = Annotated[
         help="With --chroma-url: the longest any one request to the server may take before the command fails "
         "(a server that stopped answering). Default 30.",
         show_default=False,
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--chroma-token",
+        envvar="IMGSEARCH_CHROMA_TOKEN",
+        metavar="TOKEN",
+        help="With --chroma-url: the token a server that checks one requires (sent as Authorization: Bearer and "
+        "X-Chroma-Token). Prefer the environment variable: a command line is visible to every user of the host. "
+        "`chroma run` itself checks none (README).",
+        show_default=False,
+        show_envvar=True,
     ),
 ]
 CollectionOpt = Annotated[
@@ -230,17 +243,21 @@ def _options(**annotated: tuple[Any, Any]) -> list[inspect.Parameter]:
 
 
 def store_options(func: F) -> F:
-    """Give the command ``--db --chroma-url --timeout --collection`` in place of its ``location`` parameter."""
+    """Give the command ``--db --chroma-url --timeout --chroma-token --collection`` in place of its
+    ``location`` parameter."""
 
-    def location(db: Path, chroma_url: str | None, timeout: float | None, collection: str) -> Any:
+    def location(
+        db: Path, chroma_url: str | None, timeout: float | None, chroma_token: str | None, collection: str
+    ) -> Any:
         from imgsearch.store import Location
 
-        return Location(db=db, url=chroma_url, collection=collection, timeout=timeout)
+        return Location(db=db, url=chroma_url, collection=collection, timeout=timeout, token=chroma_token)
 
     options = _options(
         db=(DbOpt, DEFAULT_DB),
         chroma_url=(UrlOpt, None),
         timeout=(TimeoutOpt, None),
+        chroma_token=(TokenOpt, None),
         collection=(CollectionOpt, "images"),
     )
     return _replace_parameter(func, "location", options, location)

@@ -66,6 +66,9 @@ def worker_line(status: dict[str, Any]) -> str:
         f"worker: {status.get('state')} (pid {status.get('pid')}), last sync {status.get('last_sync') or 'never'}, "
         f"{status.get('pending')} settling, {status.get('queue')} queued, {status.get('failed')} failed"
         + (f", error: {status['error']}" if status.get("error") else "")
+        + "".join(f", offline: {root}" for root in status.get("offline") or {})
+        + (f", quarantined: {len(status['quarantined'])}" if status.get("quarantined") else "")
+        + (f"\n{status['refused']}" if status.get("refused") else "")
     )
 
 
@@ -168,6 +171,15 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    read_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            metavar="SECONDS",
+            help="Seconds a client has to send a request's headers, then as many for its body (408 beyond): "
+            "slow clients cannot hold the server's places.",
+        ),
+    ] = 30.0,
     token: Annotated[
         str | None,
         typer.Option(
@@ -195,9 +207,10 @@ def serve(
     """Serve the search page (GET /) and its JSON API with FastAPI + uvicorn.
 
     API: POST /api/search (multipart `image`, form `k`, `where`, `min_score`; returns the `search --json`
-    object), POST /api/search/by-id/ID, GET /api/images/ID/thumb, GET /api/stats, /healthz, /readyz.
-    Under load uploads wait for one of --max-concurrent decodes, at most --max-queue of them; more get
-    503 with Retry-After (the page retries by itself). Binding to a non-loopback --host without --token
+    object), POST /api/search/by-id/ID, POST /api/dupes, GET /api/images/ID/thumb, GET /api/stats,
+    /healthz, /readyz, /openapi.json. Under load uploads wait for one of --max-concurrent decodes, at most
+    --max-queue of them, once their body is in; more get 503 with Retry-After (the page retries by itself).
+    A POST from another site's page gets 403. Binding to a non-loopback --host without --token
     (or IMGSEARCH_TOKEN) lets anyone on the network search and view the library: it warns.
     With the embedded store no other process may use it, so --watch DIR runs the worker in here;
     with --chroma-url run `imgsearch worker` separately (any number of web servers and workers).
@@ -208,6 +221,7 @@ def serve(
             import uvicorn
 
             from imgsearch.service.app import LOOPBACK_NAMES, Limits, create_app, exposed
+            from imgsearch.service.middleware import header_deadline
         except ImportError as err:
             fail(f"imgsearch serve needs FastAPI and uvicorn: pip install 'imgsearch[serve]' ({err})")
         app = create_app(
@@ -218,7 +232,7 @@ def serve(
             settle=settle,
             status_path=status,
             follow_outside=follow_outside,
-            limits=Limits(max_upload_mb, max_upload_pixels, max_concurrent, max_queue),
+            limits=Limits(max_upload_mb, max_upload_pixels, max_concurrent, max_queue, read_timeout),
             token=token or None,
             allowed_hosts=[*LOOPBACK_NAMES, host, *allowed_host],
             log=say,
@@ -228,7 +242,8 @@ def serve(
                 f"WARNING: listening on {host} without a token: anyone who can reach this port can search the "
                 "library and view its pictures. Set IMGSEARCH_TOKEN (or --token), or bind to 127.0.0.1."
             )
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+        config = uvicorn.Config(app, host=host, port=port, log_level="info", http=header_deadline(read_timeout))
+        server = uvicorn.Server(config)
         # uvicorn shuts down cleanly on SIGTERM/SIGINT and then re-raises the signal; these no-op
         # handlers (restored by uvicorn once it is done) turn that into a normal exit 0
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -50,12 +50,14 @@ def find_duplicates(
     neighbours: int = NEIGHBOURS,
     progress: Progress | None = None,
     workers: int | None = None,
+    whole_files: bool = True,
 ) -> Duplicates:
     """Groups of duplicates among the stored images ``where`` matches (all by default).
 
     ``level``: ``exact`` (same bytes), ``copies`` (edited copies: candidates verified by their pixels),
     ``similar`` (look-alikes: the vectors alone). ``threshold`` replaces the level's score floor.
     Exact groups are always reported; copies and look-alikes group distinct contents beside them.
+    ``workers``: threads comparing files; ``whole_files``: see :class:`~imgsearch.dupes.verify.Verifier`.
     """
     if level not in ("exact", *FLOORS):
         raise ValueError(f"unknown level {level!r}: exact, copies or similar")
@@ -70,7 +72,7 @@ def find_duplicates(
         if level == "copies":
             from imgsearch.dupes.verify import Verifier
 
-            verifier = Verifier()
+            verifier = Verifier(whole_files=whole_files)
         pairs, files = _accepted(store, where, floor, verifier, neighbours, stats, progress, workers)
         stats["accepted_pairs"] = len(pairs)
         result.groups += _stars(pairs, files, level, None if verifier is None else _joiner(store, verifier))

@@ -87,7 +87,9 @@ def _thumb(grey: np.ndarray, side: int) -> np.ndarray:
 class Verifier:
     """Compares files pairwise; keeps the prepared form of the last ``cache`` files (thread-safe)."""
 
-    def __init__(self, cache: int = 256) -> None:
+    def __init__(self, cache: int = 256, whole_files: bool = True) -> None:
+        """``whole_files`` False: files are decoded at SIDE only and the closer-exposure test, which decodes
+        both files whole, is skipped (such a pair counts as a copy): for a web request's bounded memory."""
         import cv2
 
         cv2.setNumThreads(1)  # pairs run in parallel threads; OpenCV's own pool would oversubscribe
@@ -95,6 +97,7 @@ class Verifier:
         self._cache: OrderedDict[str, _Prepared | str] = OrderedDict()
         self._size = cache
         self._lock = threading.Lock()
+        self._whole_files = whole_files
 
     def same_picture(self, path_a: str, path_b: str) -> Verdict:
         a, b = self._prepared(path_a), self._prepared(path_b)
@@ -109,7 +112,7 @@ class Verifier:
             why, transform = self._unaligned(a, b, mirrored)
             why = why or self._unaligned(b, a, mirrored)[0]
             if not why:
-                if _closer(a, b, transform, mirrored):
+                if self._whole_files and _closer(a, b, transform, mirrored):
                     return Verdict(False, "a closer exposure: finer detail than the wider picture holds")
                 return Verdict(True, "aligned")
             reasons.append(why)

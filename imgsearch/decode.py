@@ -224,8 +224,8 @@ def _image_errors(unidentified: Callable[[], str] = lambda: _UNKNOWN) -> Iterato
         if err.errno is not None:  # the file system's error (I/O error, symlink loop, ...), not the data's
             raise ImageError(f"cannot read the file: {err.strerror or err}") from None
         raise ImageError(f"corrupt or truncated image data ({err})") from None
-    except (SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError) as err:
-        # PIL's plugins raise these on malformed headers and chunks
+    except (SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError, RuntimeError) as err:
+        # PIL's plugins raise these on malformed headers and chunks (RuntimeError: libavif, libheif)
         raise ImageError(f"malformed image file ({type(err).__name__}: {err})") from None
     except MemoryError:
         raise ImageError("not enough memory to decode this image") from None
@@ -299,9 +299,14 @@ def _load_raw(fh: BinaryIO, min_side: int) -> Decoded:
         raise ImageError("not enough memory to read this camera RAW file") from None
     raw_orientation = _FLIP_TO_ORIENTATION.get(flip, 1)
     if thumb.format == rawpy.ThumbFormat.BITMAP:  # uncompressed rows, as an array
-        pixels = np.asarray(thumb.data)
+        pixels = np.asarray(thumb.data)  # not read yet: LibRaw gives it the header's shape, whatever it holds
+        # rows read from the file cannot outnumber its bytes; a header claiming more made LibRaw hand out a
+        # short buffer with the full shape, and reading it crashed the process (found by bench/fuzz_decode.py)
+        shape = "x".join(map(str, pixels.shape))
+        if pixels.nbytes > os.fstat(fh.fileno()).st_size:
+            raise ImageError(f"corrupt camera RAW file: its preview bitmap ({shape}) is larger than the file")
         if pixels.ndim != 3 or pixels.shape[2] not in (1, 3) or pixels.shape[0] * pixels.shape[1] > MAX_PIXELS:
-            raise ImageError(f"camera RAW file with an unusable preview bitmap ({'x'.join(map(str, pixels.shape))})")
+            raise ImageError(f"camera RAW file with an unusable preview bitmap ({shape})")
         if pixels.dtype == np.uint16:
             pixels = (pixels >> 8).astype(np.uint8)
         with _image_errors(lambda: _RAW_PREVIEW_UNREADABLE):
@@ -428,6 +433,21 @@ def _one_line(err: BaseException) -> str:
     return " ".join(text.split()) or type(err).__name__
 
 
+# what plugins raise on a malformed header; RuntimeError: libheif's refusals, e.g. a box over its
+# security limits (found by bench/fuzz_decode.py)
+_HEADER_ERRORS = (
+    SyntaxError,
+    OSError,
+    ValueError,
+    TypeError,
+    EOFError,
+    IndexError,
+    KeyError,
+    struct.error,
+    RuntimeError,
+)
+
+
 def _plugin_error(fh: BinaryIO, name: str) -> str:
     """Why Pillow's plugin for ``name`` refused the open file ``fh`` that starts like one (Image.open hides it)."""
     from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
@@ -453,7 +473,7 @@ def _plugin_error(fh: BinaryIO, name: str) -> str:
         fh.seek(0)
         opened = plugins[name](fh)
         getattr(opened, "close", lambda: None)()
-    except (SyntaxError, OSError, ValueError, TypeError, EOFError, IndexError, KeyError, struct.error) as err:
+    except _HEADER_ERRORS as err:
         return f"its header cannot be read ({_one_line(err)})"
     return "its header cannot be read"
 

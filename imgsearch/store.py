@@ -7,6 +7,9 @@ any other process is refused with a message that points to the server mode.
 Every request to a server is bounded (``Location.timeout``, ``$IMGSEARCH_CHROMA_TIMEOUT``, 30 s), and
 every failure (timeout, connection lost, server error, collection deleted, disk full) surfaces as a
 one-line :class:`StoreError`; a long-running process reconnects and looks the collection up again.
+A server that times out trips a circuit breaker: for a cool-down every call fails at once
+(:class:`StoreUnavailable`), then one call tries it again, so a hung server costs one timeout per
+cool-down instead of one per request; no thread waits for another's connect longer than ``CONNECT_WAIT``.
 chromadb is imported lazily: it costs ~1 s, and ``imgsearch --help`` must stay instant.
 """
 
@@ -22,7 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -34,11 +37,15 @@ from imgsearch.where import matches, supported
 DEFAULT_DB = "./imgsearch-db"
 DEFAULT_COLLECTION = "images"
 FINGERPRINT_KEY = "imgsearch_fingerprint"
+OFFLINE_KEY = "imgsearch_offline"  # collection metadata: the ingested folders found offline, their rows kept
 LOCK_FILE = "imgsearch.lock"
 TIMEOUT_ENV = "IMGSEARCH_CHROMA_TIMEOUT"
+TOKEN_ENV = "IMGSEARCH_CHROMA_TOKEN"
 # seconds one request to a Chroma server may take: chromadb's own client waits forever, so a server
 # that stops answering (hung, SIGSTOPped, a dead network path) would hang every command and the worker
 DEFAULT_TIMEOUT = 30.0
+BREAKER_S = (2.0, 30.0)  # cool-down after a timeout: the timeout itself, clamped to this range (seconds)
+CONNECT_WAIT = 1.0  # seconds a thread waits while another connects, before failing as unavailable
 HTTP_BATCH = 500  # rows per request to a server: 500 x 2048 floats stays far below its 40 MiB cap
 # HNSW settings of new collections: recall@10 1.000 vs exact at 100k real-derived vectors, where
 # Chroma's defaults (M=16, ef_search=100) gave 0.993 (docs/index-bench.md); ~1.8x the query time
@@ -73,6 +80,49 @@ class CollectionMissing(StoreError):
     """The collection does not exist: not made yet, or deleted on the server (an ingest makes it)."""
 
 
+class StoreTimeout(StoreError):
+    """The server did not answer in time (it trips the circuit breaker)."""
+
+
+class StoreUnavailable(StoreError):
+    """Not asked at all: the breaker is open, or another thread is connecting; ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _Breaker:
+    """After a timeout, calls fail at once for ``cool_down`` seconds; then one thread at a time (the
+    probe) may try the server, and its first answer closes the breaker again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open_until = 0.0  # monotonic time the cool-down ends; 0: closed
+        self._probe: int | None = None  # the thread trying the server after a cool-down
+        self._why = ""  # the timeout that opened it
+
+    def admit(self) -> None:
+        with self._lock:
+            if not self._open_until or self._probe == threading.get_ident():
+                return
+            wait = self._open_until - time.monotonic()
+            if wait <= 0 and self._probe is None:
+                self._probe = threading.get_ident()
+                return
+        raise StoreUnavailable(f"{self._why}; not asked again for a few seconds", max(wait, 1.0))
+
+    def timed_out(self, failure: StoreTimeout, timeout: float) -> None:
+        with self._lock:
+            self._open_until = time.monotonic() + min(max(timeout, BREAKER_S[0]), BREAKER_S[1])
+            self._probe, self._why = None, str(failure)
+
+    def answered(self) -> None:
+        with self._lock:
+            if self._open_until and self._probe in (None, threading.get_ident()):
+                self._open_until, self._probe = 0.0, None
+
+
 def default_timeout() -> float:
     """Seconds a server request may take: ``$IMGSEARCH_CHROMA_TIMEOUT``, else :data:`DEFAULT_TIMEOUT`."""
     raw = os.environ.get(TIMEOUT_ENV, "").strip()
@@ -105,6 +155,16 @@ def stored_path(meta: dict[str, Any]) -> str:
     if "path_b64" in meta:
         return os.fsdecode(base64.b64decode(meta["path_b64"]))
     return str(meta["path"])
+
+
+def _token_headers(token: str | None) -> dict[str, str]:
+    """The token in both headers a Chroma server may read it from: Chroma's token auth takes either
+    (its CHROMA_AUTH_TOKEN_TRANSPORT_HEADER), and a proxy in front of the server takes the Bearer one."""
+    if not token:
+        return {}
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise StoreError(f"--chroma-token / {TOKEN_ENV}: use ASCII letters, digits and punctuation only")
+    return {"Authorization": f"Bearer {token}", "X-Chroma-Token": token}
 
 
 def _one_line(err: BaseException) -> str:
@@ -156,6 +216,8 @@ class Location:
     url: str | None = None
     collection: str = DEFAULT_COLLECTION
     timeout: float | None = None  # seconds per server request; None: default_timeout()
+    # sent to the server with every request (Authorization: Bearer and X-Chroma-Token); kept out of repr/logs
+    token: str | None = field(default=None, repr=False)
 
     def describe(self) -> str:
         where = self.url if self.url else str(Path(self.db or DEFAULT_DB).resolve())
@@ -185,6 +247,7 @@ class Store:
         self._collection: Any = None
         self._lock_fd: int | None = None
         self._connecting = threading.Lock()  # web server threads may all connect at once
+        self._breaker = _Breaker()
         # filtered queries: the rows that sufficed per filter lately, and the collection's size lately
         self._asks: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._rows: tuple[float, int] | None = None
@@ -217,8 +280,18 @@ class Store:
         self._lock_fd = fd
 
     def _connect(self, create: bool) -> Any:
-        with self._connecting:
+        if self._client is not None:
+            return self._client
+        if not self._connecting.acquire(timeout=CONNECT_WAIT):  # a connect to a hung server takes a timeout
+            raise StoreUnavailable(f"still connecting to {self._where()}", CONNECT_WAIT)
+        try:
             return self._client if self._client is not None else self._open_client(create)
+        finally:
+            self._connecting.release()
+
+    def _where(self) -> str:
+        url = self.location.url
+        return f"the Chroma server at {url}" if url else f"the store {self._embedded_path()}"
 
     def _open_client(self, create: bool) -> Any:
         import chromadb
@@ -234,14 +307,17 @@ class Store:
             port = url.port or (443 if url.scheme == "https" else 8000)
             host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
             timeout = self._timeout()
+            headers = _token_headers(self.location.token)
             try:
                 # chromadb's client waits forever, in its constructor too (three requests, made before
                 # a timeout can be set): a bounded heartbeat first, so a hung server costs no thread;
                 # then the constructor, given up after the timeout; then the bound on its own session
-                probe = httpx.get(f"{url.scheme}://{host}:{port}/api/v2/heartbeat", timeout=timeout)
+                probe = httpx.get(f"{url.scheme}://{host}:{port}/api/v2/heartbeat", headers=headers, timeout=timeout)
                 probe.raise_for_status()
                 ssl = url.scheme == "https"
-                client = _within(timeout, lambda: chromadb.HttpClient(url.hostname, port, ssl, settings=settings))
+                client = _within(
+                    timeout, lambda: chromadb.HttpClient(url.hostname, port, ssl, headers=headers, settings=settings)
+                )
                 client._server._session.timeout = httpx.Timeout(timeout)
             except Exception as err:  # connection refused, timeouts, DNS, TLS, HTTP errors
                 why = f"cannot reach the Chroma server at {self.location.url}: {_one_line(err)}"
@@ -260,15 +336,21 @@ class Store:
     def _failure(self, err: Exception) -> StoreError | None:
         """The one-line StoreError a failed Chroma call means; None when ``err`` is no store failure (a bug)."""
         import httpx
-        from chromadb.errors import ChromaError, NotFoundError
+        from chromadb.errors import AuthorizationError, ChromaAuthError, ChromaError, NotFoundError
 
         loc = self.location
-        where = f"the Chroma server at {loc.url}" if loc.url else f"the store {self._embedded_path()}"
+        where = self._where()
         text = _one_line(err)
         if isinstance(err, StoreError):
             return err
-        if isinstance(err, httpx.TimeoutException):
+        status = err.response.status_code if isinstance(err, httpx.HTTPStatusError) else None
+        if isinstance(err, AuthorizationError | ChromaAuthError) or status in (401, 403):
             return StoreError(
+                f"the Chroma server refused the request: token missing or wrong ({loc.url}: "
+                f"pass --chroma-token or set {TOKEN_ENV})"
+            )
+        if isinstance(err, httpx.TimeoutException):
+            return StoreTimeout(
                 f"{where} did not answer within {self._timeout():g} s (stopped, overloaded or unreachable?); "
                 f"if it is only slow, raise --timeout or {TIMEOUT_ENV}"
             )
@@ -292,25 +374,38 @@ class Store:
     def _call(self, op: Callable[[], T], retry: bool = True) -> T:
         """``op()`` with every Chroma failure turned into a one-line StoreError. A lost server is
         reconnected on the next call; a collection deleted or recreated on the server since it was
-        looked up is looked up again and ``op`` retried, once."""
+        looked up is looked up again and ``op`` retried, once. A timeout opens the breaker (:class:`_Breaker`)."""
         import httpx
 
+        self._breaker.admit()
         try:
-            return op()
+            done = op()
         except Exception as err:
             failure = self._failure(err)
             if failure is None:
+                self._breaker.answered()
                 raise
-            with self._connecting:  # the cached handle may be stale, a broken connection is
-                self._collection = None
-                stale = self._client if self.location.url and isinstance(err, httpx.TransportError) else None
-                if stale is not None:
-                    self._client = None
+            if isinstance(failure, StoreTimeout):
+                self._breaker.timed_out(failure, self._timeout())
+            elif not isinstance(failure, StoreUnavailable):
+                self._breaker.answered()  # an error, but an answer
+            # the cached handle may be stale, a broken connection is; a thread that is connecting replaces both
+            stale = None
+            if self._connecting.acquire(timeout=CONNECT_WAIT):
+                try:
+                    self._collection = None
+                    stale = self._client if self.location.url and isinstance(err, httpx.TransportError) else None
+                    if stale is not None:
+                        self._client = None
+                finally:
+                    self._connecting.release()
             if stale is not None:
                 stale.close()
             if retry and isinstance(failure, CollectionMissing) and failure is not err:
                 return self._call(op, retry=False)
             raise failure from None
+        self._breaker.answered()
+        return done
 
     def _lookup(self) -> Any | None:
         """The collection if it exists (nothing is created); checks it is a cosine one."""
@@ -327,7 +422,9 @@ class Store:
             if "does not exist" in str(err):
                 return None
             raise
-        space = (col.configuration or {}).get("hnsw", {}) or {}
+        # the raw JSON, not .configuration: that builds the embedding function the server's config names, and
+        # anyone who can write to an unauthenticated server could name one that runs remote code (CVE-2026-45829)
+        space = (col.configuration_json or {}).get("hnsw", {}) or {}
         if space.get("space", "l2") != "cosine":
             raise StoreError(
                 f"collection {self.location.collection!r} at {self.location.describe()} uses "
@@ -377,6 +474,31 @@ class Store:
 
         self._call(make)
         self.require()  # re-read: validates the space even if another client raced us
+
+    # -- offline folders --------------------------------------------------------------------
+    def _fresh(self) -> Any:
+        """The collection as the store has it now (its metadata may have changed since it was looked up)."""
+        return self._connect(create=False).get_collection(self.location.collection, embedding_function=None)
+
+    def offline_roots(self) -> dict[str, dict[str, Any]]:
+        """Ingested folder → ``{"since", "reason", "rows"}`` for each one the last sync found offline
+        (missing, unreadable, or empty while it had rows): its rows are kept, and marked so by this,
+        one collection-level record rather than a rewrite of every row."""
+        if not self.location.url and not (self._embedded_path() / "chroma.sqlite3").exists():
+            return {}
+        raw = (self._call(self._fresh).metadata or {}).get(OFFLINE_KEY)
+        return json.loads(raw) if raw else {}
+
+    def set_offline_roots(self, roots: dict[str, dict[str, Any]]) -> None:
+        """Record the offline folders (:meth:`offline_roots`); the other collection metadata is kept
+        (Chroma's ``modify`` replaces the whole dict, the fingerprint included)."""
+
+        def write() -> None:
+            col = self._fresh()
+            meta = {k: v for k, v in (col.metadata or {}).items() if k != OFFLINE_KEY}
+            col.modify(metadata={**meta, OFFLINE_KEY: json.dumps(roots, sort_keys=True)} if roots else meta)
+
+        self._call(write)
 
     # -- reading ----------------------------------------------------------------------------
     def count(self) -> int:

@@ -14,8 +14,11 @@ Nothing here runs a model, talks to a store or reads a file: the stored rows com
 - ``add`` / ``reembed``: anything else is embedded (``reembed`` keeps the id: overwritten in place).
 
 Files that cannot be hashed become failures. :func:`plan_prune` picks the rows to delete: under the
-given roots, not scanned this run, and whose file is gone; the runner asks it after the writes, so that
-it sees the store (and the disk) as they are then.
+given roots, not scanned this run, and whose file is proven gone (:class:`ingest.scan.Absence`: its lstat
+says ENOENT and its folder could be listed); the runner asks it after the writes, so that it sees the
+store (and the disk) as they are then. Rows under an offline root (missing, unreadable, or listing no
+image files) are never pruned, and a prune that would delete more than :data:`MAX_PRUNE_SHARE` of a
+root's rows is refused unless forced (:meth:`Pruning.refusal`): a half-mounted share reads like that too.
 
 Several workers share one library through a :class:`Shard` (``--shard K/N``): each plans only the
 files whose id (a hash of the path) falls in its shard and prunes only rows of its shard, so no file is
@@ -30,7 +33,7 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from imgsearch.ingest.scan import Failure, FileInfo
+from imgsearch.ingest.scan import Absence, Failure, FileInfo
 from imgsearch.store import PAGE, stored_path
 
 Meta = Mapping[str, Any]  # a stored row's metadata (read: path/path_b64, size, mtime_ns, sha256, width,
@@ -47,6 +50,7 @@ RESTATED = "same content as stored, root/category/tags differ: metadata refreshe
 NEW = "new file"
 CHANGED = "content changed since stored (sha256 differs)"
 GONE = "stored file is gone"
+MAX_PRUNE_SHARE = 0.5  # of a root's rows: a prune deleting more is refused unless forced
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +146,7 @@ def plan(
     find_twins: FindTwins | None = None,
     *,
     tags: Mapping[str, str] | None = None,
-    exists: Exists = os.path.lexists,
+    exists: Exists | None = None,
     page: int = PAGE,
     shard: Shard = ALL,
 ) -> Plan:
@@ -152,7 +156,8 @@ def plan(
     ``stored`` is asked for a page of ids at a time (or is a dict); only the rows of changed files are
     kept. ``hash_files`` is called once, with the files that are not unchanged by size and mtime.
     ``find_twins`` gets the hashes of new content and returns the stored rows with that content (default:
-    searched in ``stored``, which must then be a dict). ``exists`` tells whether a twin's file is gone.
+    searched in ``stored``, which must then be a dict). ``exists`` tells whether a twin's file is still
+    there (default: not proven gone, :class:`ingest.scan.Absence`); only a gone twin's row is moved.
     """
     tags = dict(tags or {})
     lookup = stored if callable(stored) else _lookup_in(stored)
@@ -165,7 +170,7 @@ def plan(
     result = Plan(files)
     changed = _triage(files, lookup, tags, result, page)
     hashed = _compare(changed, hash_files([c.file for c in changed]), result)
-    _match(hashed, find_twins([sha for _, sha in hashed]), files, exists, result)
+    _match(hashed, find_twins([sha for _, sha in hashed]), files, exists or Absence().present, result)
     return result
 
 
@@ -231,26 +236,57 @@ def _match(
             out.reuse.append(Action("copy", c.id, reason, counter, c.file, sha, c.previous, twin_id, *size))
 
 
+@dataclass
+class Pruning:
+    """What :func:`plan_prune` found: the rows to delete, and per root the rows of the shard under it."""
+
+    actions: list[Action] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)  # root -> rows under it (offline roots included)
+    gone: dict[str, int] = field(default_factory=dict)  # root -> rows to delete under it
+
+    def refusal(self, share: float = MAX_PRUNE_SHARE) -> str:
+        """Why this prune must not run unforced ("" when it may): it deletes more than ``share`` of a root's rows."""
+        over = [
+            f"{self.gone[r]} of the {self.rows[r]} rows under {r}"
+            for r in self.gone
+            if self.gone[r] > share * self.rows[r]
+        ]
+        if not over:
+            return ""
+        return (
+            f"prune refused: it would delete {', '.join(over)} (more than {share:.0%}; a folder half unmounted "
+            "looks like that too); nothing was deleted. If the files really are gone: imgsearch ingest --prune --force"
+        )
+
+
 def plan_prune(
     rows: Iterable[tuple[str, Meta]],
     scanned: Container[str],
     roots: Sequence[str],
-    exists: Exists = os.path.lexists,
+    exists: Exists | None = None,
     shard: Shard = ALL,
-) -> list[Action]:
+    offline: Container[str] = (),
+) -> Pruning:
     """The rows to delete: owned by ``shard``, not among ``scanned`` ids, stored under one of ``roots``
-    (or as one of them), and whose file is gone. ``rows`` is consumed as it comes (a store scan, a page
-    at a time)."""
-    prefixes = tuple(os.path.join(os.path.abspath(r), "") for r in roots)
-    exact = {os.path.abspath(r) for r in roots}
-    pruned = []
+    (or as one of them) but none of the ``offline`` ones, and whose file is gone (``exists`` says no;
+    default: proven gone, :class:`ingest.scan.Absence`). ``rows`` is consumed as it comes (a store scan,
+    a page at a time)."""
+    exists = exists or Absence().present
+    absolute = [os.path.abspath(r) for r in roots]
+    under = sorted(((os.path.join(r, ""), r) for r in absolute), key=lambda pr: -len(pr[0]))  # innermost first
+    found = Pruning(rows=dict.fromkeys(absolute, 0))
     for id_, meta in rows:
-        if id_ in scanned or not shard.owns(id_):
+        if not shard.owns(id_):
             continue
         path = stored_path(meta)
-        if (path.startswith(prefixes) or path in exact) and not exists(path):
-            pruned.append(Action("prune", id_, GONE, "pruned", path=path))
-    return pruned
+        root = path if path in found.rows else next((r for prefix, r in under if path.startswith(prefix)), None)
+        if root is None:
+            continue
+        found.rows[root] += 1
+        if id_ not in scanned and root not in offline and not exists(path):
+            found.actions.append(Action("prune", id_, GONE, "pruned", path=path))
+            found.gone[root] = found.gone.get(root, 0) + 1
+    return found
 
 
 def _lookup_in(rows: Mapping[str, Meta]) -> Lookup:

@@ -4,6 +4,10 @@ Nothing is opened here. Only regular files are taken: a FIFO, socket or device u
 is reported (opening a FIFO would wait forever for a writer). A symlink whose target lies outside
 every root is reported too unless ``follow_outside``: a folder of photos should not be a way to
 read /etc/passwd or another user's files into a shared library.
+
+What is *not* there is only believed when it is proven (:class:`Absence`, :func:`root_problem`): a
+folder that cannot be read right now (an unmounted disk, a NAS not up yet, EACCES, ESTALE, EIO) must
+never read as "every photo in it was deleted".
 """
 
 from __future__ import annotations
@@ -47,6 +51,62 @@ class ScanResult:
 
     def walk_error(self, err: OSError) -> None:
         self.failures.append(Failure(os.fsdecode(err.filename or "?"), f"cannot list folder: {err.strerror}"))
+
+
+def root_problem(root: str) -> str:
+    """Why the folder ``root`` cannot be listed now ("" when it can, or when it is a single file)."""
+    try:
+        with os.scandir(root):
+            return ""
+    except NotADirectoryError:
+        return ""
+    except FileNotFoundError:
+        return "missing (unmounted?)"
+    except OSError as err:
+        return f"cannot list it: {err.strerror or err}"
+
+
+class Absence:
+    """Proof that a path is gone: its own lstat says ENOENT *and* the nearest folder above it that exists
+    could be listed and lacks the next name. Any other answer (EACCES, ESTALE, EIO, ENOTDIR, a folder
+    that cannot be listed) proves nothing. Listings are kept for the life of the object (one prune pass),
+    so the rows of one folder cost one listing."""
+
+    def __init__(self) -> None:
+        self._listings: dict[str, frozenset[str] | OSError] = {}  # folder -> its names, or why it cannot be listed
+
+    def _names(self, folder: str) -> frozenset[str]:
+        if folder not in self._listings:
+            try:
+                self._listings[folder] = frozenset(os.listdir(folder))
+            except OSError as err:
+                self._listings[folder] = err
+        found = self._listings[folder]
+        if isinstance(found, OSError):
+            raise found
+        return found
+
+    def proven(self, path: str) -> bool:
+        try:
+            os.lstat(path)
+            return False
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        child = path
+        while (folder := os.path.dirname(child)) != child:
+            try:
+                return os.path.basename(child) not in self._names(folder)
+            except FileNotFoundError:  # the folder is gone too: its own parent holds the proof
+                child = folder
+            except OSError:
+                return False
+        return False
+
+    def present(self, path: str) -> bool:
+        """What :func:`ingest.plan.plan` asks: not proven gone."""
+        return not self.proven(path)
 
 
 def is_image_name(name: str) -> bool:

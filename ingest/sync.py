@@ -4,35 +4,44 @@ What is decided, and why, is the planner's (nothing is decoded to decide it): un
 skipped, touched ones get their metadata refreshed, content already stored reuses that row's vector
 (a move when its file is gone, else a copy, counted as ``added``), the rest is embedded through the
 reader → mapper (:func:`imgsearch.batching.embed_files`) → :class:`Writer` stages, and rows whose files
-are gone are pruned (when asked). Every write is idempotent (rows keyed by path id, overwritten in
-place), so a killed ingest is finished by re-running, and no file is missing from searches at any
-moment of an update.
+are proven gone are pruned (when asked; never under an offline folder, and not more than half of a
+folder's rows unless forced: :mod:`imgsearch.ingest.plan`). Every write is idempotent (rows keyed by
+path id, overwritten in place), so a killed ingest is finished by re-running, and no file is missing
+from searches at any moment of an update.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable, Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from imgsearch.backbones import Embedder
-from imgsearch.batching import Embedded, embed_files
+from imgsearch.batching import DecodeJournal, Embedded, embed_files
 from imgsearch.files import open_regular
 from imgsearch.ingest.plan import ALL, Action, FindTwins, Plan, Shard, plan, plan_prune
-from imgsearch.ingest.scan import Failure, FileInfo, scan
+from imgsearch.ingest.scan import OUTSIDE, Failure, FileInfo, root_problem, scan
 from imgsearch.runtime import usable_cpus
-from imgsearch.store import RESERVED_KEYS, Store, image_id, path_fields
+from imgsearch.store import DEFAULT_DB, RESERVED_KEYS, Location, Store, image_id, path_fields
 
 WRITE_BATCH = 256  # rows buffered before a store write: a kill loses at most this much work
 HASH_CHUNK = 1 << 20
 Row = tuple[str, np.ndarray, dict[str, Any], dict[str, Any] | None]  # id, vector, metadata, stored metadata
 VANISHED = "file vanished before it could be read (deleted or moved during the ingest)"
+EMPTY = "lists no image files (an empty mount point, or everything gone at once?)"
+STORED_OUTSIDE = (
+    "stored, but now a symlink that leads outside the ingested folders: its row (the vector of the file it was) "
+    "is kept; --follow-outside reads it, `imgsearch remove` drops it"
+)
 
 
 @dataclass
@@ -46,6 +55,8 @@ class IngestReport:
     embedded: int = 0  # model runs
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+    offline: dict[str, dict[str, Any]] = field(default_factory=dict)  # root -> {reason, rows}: rows kept
+    refused: str = ""  # why the prune was refused (nothing deleted); "" when it ran or was not asked for
 
     @property
     def failed(self) -> int:
@@ -67,9 +78,31 @@ class IngestReport:
             "embedded": self.embedded,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
+            "offline": dict(sorted(self.offline.items())),
+            "refused": self.refused,
             # a non-UTF-8 name is shown readable, its exact bytes in path_b64 (as the store keeps it)
             "failures": [{**path_fields(f.path), "reason": f.reason} for f in self.failures],
         }
+
+
+def state_path(location: Location, kind: str, suffix: str, shard: Shard = ALL) -> Path:
+    """A file of imgsearch's own state for ``location`` (``kind``: worker, decoding, quarantine), where
+    every process on this machine looks: in the store folder, or for a server under
+    ``$XDG_STATE_HOME/imgsearch``. Each shard of several has its own (``...-shard1of3``)."""
+    end = ("" if shard == ALL else f"-shard{shard.index}of{shard.count}") + suffix
+    if location.url:
+        server = re.sub(r"[^A-Za-z0-9.-]+", "_", location.url.split("://")[-1]).strip("_")
+        state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+        return state / "imgsearch" / f"{kind}-{server}-{location.collection}{end}"
+    folder = Path(location.db or DEFAULT_DB).expanduser().resolve()
+    return folder / f"imgsearch-{kind}-{location.collection}{end}"
+
+
+def decode_journal(location: Location, shard: Shard = ALL) -> DecodeJournal:
+    """The decode journal of ingests and workers into ``location`` (:class:`imgsearch.batching.DecodeJournal`)."""
+    return DecodeJournal(
+        state_path(location, "decoding", ".log", shard), state_path(location, "quarantine", ".json", shard)
+    )
 
 
 def check_tags(tags: dict[str, str]) -> None:
@@ -197,9 +230,11 @@ class Runner:
         batch_size: int = 16,
         progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        journal: DecodeJournal | None = None,
     ) -> None:
         self.store, self.embedder, self.report, self.tags = store, embedder, report, tags
         self.batch_size, self.progress, self.should_stop = batch_size, progress, should_stop
+        self.journal = journal
 
     def stopping(self) -> bool:
         return self.should_stop is not None and self.should_stop()
@@ -236,7 +271,8 @@ class Runner:
     def embed(self, actions: Sequence[Action], writer: Writer) -> None:
         """Decode and embed the files (the mapper, fed their paths), writing each vector as it comes. A file
         that could not be used, or changed since the scan, is a failure; once ``should_stop`` says yes, the
-        rest is left for the next run."""
+        rest is left for the next run. A file the ``journal`` quarantined is a failure, never decoded."""
+        actions = self._unquarantined(actions)
         done = 0
 
         def tick() -> None:
@@ -249,11 +285,24 @@ class Runner:
         if self.progress is not None:
             self.progress(0, len(actions))
         paths = [a.file.path for a in actions]  # type: ignore[union-attr]  (an embed action has its file)
-        results = embed_files(paths, self.embedder, batch_size=self.batch_size, on_decoded=tick)
+        results = embed_files(paths, self.embedder, batch_size=self.batch_size, on_decoded=tick, journal=self.journal)
         for a, result in zip(actions, results, strict=True):
             if self.stopping():
                 break
             self.write_embedded(a, result, writer)
+
+    def _unquarantined(self, actions: Sequence[Action]) -> Sequence[Action]:
+        """The actions whose files the journal has not quarantined; those are failures, with the reason."""
+        if self.journal is None:
+            return actions
+        kept = []
+        for a in actions:
+            assert a.file is not None
+            if why := self.journal.quarantined(a.file.path, a.file.size, a.file.mtime_ns):
+                self.report.failures.append(Failure(a.file.path, why))
+            else:
+                kept.append(a)
+        return kept
 
     def write_embedded(self, action: Action, result: Embedded, writer: Writer) -> None:
         """The writer's side of one embedded file."""
@@ -266,18 +315,48 @@ class Runner:
         writer.put(action.id, result.vector, self._metadata(action, result.width, result.height), action.previous)
         self.count(action)
 
-    def prune(self, scanned: Container[str], roots: Sequence[str], shard: Shard = ALL) -> list[Action]:
-        """Delete the rows of ``shard`` under ``roots`` whose files are gone (decided on the store as
-        written by now)."""
-        actions = plan_prune(self.store.scan(), scanned, roots, shard=shard)
-        self.store.delete([a.id for a in actions])
-        for action in actions:
+    def prune(
+        self, scanned: Container[str], roots: Sequence[str], shard: Shard, offline: dict[str, str], force: bool
+    ) -> list[Action]:
+        """Delete the rows of ``shard`` under ``roots`` whose files are proven gone (decided on the store as
+        written by now), none under the ``offline`` candidates (root → why), which are recorded as offline
+        when they hold rows. More than half a root's rows is refused (nothing deleted) unless ``force``."""
+        found = plan_prune(self.store.scan(), scanned, roots, shard=shard, offline=offline)
+        self.report.offline = {r: {"reason": why, "rows": found.rows[r]} for r, why in offline.items() if found.rows[r]}
+        if not force and (refusal := found.refusal()):
+            self.report.refused = refusal
+            return []
+        self.store.delete([a.id for a in found.actions])
+        for action in found.actions:
             self.count(action)
-        return actions
+        return found.actions
 
     def _metadata(self, action: Action, width: int, height: int) -> dict[str, Any]:
         assert action.file is not None
         return file_metadata(action.file, action.sha256, width, height, self.tags)
+
+
+def _offline_candidates(roots: Sequence[str], files: Sequence[FileInfo], problems: dict[str, str]) -> dict[str, str]:
+    """Root → why it may be offline: it cannot be listed (``problems``) or lists no image files. Only a
+    candidate holding rows is offline (:meth:`Runner.prune` counts them)."""
+    listed = {f.root for f in files}
+    return {r: problems[r] or EMPTY for r in roots if problems[r] or (os.path.isdir(r) and r not in listed)}
+
+
+def _rows_of(store: Store, roots: Sequence[str]) -> dict[str, int]:
+    """Rows stored with each of ``roots`` (read only for offline candidates when nothing is pruned)."""
+    return {r: sum(1 for _ in store.scan(where={"root": r})) for r in roots}
+
+
+def _record_offline(store: Store, roots: Sequence[str], offline: dict[str, dict[str, Any]]) -> None:
+    """Mark ``offline`` in the store and clear the marks of the other ``roots``; written only on a change."""
+    marked = store.offline_roots()
+    now = datetime.now().astimezone().isoformat(timespec="seconds")
+    wanted = {r: v for r, v in marked.items() if r not in roots} | {
+        r: {**state, "since": marked.get(r, {}).get("since", now)} for r, state in offline.items()
+    }
+    if {r: v["reason"] for r, v in wanted.items()} != {r: v.get("reason") for r, v in marked.items()}:
+        store.set_offline_roots(wanted)
 
 
 def ingest(
@@ -293,6 +372,7 @@ def ingest(
     should_stop: Callable[[], bool] | None = None,
     follow_outside: bool = False,
     shard: Shard = ALL,
+    force: bool = False,
 ) -> IngestReport:
     """Bring the store in line with the image files under ``roots``: scan, plan, run the plan.
 
@@ -302,20 +382,44 @@ def ingest(
     ``follow_outside`` also reads symlinks that lead out of ``roots`` (:func:`ingest.scan.scan`).
     ``shard``: only the files (and pruned rows) whose path id it owns; the other shards' files are
     neither stored nor pruned here (several workers sharing one library, :class:`ingest.plan.Shard`).
+    A root that cannot be listed, or lists no image files while rows are stored under it, is offline:
+    its rows are kept and marked (:meth:`imgsearch.store.Store.offline_roots`), and unmarked by the
+    first sync that finds it back. ``force``: prune even more than half of a root's rows.
     """
     tags = dict(tags or {})
     check_tags(tags)
     store.create(embedder.fingerprint)  # connecting is start-up, like loading the model: not timed
     started = time.perf_counter()
     report = IngestReport()
-    scanned = scan(roots, category, follow_outside)
-    report.failures.extend(f for f in scanned.failures if shard.owns(image_id(f.path)))  # each once, by its owner
+    absolute = [os.path.abspath(r) for r in roots]
+    problems = {r: root_problem(r) for r in absolute}
+    scanned = scan([r for r in absolute if not problems[r]], category, follow_outside)
+    candidates = _offline_candidates(absolute, scanned.files, problems)
+    owned = [f for f in scanned.failures if shard.owns(image_id(f.path))]  # each reported once, by its owner
+    report.failures.extend(_reported(store, owned))
     files = {image_id(f.path): f for f in scanned.files if ready is None or ready(f)}
     vectors: dict[str, np.ndarray] = {}  # id → vector of the stored rows a move or copy reuses
     todo = plan(files, store.get, _hash_all, _twin_finder(store, vectors), tags=tags, shard=shard)
-    runner = Runner(store, embedder, report, tags, batch_size, progress, should_stop)
-    runner.run(todo, vectors)
-    if prune and not runner.stopping():
-        todo.prune = runner.prune(files, roots, shard)
+    journal = decode_journal(store.location, shard)
+    journal.open()
+    runner = Runner(store, embedder, report, tags, batch_size, progress, should_stop, journal)
+    try:
+        runner.run(todo, vectors)
+    finally:
+        journal.close()
+    if not runner.stopping():
+        if prune:
+            todo.prune = runner.prune(files, absolute, shard, candidates, force)
+        else:
+            rows = _rows_of(store, list(candidates))
+            report.offline = {r: {"reason": why, "rows": rows[r]} for r, why in candidates.items() if rows[r]}
+        _record_offline(store, absolute, report.offline)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _reported(store: Store, failures: Sequence[Failure]) -> list[Failure]:
+    """Scan failures as reported: a stored file that became a symlink out of the roots says its row is kept
+    (the row still holds the vector of the file it was)."""
+    outside = store.get([image_id(f.path) for f in failures if f.reason == OUTSIDE])
+    return [Failure(f.path, STORED_OUTSIDE) if image_id(f.path) in outside else f for f in failures]

@@ -4,10 +4,12 @@ Each cycle scans the folders (walk + stat, nothing is opened) and runs the incre
 when the settled files differ from the last sync: new, changed, moved and deleted files are all
 handled by :func:`ingest.sync.ingest`. A file is read only once its (size, mtime) has held still for
 ``settle`` seconds, so a photo still being copied in is never embedded half-written; a file that
-failed is retried only after it changes. Stopping (SIGTERM) is checked between rows: rows already
-embedded are written, nothing is half-written, and the next start finishes the job (ingest is
-idempotent). The worker's state goes to a JSON status file, replaced atomically, that
-``imgsearch stats`` and the web app's ``/api/stats`` read.
+failed is retried only after it changes. A folder that is missing, unreadable or suddenly empty is
+offline, not deleted: its rows are kept and marked, and a prune of more than half a folder's rows is
+refused (the worker never forces it; ``imgsearch ingest --prune --force`` does).
+Stopping (SIGTERM) is checked between rows: rows already embedded are written, nothing is
+half-written, and the next start finishes the job (ingest is idempotent). The worker's state goes
+to a JSON status file, replaced atomically, that ``imgsearch stats`` and the web app's ``/api/stats`` read.
 
 Workers sharing one library (and one Chroma server) each take a :class:`~imgsearch.ingest.plan.Shard`:
 a worker watches, stores and prunes only the files whose path id its shard owns, so every file is
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -28,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from imgsearch.backbones import Embedder
+from imgsearch.batching import read_quarantine
 from imgsearch.ingest.plan import ALL, Shard
 from imgsearch.ingest.scan import FileInfo, scan
-from imgsearch.ingest.sync import IngestReport, ingest
-from imgsearch.store import DEFAULT_DB, CollectionMissing, Location, Store, StoreError, image_id
+from imgsearch.ingest.sync import IngestReport, decode_journal, ingest, state_path
+from imgsearch.store import CollectionMissing, Location, Store, StoreError, image_id
 
 State = tuple[int, int]  # (size, mtime_ns): what a scan sees of a file
 STATUS_EVERY = 1.0  # seconds between status-file writes while a sync is running
@@ -43,24 +45,26 @@ BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 
 def default_status_path(location: Location, shard: Shard = ALL) -> Path:
     """The status file of the worker of ``location``, where worker, serve and stats on this machine
-    all look: in the store folder, or for a server under ``$XDG_STATE_HOME/imgsearch`` (other
-    machines or containers share one with ``--status FILE``). A worker of one shard of several gets
-    its own (``...-shard1of3.json``), so that workers on one machine never overwrite each other's."""
-    suffix = "" if shard == ALL else f"-shard{shard.index}of{shard.count}"
-    if location.url:
-        server = re.sub(r"[^A-Za-z0-9.-]+", "_", location.url.split("://")[-1]).strip("_")
-        state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-        return state / "imgsearch" / f"worker-{server}-{location.collection}{suffix}.json"
-    folder = Path(location.db or DEFAULT_DB).expanduser().resolve()
-    return folder / f"imgsearch-worker-{location.collection}{suffix}.json"
+    all look (:func:`ingest.sync.state_path`; other machines or containers share one with ``--status
+    FILE``). A worker of one shard of several gets its own (``...-shard1of3.json``), so that workers on
+    one machine never overwrite each other's."""
+    return state_path(location, "worker", ".json", shard)
+
+
+def quarantined(location: Location, shard: Shard = ALL) -> list[dict[str, str]]:
+    """The files ingests into ``location`` quarantined (their decode killed the process twice): path, reason."""
+    entries = read_quarantine(decode_journal(location, shard).state_path)
+    return [{"path": p, "reason": e["reason"]} for p, e in sorted(entries.items()) if e.get("reason")]
 
 
 def read_status(path: Path) -> dict[str, Any] | None:
-    """A worker's last written status, or None when there is none (it is replaced atomically)."""
+    """A worker's last written status, or None when there is none (it is replaced atomically) or it is
+    not a worker's: ``stats`` and ``/api/stats`` read it, and a JSON nested too deep raises RecursionError."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+    return status if isinstance(status, dict) else None
 
 
 def _now() -> str:
@@ -142,6 +146,9 @@ class Worker:
             "cycles": 0,
             "error": None,
             "retry_in": None,  # seconds until the next try after a failed cycle
+            "offline": {},  # the roots found offline by the last sync: root -> {reason, rows}
+            "refused": "",  # why the last sync's prune was refused ("" when it was not)
+            "quarantined": [],  # files whose decode killed the process twice: {path, reason}
         }
 
     # -- state -------------------------------------------------------------------------------
@@ -215,11 +222,6 @@ class Worker:
     def cycle(self, stop: threading.Event | None = None) -> IngestReport | None:
         """One scan, and an ingest when the settled files differ from the last sync. None: nothing to do."""
         self.status["error"] = self.status["retry_in"] = None  # each status this cycle writes says "no error"
-        missing = [r for r in self.roots if not os.path.exists(r)]
-        if missing:  # an unmounted folder must not read as "every file deleted"
-            self.log(f"{_now()} not syncing: {', '.join(missing)} is missing (unmounted?); nothing pruned")
-            self._write_status(state="idle", cycles=self.status["cycles"] + 1)
-            return None
         scanned = scan(self.roots, follow_outside=self.follow_outside).files
         if self.shard != ALL:  # the other shards' files are their workers': not watched, stored or pruned here
             scanned = [f for f in scanned if self.shard.owns(image_id(f.path))]
@@ -259,6 +261,7 @@ class Worker:
             self._synced = {p: s for p, s in ready.items() if p not in self._failed}
         count = self.store.count()
         summary = report.as_dict()
+        self._log_changes(summary["offline"], report.refused)
         tail = "stopped: the rest is left for the next run" if stopped else f"store holds {count}"
         self.log(
             f"{_now()} sync: added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
@@ -275,8 +278,21 @@ class Worker:
             failed=len(failures),
             failures=failures[:MAX_LISTED_FAILURES],
             count=count,
+            offline=summary["offline"],
+            refused=report.refused,
+            quarantined=quarantined(self.store.location, self.shard)[:MAX_LISTED_FAILURES],
         )
         return report
+
+    def _log_changes(self, offline: dict[str, dict[str, Any]], refused: str) -> None:
+        """Log the roots going offline or coming back, and a refused prune, once each (not every sync)."""
+        for root in offline.keys() - self.status["offline"].keys():
+            o = offline[root]
+            self.log(f"{_now()} offline: {root} {o['reason']}: its {o['rows']} rows are kept, marked offline")
+        for root in self.status["offline"].keys() - offline.keys():
+            self.log(f"{_now()} online again: {root}")
+        if refused and refused != self.status["refused"]:
+            self.log(f"{_now()} {refused}")
 
     def run(self, stop: threading.Event, interval: float = 5.0) -> None:
         """Sync every ``interval`` seconds until ``stop`` is set; a sync under way finishes its current row."""

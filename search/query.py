@@ -54,6 +54,7 @@ class Hit:
     path: str
     category: str
     metadata: dict[str, Any]
+    offline: bool = False  # its folder was offline at the last sync: kept and searchable, maybe not openable
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -64,7 +65,7 @@ class Hit:
             "path": self.path,
             "category": self.category,
             "metadata": self.metadata,
-        }
+        } | ({"offline": True} if self.offline else {})
 
 
 def check_queries(paths: Iterable[str]) -> None:
@@ -109,6 +110,7 @@ def search(
     exclude: Sequence[str | None] | None = None,
     metadata: bool = True,
     skip_unusable: bool = False,
+    online_only: bool = False,
 ) -> Iterator[tuple[str | int, list[Hit]]]:
     """(query, its top-k hits best first) per query, in input order, as they are found.
 
@@ -120,8 +122,13 @@ def search(
     leave-one-out). ``metadata`` False: hits with id and score only (evaluation knows the rest).
     ``skip_unusable``: leave out files that are not usable images instead of raising
     :class:`UnusableQuery` (an evaluation measures what it can; a search has no partial answer).
+    A hit under a folder the last sync found offline is flagged ``offline``; ``online_only`` leaves such
+    hits out (:meth:`imgsearch.store.Store.offline_roots`).
     """
-    options = (k, where, min_score, expand, metadata)
+    offline = frozenset(store.offline_roots()) if metadata or online_only else frozenset()
+    if online_only and offline:
+        where = online(where, offline)
+    options = (k, where, min_score, expand, metadata, offline)
     if isinstance(queries, np.ndarray):
         skip = list(exclude) if exclude is not None else [None] * len(queries)
         for s in range(0, len(queries), QUERY_CHUNK):
@@ -144,6 +151,12 @@ def searched_with(embedder: Embedder, expand: int | None) -> dict[str, Any]:
     return embedder.fingerprint if expand is None else {**embedder.fingerprint, "expand": expand}
 
 
+def online(where: dict[str, Any] | None, offline: Iterable[str]) -> dict[str, Any]:
+    """``where`` narrowed to the rows whose root is not among ``offline``."""
+    clause = {"root": {"$nin": sorted(offline)}}
+    return clause if where is None else {"$and": [where, clause]}
+
+
 def result_json(query: str, hits: Sequence[Hit], model: str, k: int, where: dict[str, Any] | None) -> dict[str, Any]:
     """The object ``search --json`` prints per query and ``POST /api/search`` answers."""
     return {"query": query, "model": model, "k": k, "where": where, "results": [h.as_dict() for h in hits]}
@@ -158,6 +171,7 @@ def _rank(
     min_score: float | None,
     expand: int | None,
     metadata: bool,
+    offline: frozenset[str],
 ) -> list[list[Hit]]:
     """Top-k hits per query vector in one store round trip (two with query expansion)."""
     recorded = store.fingerprint() or {}
@@ -173,7 +187,8 @@ def _rank(
             if id_ == own or (min_score is not None and score < min_score) or len(hits) == k:
                 continue
             path = stored_path(meta) if meta else ""
-            hits.append(Hit(len(hits) + 1, id_, score, distance, path, str(meta.get("category", "")), meta))
+            cat, gone = str(meta.get("category", "")), meta.get("root") in offline
+            hits.append(Hit(len(hits) + 1, id_, score, distance, path, cat, meta, gone))
         results.append(hits)
     return results
 

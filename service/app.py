@@ -6,25 +6,32 @@ Why it is shaped like this:
 - ``POST /api/search`` returns exactly the object ``search --json`` prints, built by the same
   :mod:`imgsearch.search.query` functions; uploads go through the one decode + preprocessing path.
 - Pictures are served only by store id (``/api/images/{id}/thumb``): the path comes from the
-  store, never from the request, and the bytes are a re-encoded JPEG thumbnail, never the file.
-- Request bodies are capped before they are read (413), so a huge upload fills neither RAM nor disk.
+  store, never from the request, the file opened must lie under the folder it was ingested from
+  (:func:`imgsearch.files.confined`: a file swapped for a symlink after ingest is 404), and the bytes
+  are a re-encoded JPEG thumbnail, never the file; the last few MB of thumbnails are kept.
+- Request bodies are capped (413) and must arrive within ``Limits.read_timeout`` (408), headers too
+  (:mod:`imgsearch.service.middleware`), so a huge or a slow upload holds neither disk nor a place.
 - Load is bounded, not refused at random: at most ``Limits.concurrent`` decodes run at once (a 40 MP
-  upload takes ~0.5 GB while it decodes), ``Limits.queue`` more uploads wait, and beyond that an
-  upload gets 503 with ``Retry-After`` before its body is parsed. ``/healthz`` runs on the event loop,
-  never in the thread pool that uploads wait in. An unexpected error is a JSON 500 and one log line.
+  upload takes ~0.5 GB while it decodes), ``Limits.queue`` more uploads (or a duplicates search) wait,
+  and beyond that a request gets 503 with ``Retry-After`` as soon as its body is in; thumbnails have
+  their own bounded places before the same decodes. ``/healthz`` and ``/readyz`` run on the event loop
+  and read only state a background thread keeps. An unexpected error is a JSON 500 and one log line.
+- A store that fails answers 503 with ``Retry-After``; a hung Chroma server trips the store's circuit
+  breaker, so requests fail fast instead of each waiting out its timeout.
 - With a token every route but ``/healthz`` needs it (``Authorization: Bearer`` or the page's cookie,
-  set by the login form), and the Host header must be an allowed name (DNS rebinding).
-- ``GET /api/dupes`` (the ``dupes --json`` object) runs one finder at a time, in the thread pool: a second
-  request while one runs gets 503 with ``Retry-After`` (the page retries), unless the answer is cached
-  (per level and filters, while the store's count is unchanged and for at most ``DUPES_TTL``).
+  set by the login form, whose failures are rate-limited per address); the Host header must be an
+  allowed name (DNS rebinding); a POST from another site's page is 403 (with or without a token); no
+  answer may be framed or embedded by another site. ``/docs`` and ``/redoc`` are off (they load their
+  scripts from a CDN); ``/openapi.json`` describes the API.
+- ``POST /api/dupes`` (the ``dupes --json`` object) runs one finder at a time, in the thread pool, holding
+  one decode slot and comparing files at the verifier's size only: a second request while one runs gets
+  503 with ``Retry-After`` (the page retries), unless the answer is cached (per level and filters, while
+  the store's count is unchanged and for at most ``DUPES_TTL``).
 - With ``watch_dirs`` the ingest worker runs in this process (the one owner of an embedded store);
   with a Chroma server it usually runs as its own process (``imgsearch worker``).
 Only ``imgsearch serve`` imports this module, so fastapi is imported at the top.
 """
 
-import hashlib
-import hmac
-import io
 import ipaddress
 import math
 import re
@@ -32,43 +39,61 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from PIL import Image
-from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from imgsearch.backbones import Embedder, ModelUnavailable, describe
 from imgsearch.batching import embed_files
-from imgsearch.decode import ImageError, load_image, pixel_size
+from imgsearch.decode import ImageError, pixel_size
 from imgsearch.ingest.worker import Worker, default_status_path, read_status
 from imgsearch.runtime import usable_cpus
 from imgsearch.search.filters import FilterError, parse_where
 from imgsearch.search.query import UnusableQuery, result_json, search
+from imgsearch.service.middleware import (
+    COOKIE,
+    LOGIN_CSP,
+    Admission,
+    Attempts,
+    Errors,
+    Gate,
+    Guard,
+    Headers,
+    ReadBody,
+    one_line,
+    same,
+    session,
+)
 from imgsearch.service.page import render_login_page, render_page
+from imgsearch.service.thumbs import SIDE as THUMB
+from imgsearch.service.thumbs import Thumbnails
 from imgsearch.session import ModelChoice, open_embedder
-from imgsearch.store import Location, Store, StoreError, stored_path
+from imgsearch.store import Location, Store, StoreError, StoreUnavailable, stored_path
 
 IMAGE_ID = re.compile(r"[0-9a-f]{32}")  # imgsearch.store.image_id: 32 hex digits
 MAX_K = 100
-THUMB = 256  # longest side of a served thumbnail, pixels
 FORM_SLACK = 64 * 1024  # bytes allowed on top of the upload limit for the form fields and multipart framing
 RETRY = 3.0  # seconds between attempts to reach the store / find its collection
+READY_EVERY = 1.0  # seconds between the background checks /readyz answers from
+LOAD_BACKOFF = (3.0, 60.0)  # seconds before retrying a model load that failed: first, doubling up to the last
+THUMB_QUEUE = 16  # thumbnails waiting for a decode slot (a page shows up to 100; a browser fetches ~6 at once)
+THUMB_CACHE = 4 * 1024 * 1024  # bytes of recent thumbnails kept
 CATEGORY_TTL = 30.0  # seconds the per-category counts are reused while the count stays (they scan every entry)
 DUPES_TTL = 300.0  # seconds a duplicates answer is reused while the count stays (a finder run reads every vector)
 DUPES_CACHE = 8  # duplicates answers kept, one per (level, filters)
-PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
-LOGIN_CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
-COOKIE = "imgsearch_session"
-OPEN_PATHS = frozenset({"/healthz", "/login"})  # answered without the token (a liveness probe; the way in)
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+    "frame-ancestors 'none'"
+)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -80,6 +105,7 @@ class Limits:
     max_upload_pixels: int = 40_000_000  # under ingest's 100 MP cap: an upload is a stranger's file
     concurrent: int | None = None  # decodes + model runs at once; None: from the CPUs (default_concurrency)
     queue: int | None = None  # uploads waiting for one; None: 4 per concurrent run
+    read_timeout: float = 30.0  # seconds a client has to send a request's headers, and then its body (408)
 
 
 def default_concurrency() -> int:
@@ -98,191 +124,20 @@ def exposed(host: str) -> bool:
         return True
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:300]}" if text else type(err).__name__
+def _uploads(scope: Scope) -> bool:
+    """The requests that decode or compare files for minutes: uploads and duplicate searches."""
+    return scope["method"] == "POST" and scope["path"] in ("/api/search", "/api/dupes")
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, response: Response) -> None:
-    """Send ``response`` to a request that will not be handled, after reading (and dropping) the rest of
-    its body: a client still uploading then reads the answer instead of a reset connection."""
-    try:
-        while (await receive()).get("more_body"):
-            pass
-    except HTTPException as err:  # the body passed the upload limit (_LimitBody) while being dropped
-        response = JSONResponse({"detail": err.detail}, status_code=err.status_code, headers={"Connection": "close"})
-    await response(scope, receive, send)
+def _thumbnail(scope: Scope) -> bool:
+    """Thumbnail requests: each may decode a stored file."""
+    return scope["method"] == "GET" and scope["path"].startswith("/api/images/")
 
 
-class _Errors:
-    """ASGI middleware: an exception nothing else handled becomes a JSON 500 and one log line, never a
-    traceback (Starlette's own handler re-raises it for the server to print)."""
-
-    def __init__(self, app: ASGIApp, log: Callable[[str], None]) -> None:
-        self.app = app
-        self.log = log
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def watched(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watched)
-        except Exception as err:
-            self.log(f"error: {scope['method']} {scope['path']}: {_one_line(err)}")
-            if not started:  # else the connection is closed mid-response: all that can be done
-                detail = f"internal error ({type(err).__name__}); the server log has the reason"
-                await JSONResponse({"detail": detail}, status_code=500)(scope, receive, send)
-
-
-class _Guard:
-    """ASGI middleware: the Host header must name this server (DNS rebinding: a page on another site
-    that resolves its own name to 127.0.0.1 must not reach the API), and with a token every route but
-    OPEN_PATHS needs it, as ``Authorization: Bearer TOKEN`` or the cookie the login form sets."""
-
-    def __init__(self, app: ASGIApp, token: str | None, hosts: Sequence[str]) -> None:
-        self.app = app
-        self.token = token
-        self.cookie = _session(token) if token else ""
-        self.hosts = None if "*" in hosts else frozenset(h.lower().strip("[]") for h in hosts)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        conn = HTTPConnection(scope)
-        host = _host_name(conn.headers.get("host", ""))
-        if self.hosts is not None and host not in self.hosts:
-            detail = f"host {host[:100]!r} is not allowed here (imgsearch serve --allowed-host NAME)"
-            await _refuse(scope, receive, send, JSONResponse({"detail": detail}, status_code=400))
-            return
-        if self.token and scope["path"] not in OPEN_PATHS and not self._authorised(conn):
-            if scope["path"] == "/" and scope["method"] == "GET":
-                response: Response = HTMLResponse(
-                    render_login_page(), 401, headers={"Content-Security-Policy": LOGIN_CSP}
-                )
-            else:
-                detail = "this server needs its token: Authorization: Bearer TOKEN (or sign in on the page)"
-                response = JSONResponse({"detail": detail}, 401, headers={"WWW-Authenticate": "Bearer"})
-            await _refuse(scope, receive, send, response)
-            return
-        await self.app(scope, receive, send)
-
-    def _authorised(self, conn: HTTPConnection) -> bool:
-        scheme, _, given = conn.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and given:
-            return _same(given.strip(), self.token or "")
-        return _same(conn.cookies.get(COOKIE, ""), self.cookie)
-
-
-def _same(given: str, expected: str) -> bool:
-    """Constant-time comparison, so response times do not leak how much of a guess was right."""
-    return hmac.compare_digest(given.encode(), expected.encode())
-
-
-def _session(token: str) -> str:
-    """The page's cookie value: derived from the token, so the cookie jar never holds the token itself."""
-    return hmac.new(token.encode(), b"imgsearch page session", hashlib.sha256).hexdigest()
-
-
-def _host_name(header: str) -> str:
-    """``example.org:8080`` → ``example.org``, ``[::1]:8080`` → ``::1``."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[1 : header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
-
-
-class _Gate:
-    """At most ``concurrent`` decodes + model runs at once, with at most ``queue`` uploads waiting.
-
-    Admission (event loop only) happens before an upload's body is parsed, so a refused one costs
-    nothing but reading it; the semaphore is taken in the worker thread around the decode.
-    """
-
-    def __init__(self, concurrent: int, queue: int) -> None:
-        self.concurrent, self.queue = concurrent, queue
-        self.admitted = 0  # uploads running or waiting; changed on the event loop only
-        self._slots = threading.BoundedSemaphore(concurrent)
-        self._seconds = 1.0  # moving average of how long one decode holds its slot
-
-    def retry_after(self) -> int:
-        """Seconds until the uploads ahead should be done: a client retrying sooner would be refused again."""
-        return max(1, min(60, math.ceil(self._seconds * self.admitted / self.concurrent)))
-
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one of the ``concurrent`` slots (waiting for it) while decoding and embedding."""
-        with self._slots:
-            started = time.monotonic()
-            try:
-                yield
-            finally:
-                self._seconds = 0.8 * self._seconds + 0.2 * (time.monotonic() - started)
-
-
-class _Admission:
-    """ASGI middleware: an upload search beyond the gate's running + waiting places gets 503 at once."""
-
-    def __init__(self, app: ASGIApp, gate: _Gate) -> None:
-        self.app = app
-        self.gate = gate
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/api/search":
-            await self.app(scope, receive, send)
-            return
-        gate = self.gate
-        if gate.admitted >= gate.concurrent + gate.queue:
-            seconds = gate.retry_after()
-            taken = f"{gate.concurrent} running + {gate.queue} waiting"
-            detail = f"busy: {taken} is all this server takes on; retry in {seconds} s"
-            response = JSONResponse({"detail": detail}, 503, headers={"Retry-After": str(seconds)})
-            await _refuse(scope, receive, send, response)
-            return
-        gate.admitted += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            gate.admitted -= 1
-
-
-class _LimitBody:
-    """ASGI middleware: a body over ``limit`` bytes gets 413, from its Content-Length before anything
-    is read, or as soon as a chunked body passes the limit."""
-
-    def __init__(self, app: ASGIApp, limit: int, message: str) -> None:
-        self.app = app
-        self.limit = limit
-        self.message = message
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            response = JSONResponse({"detail": self.message}, status_code=413, headers={"Connection": "close"})
-            await response(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise HTTPException(413, self.message)
-            return message
-
-        await self.app(scope, counted, send)
+def _unavailable(err: StoreError) -> HTTPException:
+    """503 for a store that failed: retry when its breaker closes, or after RETRY."""
+    seconds = err.retry_after if isinstance(err, StoreUnavailable) else RETRY
+    return HTTPException(503, str(err), headers={"Retry-After": str(max(1, math.ceil(seconds)))})
 
 
 def _warm_up(embedder: Embedder) -> None:
@@ -317,7 +172,9 @@ class _Service:
         self.status_path = status_path
         self.log = log
         self.embedder: Embedder | None = None
-        self.problem: str | None = "loading the model"  # None once ready
+        self.problem: str | None = "loading the model"  # None once the model is loaded and the store answered
+        # what /readyz says, as (ready, body): kept by the loading thread, read on the event loop without a lock
+        self.readiness: tuple[bool, dict[str, Any]] = (False, {"ready": False, "reason": self.problem})
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
         self._categories: tuple[float, int, dict[str, int]] = (0.0, -1, {})  # (made, store count, counts)
@@ -344,34 +201,28 @@ class _Service:
         thread.start()
 
     def _load(self) -> None:
-        """Load the model once, then wait until the store answers; start the worker if asked to."""
-        while not self.stop.is_set():
+        """Load the model once and wait until the store answers (any failure is one log line and /readyz's
+        reason, then retried: the store's every RETRY s, the model's with a growing pause); start the
+        worker if asked to; then check the store every READY_EVERY s for /readyz until stopped."""
+        pause = LOAD_BACKOFF[0]
+        while self.problem is not None and not self.stop.is_set():
             try:
-                if self.embedder is None:
-                    if self.choice.model is None and not self.watch_dirs and self.store.fingerprint() is None:
-                        raise StoreError(
-                            f"{self.store.location.describe()} has no collection yet, so its model is unknown: "
-                            "waiting for a worker to create it (or pass --model)"
-                        )
-                    embedder = open_embedder(self.store, self.choice)
-                    _warm_up(embedder)
-                    if self.watch_dirs:
-                        self.store.create(embedder.fingerprint)  # the worker's store, connected here once
-                    self.embedder = embedder
-                    self.log(f"model loaded: {describe(embedder.fingerprint)}")
-                self.store.count()
-                self.problem = None
-                self.log(f"ready: {self.store.location.describe()}")
-                break
+                self._load_model()
+                count = self.store.count()
             except ModelUnavailable as err:  # wrong model for this store: retrying cannot help
-                self.problem = str(err)
-                self.log(f"error: {err}")
+                self._not_ready(str(err), "error")
                 return
             except StoreError as err:
-                if str(err) != self.problem:
-                    self.log(f"not ready: {err}")
-                self.problem = str(err)
+                self._not_ready(str(err))
                 self.stop.wait(RETRY)
+                continue
+            except Exception as err:  # a broken install, a bug, no memory: said, and tried again
+                self._not_ready(f"the model failed to load ({one_line(err)}); retrying in {pause:g} s", "error")
+                self.stop.wait(pause)
+                pause = min(2 * pause, LOAD_BACKOFF[1])
+                continue
+            self.problem = None
+            self._ready(count)
         if self.watch_dirs and self.embedder is not None and not self.stop.is_set():
             worker = Worker(
                 self.watch_dirs,
@@ -383,6 +234,40 @@ class _Service:
                 follow_outside=self.follow_outside,
             )
             self._spawn(lambda: worker.run(self.stop, self.interval), "worker")
+        while not self.stop.wait(READY_EVERY):
+            try:
+                self._ready(self.store.count())
+            except StoreError as err:
+                self._not_ready(str(err))
+
+    def _load_model(self) -> None:
+        if self.embedder is not None:
+            return
+        if self.choice.model is None and not self.watch_dirs and self.store.fingerprint() is None:
+            raise StoreError(
+                f"{self.store.location.describe()} has no collection yet, so its model is unknown: "
+                "waiting for a worker to create it (or pass --model)"
+            )
+        embedder = open_embedder(self.store, self.choice)
+        _warm_up(embedder)
+        if self.watch_dirs:
+            self.store.create(embedder.fingerprint)  # the worker's store, connected here once
+        self.embedder = embedder
+        self.log(f"model loaded: {describe(embedder.fingerprint)}")
+
+    def _ready(self, count: int) -> None:
+        assert self.embedder is not None
+        if not self.readiness[0]:
+            self.log(f"ready: {self.store.location.describe()}")
+        self.readiness = (True, {"ready": True, "model": describe(self.embedder.fingerprint), "count": count})
+
+    def _not_ready(self, reason: str, label: str = "not ready") -> None:
+        """Say why in /readyz; log it when the reason changed. Until first ready, requests are refused too."""
+        if reason != self.readiness[1].get("reason"):
+            self.log(f"{label}: {reason}")
+        if self.problem is not None:
+            self.problem = reason
+        self.readiness = (False, {"ready": False, "reason": reason})
 
     # -- helpers for the routes ----------------------------------------------------------------
     def ready(self) -> Embedder:
@@ -407,8 +292,11 @@ class _Service:
                 self._categories = (time.monotonic(), count, counts)
             return counts
 
-    def dupes(self, level: str, where: Sequence[str]) -> dict[str, Any]:
-        """The ``dupes --json`` object: cached, found now, or 503 (``Retry-After``) while another finder runs."""
+    def dupes(
+        self, level: str, where: Sequence[str], slot: Callable[[], AbstractContextManager[Any]] = nullcontext
+    ) -> dict[str, Any]:
+        """The ``dupes --json`` object: cached, found now (holding ``slot``), or 503 (``Retry-After``) while
+        another finder runs."""
         self.ready()
         try:
             filt = parse_where(where)
@@ -424,11 +312,12 @@ class _Service:
             try:
                 if (cached := self._cached_dupes(key, count)) is not None:  # the run just finished was this one
                     return cached
-                return self._find_dupes(key, count, level, filt)
+                with slot():
+                    return self._find_dupes(key, count, level, filt)
             finally:
                 self._dupes_lock.release()
         except StoreError as err:
-            raise HTTPException(503, str(err)) from None
+            raise _unavailable(err) from None
         except ValueError as err:  # Chroma refusing a filter, e.g. mixed value types in one list
             raise HTTPException(422, f"the store refused the filter {list(where)}: {err}") from None
 
@@ -447,7 +336,9 @@ class _Service:
     def _find_dupes(
         self, key: tuple[str, tuple[str, ...]], count: int, level: str, where: dict[str, Any] | None
     ) -> dict[str, Any]:
-        """Run the finder (the caller holds ``_dupes_lock``) and cache its answer under ``key``."""
+        """Run the finder (the caller holds ``_dupes_lock``) and cache its answer under ``key``. One thread
+        compares files, at the verifier's size only (not whole, as ``dupes``' closer-exposure test does): a
+        web request must not decode a library of 100 MP files at full size on every core."""
         from imgsearch.dupes.find import find_duplicates  # only this route needs it
 
         run = self._dupes_run
@@ -456,7 +347,9 @@ class _Service:
         def progress(done: int, total: int) -> None:
             run.update(done=done, total=total)
 
-        found = find_duplicates(self.store, level=level, where=where, progress=progress).as_dict()
+        found = find_duplicates(
+            self.store, level=level, where=where, progress=progress, workers=1, whole_files=False
+        ).as_dict()
         run["seconds"] = time.monotonic() - run["started"]
         self._dupes.pop(key, None)
         self._dupes[key] = (time.monotonic(), count, found)
@@ -473,6 +366,7 @@ class _Service:
         min_score: float | None,
         exclude: str | None = None,
         slot: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        online_only: bool = False,
     ) -> dict[str, Any]:
         """The ``search --json`` object for one query: an image file or a stored vector (``exclude``: an
         id left out of the results); ``slot`` is held while the file is decoded and embedded."""
@@ -483,15 +377,23 @@ class _Service:
             raise HTTPException(422, str(err)) from None
         queries = given[None] if isinstance(given, np.ndarray) else [given]
         try:
+            self.store.require()  # a store known to be down (its breaker open) fails here, before the decode
             with slot():
                 ((_, hits),) = search(
-                    self.store, queries, embedder, k=k, where=filt, min_score=min_score, exclude=[exclude]
+                    self.store,
+                    queries,
+                    embedder,
+                    k=k,
+                    where=filt,
+                    min_score=min_score,
+                    exclude=[exclude],
+                    online_only=online_only,
                 )
         except UnusableQuery as err:
             code = 415 if err.reason.startswith(("not an image", "empty file")) else 422
             raise HTTPException(code, f"{query}: {err.reason}") from None
         except StoreError as err:
-            raise HTTPException(503, str(err)) from None
+            raise _unavailable(err) from None
         except ValueError as err:  # Chroma refusing a filter, e.g. mixed value types in one list
             raise HTTPException(422, f"the store refused the filter {where}: {err}") from None
         return result_json(query, hits, embedder.fingerprint["model"], k, filt)
@@ -521,30 +423,45 @@ def create_app(
         location, choice or ModelChoice(), watch_dirs, interval, settle, status_path, log, follow_outside
     )
     concurrent = limits.concurrent or default_concurrency()
-    gate = _Gate(concurrent, 4 * concurrent if limits.queue is None else limits.queue)
+    gate = Gate(concurrent, 4 * concurrent if limits.queue is None else limits.queue)
+    thumbs = Thumbnails(THUMB_CACHE, follow_outside)
+    attempts = Attempts()
+    places = {"uploads": gate.concurrent + gate.queue, "thumbnails": gate.concurrent + THUMB_QUEUE}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
-        # uploads waiting for a slot block threads: leave enough for every other route
+        # requests waiting for a slot block threads: leave enough for every other route
         limiter = anyio.to_thread.current_default_thread_limiter()
-        limiter.total_tokens = max(limiter.total_tokens, gate.concurrent + gate.queue + 16)
+        limiter.total_tokens = max(limiter.total_tokens, sum(places.values()) + 16)
         service.start()
         yield
         await anyio.to_thread.run_sync(service.close)
 
-    app = FastAPI(title="imgsearch", summary="Search your image folders by image.", lifespan=lifespan)
-    # added innermost first: _Errors sees everything, the body limit holds before the token is checked
-    app.add_middleware(_Admission, gate=gate)
-    app.add_middleware(_Guard, token=token, hosts=allowed_hosts)
+    # /docs and /redoc load their scripts from a CDN (a page of another site, running on this origin): off
+    app = FastAPI(
+        title="imgsearch",
+        summary="Search your image folders by image.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    # added innermost first: Errors sees everything below it, the body limit and deadline hold before the token
+    # is checked
+    app.add_middleware(Admission, gate=gate, matches=_uploads, places=places["uploads"], what="uploads")
+    app.add_middleware(Admission, gate=gate, matches=_thumbnail, places=places["thumbnails"], what="thumbnails")
+    app.add_middleware(Guard, token=token, hosts=allowed_hosts)
     app.add_middleware(
-        _LimitBody,
+        ReadBody,
         limit=int(limits.max_upload_mb * 1024 * 1024) + FORM_SLACK,
         message=f"upload too large: the limit is {limits.max_upload_mb:g} MB (imgsearch serve --max-upload-mb)",
+        seconds=limits.read_timeout,
     )
-    app.add_middleware(_Errors, log=log)
+    app.add_middleware(Errors, log=log)
+    app.add_middleware(Headers)  # on every answer, Errors' 500 too
     KOpt = Annotated[int, Form(ge=1, le=MAX_K, description="How many results.")]
     WhereOpt = Annotated[list[str] | None, Form(description="Filters, ANDed: category=cats, 'width>=640', ...")]
     MinScoreOpt = Annotated[float | None, Form(description="Drop results scoring below this.")]
+    OnlineOpt = Annotated[bool, Form(description="Leave out images whose folder the last sync found offline.")]
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
@@ -554,12 +471,18 @@ def create_app(
         secret = token
 
         @app.post("/login", response_class=HTMLResponse)
-        async def login(given: Annotated[str, Form(alias="token")] = "") -> Response:
-            """The page's way in: the login form posts the token here; the answer sets the session cookie."""
-            if not _same(given, secret):
+        async def login(request: Request, given: Annotated[str, Form(alias="token")] = "") -> Response:
+            """The page's way in: the login form posts the token here; the answer sets the session cookie.
+            A few failures a minute per client address, then 429: the token cannot be guessed at line speed."""
+            client = request.client.host if request.client else ""
+            if wait := attempts.wait(client):
+                detail = f"too many failed sign-ins from {client}; retry in {math.ceil(wait)} s"
+                raise HTTPException(429, detail, headers={"Retry-After": str(math.ceil(wait))})
+            if not same(given, secret):
+                attempts.failed(client)
                 return HTMLResponse(render_login_page(), 401, headers={"Content-Security-Policy": LOGIN_CSP})
             done = RedirectResponse("/", status_code=303)
-            done.set_cookie(COOKIE, _session(secret), httponly=True, samesite="strict")
+            done.set_cookie(COOKIE, session(secret), httponly=True, samesite="strict")
             return done
 
     @app.get("/healthz")
@@ -568,14 +491,13 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz() -> JSONResponse:
-        if service.problem is None and service.embedder is not None:
-            try:
-                count = service.store.count()
-            except StoreError as err:
-                return JSONResponse({"ready": False, "reason": str(err)}, status_code=503)
-            return JSONResponse({"ready": True, "model": describe(service.embedder.fingerprint), "count": count})
-        return JSONResponse({"ready": False, "reason": service.problem}, status_code=503)
+    async def readyz() -> JSONResponse:
+        """Model loaded and store answering, as the loading thread last found (every READY_EVERY s): answered
+        on the event loop from that state alone, so no burst of requests or hung store delays it."""
+        ready, body = service.readiness
+        if ready:
+            return JSONResponse(body)
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(int(RETRY))})
 
     @app.get("/api/stats")
     def stats() -> dict[str, Any]:
@@ -588,9 +510,10 @@ def create_app(
                 "categories": service.categories(count),
                 "model": service.store.fingerprint(),
                 "store": location.describe(),
+                "offline": service.store.offline_roots(),
             }
         except StoreError as err:
-            raise HTTPException(503, str(err)) from None
+            raise _unavailable(err) from None
         out["worker"] = read_status(status_path)
         return out
 
@@ -600,6 +523,7 @@ def create_app(
         k: KOpt = 5,
         where: WhereOpt = None,
         min_score: MinScoreOpt = None,
+        online_only: OnlineOpt = False,
     ) -> dict[str, Any]:
         """Rank the stored images by similarity to the uploaded one: the ``search --json`` object."""
         service.ready()
@@ -614,40 +538,41 @@ def create_app(
                     f"{name}: too large: {size[0]}x{size[1]} is over this server's {limits.max_upload_pixels:,}-pixel "
                     "cap for uploads (imgsearch serve --max-upload-pixels)",
                 )
-            return service.search(name, tmp.name, k, where, min_score, slot=gate.slot)
+            return service.search(name, tmp.name, k, where, min_score, slot=gate.slot, online_only=online_only)
 
     @app.post("/api/search/by-id/{image_id}")
     def search_by_id(
-        image_id: str, k: KOpt = 5, where: WhereOpt = None, min_score: MinScoreOpt = None
+        image_id: str,
+        k: KOpt = 5,
+        where: WhereOpt = None,
+        min_score: MinScoreOpt = None,
+        online_only: OnlineOpt = False,
     ) -> dict[str, Any]:
         """More like this stored image (itself left out); ``query`` is its path."""
         meta = service.entry(image_id, embeddings=True)
-        return service.search(stored_path(meta), meta["_embedding"], k, where, min_score, exclude=image_id)
+        vector = meta["_embedding"]
+        return service.search(stored_path(meta), vector, k, where, min_score, exclude=image_id, online_only=online_only)
 
     LevelOpt = Annotated[
         Literal["exact", "copies", "similar"],
-        Query(description="exact (same bytes), copies (+ edited copies, pixels compared), similar (+ look-alikes)"),
+        Form(description="exact (same bytes), copies (+ edited copies, pixels compared), similar (+ look-alikes)"),
     ]
-    WhereQuery = Annotated[list[str] | None, Query(description="Filters, ANDed: category=cats, 'width>=640', ...")]
 
-    @app.get("/api/dupes")
-    def dupes(level: LevelOpt = "copies", where: WhereQuery = None) -> dict[str, Any]:
-        """Groups of duplicates among the stored images: the ``dupes --json`` object. One finder runs at a
-        time (others get 503 with Retry-After); an answer is reused while the store's count is unchanged."""
-        return service.dupes(level, where or [])
+    @app.post("/api/dupes")
+    def dupes(level: LevelOpt = "copies", where: WhereOpt = None) -> dict[str, Any]:
+        """Groups of duplicates among the stored images: the ``dupes --json`` object. A POST: it may run for
+        minutes, so no link or image tag on another site may start it. One finder runs at a time (others get
+        503 with Retry-After), holding a decode slot; an answer is reused while the store's count is unchanged."""
+        return service.dupes(level, where or [], slot=gate.slot)
 
     @app.get("/api/images/{image_id}/thumb", response_class=Response)
     def thumb(image_id: str) -> Response:
-        """A JPEG thumbnail (at most 256 px) of a stored image, by id only."""
+        """A JPEG thumbnail (at most 256 px) of a stored image, by id only, from inside its library folder."""
         meta = service.entry(image_id)
         try:
-            with gate.slot():  # a stored file may be a 100 MP PNG: decoded under the same bound as uploads
-                img = load_image(stored_path(meta), min_side=THUMB).image
+            data = thumbs.get(image_id, meta, gate.slot)
         except ImageError as err:
-            raise HTTPException(404, f"image {image_id} is stored but its file cannot be read: {err}") from None
-        img.thumbnail((THUMB, THUMB))
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=85)
-        return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
+            raise HTTPException(404, f"image {image_id} is stored but its file cannot be served: {err}") from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
 
     return app

@@ -2,7 +2,7 @@
 
 It talks only to the JSON API of :mod:`imgsearch.service.app`: ``/api/stats`` for the store's facts and
 categories, ``/api/search`` for an uploaded query, ``/api/search/by-id/{id}`` for "more like this",
-``/api/dupes`` for the Duplicates view (groups of duplicates, the suggested keep first) and
+``POST /api/dupes`` for the Duplicates view (groups of duplicates, the suggested keep first) and
 ``/api/images/{id}/thumb`` for every picture. Results are built with ``textContent``, never
 ``innerHTML``, so a file name cannot inject markup. Each result card carries ``data-rank``,
 ``data-score``, ``data-id`` and ``data-category`` for tests and scripts. A busy server (503) is not a

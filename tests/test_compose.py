@@ -55,6 +55,22 @@ def test_three_services_share_one_chroma_server(services: dict[str, Any]) -> Non
         assert _option(_command(svc), "--status") == "/status/worker.json"
 
 
+def test_only_worker_and_web_reach_chroma(services: dict[str, Any]) -> None:
+    # Chroma's server checks no token (tests/test_chroma_token.py): it must publish no port to the host,
+    # and share its network with nothing but the two services that use it
+    chroma = services["chroma"]
+    assert "ports" not in chroma and "expose" not in chroma and "network_mode" not in chroma
+    networks = yaml.safe_load(COMPOSE.read_text())["networks"]
+    assert chroma["networks"] == ["store"] and networks["store"]["internal"] is True
+    on_store = {name for name, svc in services.items() if "store" in svc.get("networks", ["default"])}
+    assert on_store == {"chroma", "worker", "web"}
+    assert all("networks" in svc for svc in services.values())  # none falls back to the default network
+    assert services["worker"]["networks"] == ["store"]  # no route out: its model is baked into the image
+    assert "ports" not in services["worker"]
+    # the web page is published through another network: an internal one cannot publish ports
+    assert set(services["web"]["networks"]) == {"store", "front"} and not networks["front"].get("internal")
+
+
 def test_worker_watches_the_library_the_web_reads_thumbnails_from(services: dict[str, Any]) -> None:
     worker, web = _command(services["worker"]), _command(services["web"])
     assert worker[:2] == ["worker", "/library"] and web[0] == "serve"

@@ -3,7 +3,7 @@
 The report is rendered from a ``Duplicates`` built by hand from real photos (one of them with markup in
 its name) and read back as HTML and in headless Chromium. The web view runs against a real
 `imgsearch serve` (with a token) on a store ingested by the real CLI, in which an exact copy (a copied
-file) and an edited copy (a 50 % downscale re-encoded as JPEG) were planted; ``GET /api/dupes`` is
+file) and an edited copy (a 50 % downscale re-encoded as JPEG) were planted; ``POST /api/dupes`` is
 checked against its JSON contract (``Duplicates.as_dict``).
 """
 
@@ -224,7 +224,7 @@ def test_chromium_shows_the_report(built: Duplicates, report: Path, tmp_path: Pa
     assert shown["groups"][0]["members"][1]["name"] == HOSTILE  # the markup is text
 
 
-# -- the web view and GET /api/dupes, against a real `imgsearch serve` ---------------------------------
+# -- the web view and POST /api/dupes, against a real `imgsearch serve` --------------------------------
 class Served(TokenServer):
     """`imgsearch serve` with a token on an embedded store of 2 x 4 library photos plus planted duplicates."""
 
@@ -252,8 +252,8 @@ def _paths(group: dict[str, Any]) -> set[str]:
 
 
 def test_api_dupes_answers_the_json_contract(served: Served) -> None:
-    assert httpx.get(served.url + "/api/dupes", timeout=60).status_code == 401  # the token, like every route
-    res = served.client.get("/api/dupes")  # level=copies by default
+    assert httpx.post(served.url + "/api/dupes", timeout=60).status_code == 401  # the token, like every route
+    res = served.client.post("/api/dupes")  # level=copies by default
     assert res.status_code == 200, res.text
     body = res.json()
     assert list(body) == ["level", "threshold", "groups", "redundant", "stats"]
@@ -279,20 +279,21 @@ def test_api_dupes_answers_the_json_contract(served: Served) -> None:
     assert by_kind["copies"]["members"][0]["path"] == str(served.big)  # the keep: most pixels
     assert all(p["verified"] for p in by_kind["copies"]["pairs"])
 
-    again = served.client.get("/api/dupes", params={"level": "copies"}).json()
+    again = served.client.post("/api/dupes", data={"level": "copies"}).json()
     assert again == body  # the cached answer (stats.seconds included) while the store is unchanged
 
-    exact = served.client.get("/api/dupes", params={"level": "exact"}).json()
+    exact = served.client.post("/api/dupes", data={"level": "exact"}).json()
     assert exact["level"] == "exact" and exact["threshold"] is None
     assert [_paths(g) for g in exact["groups"]] == [{str(served.original), str(served.exact)}]
-    only = served.client.get("/api/dupes", params={"where": f"category={served.cats[1]}"}).json()
+    only = served.client.post("/api/dupes", data={"where": f"category={served.cats[1]}"}).json()
     assert [_paths(g) for g in only["groups"]] == [{str(served.big), str(served.edited)}]
-    both = served.client.get("/api/dupes", params=[("where", f"category={served.cats[1]}"), ("where", "width>=1")])
+    both = served.client.post("/api/dupes", data={"where": [f"category={served.cats[1]}", "width>=1"]})
     assert both.status_code == 200 and [_paths(g) for g in both.json()["groups"]] == [_paths(only["groups"][0])]
 
-    for params in ({"where": "category"}, {"where": "width>=wide"}, {"level": "everything"}):
-        res = served.client.get("/api/dupes", params=params)
-        assert res.status_code == 422, (params, res.text)
+    for form in ({"where": "category"}, {"where": "width>=wide"}, {"level": "everything"}):
+        res = served.client.post("/api/dupes", data=form)
+        assert res.status_code == 422, (form, res.text)
+    assert served.client.get("/api/dupes").status_code == 405  # a POST: no link or <img src> starts a search
     assert "Traceback" not in served.web.text()
 
 
@@ -309,7 +310,8 @@ def test_one_finder_at_a_time_and_answers_are_cached(monkeypatch: pytest.MonkeyP
     running, release = threading.Event(), threading.Event()
     runs: list[tuple[str, Any]] = []
 
-    def held(store: Any, level: str = "copies", threshold: Any = None, where: Any = None, progress: Any = None):
+    def held(store: Any, level: str = "copies", where: Any = None, progress: Any = None, **options: Any):
+        assert options == {"workers": 1, "whole_files": False}  # one thread, files at the verifier's size
         runs.append((level, where))
         if progress is not None:
             progress(3, 10)
@@ -368,7 +370,7 @@ def test_browser_duplicates_view_shows_the_planted_groups(served: Served, tmp_pa
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    expected = served.client.get("/api/dupes").json()
+    expected = served.client.post("/api/dupes").json()
     driver = chromium(tmp_path / "profile")
     try:
         wait = WebDriverWait(driver, 90)

@@ -17,7 +17,7 @@ import pytest
 from conftest import LIBRARY
 
 from imgsearch.ingest.plan import ALL, Action, Plan, Shard, plan, plan_prune
-from imgsearch.ingest.scan import Failure, FileInfo, scan
+from imgsearch.ingest.scan import Absence, Failure, FileInfo, scan
 from imgsearch.ingest.sync import file_metadata, file_sha256
 from imgsearch.store import image_id
 
@@ -256,7 +256,7 @@ def test_plan_never_prunes_a_deleted_files_row_by_itself() -> None:
 def test_prune_deleted_file_under_the_roots() -> None:
     kept, deleted = info("a.jpg"), info("deleted.jpg")
     rows = stored_rows((kept, "aa"), (deleted, "dd"))
-    pruned = plan_prune(rows.items(), {image_id(kept.path)}, [ROOT], exists={kept.path}.__contains__)
+    pruned = plan_prune(rows.items(), {image_id(kept.path)}, [ROOT], exists={kept.path}.__contains__).actions
     assert [(a.kind, a.id, a.path, a.counter) for a in pruned] == [
         ("prune", image_id(deleted.path), deleted.path, "pruned")
     ]
@@ -267,7 +267,7 @@ def test_prune_never_touches_rows_outside_the_roots() -> None:
     inside, outside = info("gone.jpg"), info("gone.jpg", root="/other")
     sibling = FileInfo("/photos-old/cats/gone.jpg", "/photos-old", "cats", 1, 1)  # shares the prefix only
     rows = stored_rows((inside, "aa"), (outside, "bb"), (sibling, "cc"))
-    pruned = plan_prune(rows.items(), set(), [ROOT], exists=lambda _: False)
+    pruned = plan_prune(rows.items(), set(), [ROOT], exists=lambda _: False).actions
     assert [a.id for a in pruned] == [image_id(inside.path)]
 
 
@@ -276,13 +276,13 @@ def test_prune_keeps_scanned_rows_and_files_that_exist() -> None:
     a scanned file, whatever ``exists`` says."""
     waiting, scanned = info("copying.jpg"), info("scanned.jpg")
     rows = stored_rows((waiting, "aa"), (scanned, "bb"))
-    pruned = plan_prune(rows.items(), {image_id(scanned.path)}, [ROOT], exists={waiting.path}.__contains__)
+    pruned = plan_prune(rows.items(), {image_id(scanned.path)}, [ROOT], exists={waiting.path}.__contains__).actions
     assert pruned == []
 
 
 def test_prune_a_root_that_is_a_single_file() -> None:
     f = info("single.jpg")
-    pruned = plan_prune(stored_rows((f, "aa")).items(), set(), [f.path], exists=lambda _: False)
+    pruned = plan_prune(stored_rows((f, "aa")).items(), set(), [f.path], exists=lambda _: False).actions
     assert [a.path for a in pruned] == [f.path]
 
 
@@ -294,7 +294,7 @@ def test_prune_consumes_rows_lazily() -> None:
         for f in gone:
             yield image_id(f.path), row(f, "x")
 
-    assert len(plan_prune(rows(), set(), [ROOT], exists=lambda _: False)) == 3
+    assert len(plan_prune(rows(), set(), [ROOT], exists=lambda _: False).actions) == 3
 
 
 # -- mixed, paging, memory ------------------------------------------------------------------------------------
@@ -328,7 +328,7 @@ def test_mixed_library() -> None:
 
     # prune, as the runner asks it after the writes: the moved row was deleted by then, the rest is as stored
     after = {k: v for k, v in stored.items() if k != ids[moved_old.path]}
-    pruned = plan_prune(after.items(), p.files, [ROOT], exists={f.path for f in scanned}.__contains__)
+    pruned = plan_prune(after.items(), p.files, [ROOT], exists={f.path for f in scanned}.__contains__).actions
     assert [a.id for a in pruned] == [ids[deleted.path]]
     counters = [a.counter for a in p.actions()]
     assert {c: counters.count(c) for c in set(counters)} == {"unchanged": 2, "moved": 1, "added": 2, "updated": 1}
@@ -431,20 +431,20 @@ def test_a_move_across_shards_reuses_the_vector_and_the_old_rows_shard_prunes_it
     at_zero = make_plan([new], stored, {new.path: "same"}, present={new.path}, shard=zero)
     assert list(at_zero.actions()) == []
     scanned = {image_id(new.path)}
-    assert [a.id for a in plan_prune(stored.items(), scanned, [ROOT], lambda _: False, shard=zero)] == [
+    assert [a.id for a in plan_prune(stored.items(), scanned, [ROOT], lambda _: False, shard=zero).actions] == [
         image_id(old.path)
     ]
-    assert plan_prune(stored.items(), scanned, [ROOT], lambda _: False, shard=one) == []
+    assert plan_prune(stored.items(), scanned, [ROOT], lambda _: False, shard=one).actions == []
 
 
 def test_prune_stays_inside_the_shard() -> None:
     gone = [info(f"gone{i}.jpg") for i in range(12)]
     rows = stored_rows(*[(f, f"s{i}") for i, f in enumerate(gone)])
-    everything = plan_prune(rows.items(), set(), [ROOT], exists=lambda _: False)
+    everything = plan_prune(rows.items(), set(), [ROOT], exists=lambda _: False).actions
     pruned: list[str] = []
     for k in range(3):
         shard = Shard(k, 3)
-        mine = plan_prune(rows.items(), set(), [ROOT], exists=lambda _: False, shard=shard)
+        mine = plan_prune(rows.items(), set(), [ROOT], exists=lambda _: False, shard=shard).actions
         assert all(shard.owns(a.id) for a in mine)  # another shard's row is never deleted here
         pruned += [a.id for a in mine]
     assert sorted(pruned) == sorted(a.id for a in everything) and len(everything) == len(gone)
@@ -490,5 +490,40 @@ def test_real_files_rename_touch_copy_and_delete(tmp_path: Path) -> None:
 
     (lib / "birds" / "renamed.jpg").unlink()
     files = {image_id(f.path): f for f in scan([str(lib)]).files}
-    pruned = plan_prune(stored.items(), files, [str(lib)])
+    pruned = plan_prune(stored.items(), files, [str(lib)]).actions
     assert [a.path for a in pruned] == [str(first)]  # the stored row of the file renamed, then deleted
+
+
+# -- never prune what is not proven gone ------------------------------------------------------------------------
+
+
+def test_absence_needs_enoent_and_a_folder_that_lists(tmp_path: Path) -> None:
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "here.jpg").write_bytes(b"x")
+    (tmp_path / "file").write_bytes(b"x")
+    absent = Absence()
+    assert absent.proven(str(tmp_path / "cats" / "gone.jpg"))  # ENOENT, its folder listed
+    assert absent.proven(str(tmp_path / "dogs" / "gone.jpg"))  # its folder gone too: the root's listing proves it
+    assert not absent.proven(str(tmp_path / "cats" / "here.jpg"))
+    assert not absent.proven(str(tmp_path / "file" / "x.jpg"))  # ENOTDIR proves nothing
+    # a folder that cannot be listed proves nothing (the listing error is what an unmounted share gives)
+    absent._listings[str(tmp_path / "cats")] = OSError(5, "Input/output error")
+    assert not absent.proven(str(tmp_path / "cats" / "gone.jpg"))
+
+
+def test_prune_skips_offline_roots_and_counts_rows_per_root() -> None:
+    a, b = info("a.jpg"), info("b.jpg", root="/other")
+    rows = stored_rows((a, "aa"), (b, "bb"))
+    found = plan_prune(rows.items(), set(), [ROOT, "/other"], exists=lambda _: False, offline={"/other": "missing"})
+    assert [x.id for x in found.actions] == [image_id(a.path)]
+    assert found.rows == {ROOT: 1, "/other": 1} and found.gone == {ROOT: 1}
+
+
+def test_a_prune_of_more_than_half_a_roots_rows_is_refused() -> None:
+    files = [info(f"{i}.jpg") for i in range(4)]
+    rows = stored_rows(*[(f, f"s{i}") for i, f in enumerate(files)])
+    half = plan_prune(rows.items(), set(), [ROOT], exists={files[0].path, files[1].path}.__contains__)
+    assert len(half.actions) == 2 and half.refusal() == ""  # exactly half: allowed
+    most = plan_prune(rows.items(), set(), [ROOT], exists={files[0].path}.__contains__)
+    assert len(most.actions) == 3 and "3 of the 4 rows under /photos" in most.refusal()
+    assert "--force" in most.refusal()

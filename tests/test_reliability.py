@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import random
@@ -416,7 +417,8 @@ def test_sigkill_during_ingest_loses_nothing(tmp_path: Path, store_args: list[st
 
 
 def test_fuzz_decode_short_run() -> None:
-    """300 generated and mutated inputs: each decodes to finite arrays or raises ImageError, nothing else."""
+    """300 generated and mutated inputs (Pillow's formats, HEIC, AVIF, DNG previews, random bytes): each
+    decodes to finite arrays or raises ImageError, nothing else."""
     proc = subprocess.run(
         [sys.executable, "-W", "ignore", str(REPO / "bench" / "fuzz_decode.py"), "--examples", "300"],
         capture_output=True,
@@ -427,7 +429,50 @@ def test_fuzz_decode_short_run() -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     assert summary["inputs"] >= 300 and summary["findings"] == []
-    assert summary["outcomes"].get("image: ok", 0) > 0 and summary["outcomes"].get("image: ImageError", 0) > 0
+    for kind in ("image", "HEIC", "AVIF", "DNG"):  # each batch in a child process: a native crash is a finding
+        assert summary["per_kind"][kind]["ok"] > 0 and summary["per_kind"][kind]["ImageError"] > 0, kind
+
+
+@pytest.mark.parametrize(
+    ("fmt", "box", "at", "value", "says"),
+    [
+        # version 2 reads the 16-bit item count and the first item id as one 32-bit count: 65537 items
+        ("HEIF", b"iloc", 4, 2, r"^corrupt HEIC file: .*security limit"),
+        ("AVIF", b"pixi", 9, 9, r"^malformed image file \(RuntimeError: "),  # 9 bits a channel: not decodable
+    ],
+)
+def test_heif_and_avif_refused_by_libheif_or_libavif_are_image_errors(
+    tmp_path: Path, fmt: str, box: bytes, at: int, value: int, says: str
+) -> None:
+    """Found while fuzzing (bench/fuzz_decode.py): one byte changed in a real file's box made libheif or
+    libavif raise RuntimeError, which escaped decoding instead of an ImageError with the reason."""
+    from imgsearch import decode
+
+    assert decode._register_heif()
+    buf = io.BytesIO()
+    Image.open(LIBRARY / "mammals" / sorted(os.listdir(LIBRARY / "mammals"))[0]).convert("RGB").save(buf, fmt)
+    data = bytearray(buf.getvalue())
+    data[data.index(box) + at] = value
+    (tmp_path / "bad.img").write_bytes(data)
+    with pytest.raises(decode.ImageError, match=says):
+        decode.load_image(tmp_path / "bad.img")
+
+
+def test_a_raw_preview_bitmap_shorter_than_its_header_says_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """Found while fuzzing: a DNG whose bitmap preview is 40x30 but whose header says 4000x30 made LibRaw
+    hand out a 3.6 KB buffer shaped as 360 KB; reading it killed the process (SIGSEGV), so the
+    decode runs in a child here."""
+    from test_formats import dng
+
+    rgb = Image.open(LIBRARY / "mammals" / sorted(os.listdir(LIBRARY / "mammals"))[0]).convert("RGB")
+    (tmp_path / "short.dng").write_bytes(dng(rgb.resize((40, 30)).tobytes(), (4000, 30), compression=1))
+    code = "import sys\nfrom imgsearch.decode import ImageError, load_image\ntry:\n    load_image(sys.argv[1])\n"
+    code += "except ImageError as err:\n    print(err)\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, tmp_path / "short.dng"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-1000:])
+    assert proc.stdout.strip() == "corrupt camera RAW file: its preview bitmap (30x4000x3) is larger than the file"
 
 
 def test_giant_thin_and_16_bit_images_decode_in_bounded_memory(tmp_path: Path) -> None:

@@ -32,13 +32,22 @@ ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 FAST = ["--interval", "0.5", "--settle", "1"]
-FIGURES: dict[str, Any] = {}
 
 
-def _record(**figures: Any) -> None:
-    FIGURES.update(figures)
-    ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "service-figures.json").write_text(json.dumps(FIGURES, indent=1) + "\n")
+class Figures:
+    """Measured figures, rewritten to test-artifacts/NAME as each one comes in."""
+
+    def __init__(self, name: str) -> None:
+        self.path = ARTIFACTS / name
+        self.values: dict[str, Any] = {}
+
+    def record(self, **figures: Any) -> None:
+        self.values.update(figures)
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.path.write_text(json.dumps(self.values, indent=1) + "\n")
+
+
+_record = Figures("service-figures.json").record
 
 
 class Proc:

@@ -48,6 +48,7 @@ WHERES = [
     ["width<150", "category=common"],
     ["ratio>7.5"],
     ["year=2019"],  # $or of the text and the number
+    ["width=137,1137,2.5", "ratio>=1"],  # texts, integers and decimals: one list each, as Chroma needs
     ["category=nothing"],
 ]
 
