@@ -249,6 +249,10 @@ completes once space is freed).
 """
 
 
+# the hostile-neighbours table is prose with wide rows: kept as Markdown beside this script
+NEIGHBOURS = Path(__file__).with_name("reliability_neighbours.md").read_text(encoding="utf-8")
+
+
 def memory_text() -> str:
     raw = _read("memory.json")
     if raw is None:
@@ -306,7 +310,7 @@ def main() -> None:
     crash = [table(f"2-crash-{kind}", "python -m pytest tests/test_reliability.py -k sigkill") for kind in KINDS]
     load = _read("load.md") or _missing("python bench/load.py --out test-artifacts/load.json")
     parts = [INTRO, CORPUS, corpus, WINDOWS, CRASH, *crash, FUZZ, fuzz_text(), LOAD, load, HOSTILE]
-    parts += [MEMORY, memory_text(), CHROMA]
+    parts += [MEMORY, memory_text(), CHROMA, NEIGHBOURS]
     args.out.write_text("\n".join(p.strip() + "\n" for p in parts).replace("\n## ", "\n\n## "), encoding="utf-8")
     print(args.out)
 
