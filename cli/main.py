@@ -241,6 +241,7 @@ def stats(
             "model": store.fingerprint(),
             "store": store.location.describe(),
             "offline": store.offline_roots(),  # folder -> {since, reason, rows}
+            "partitions": store.sides.listing(),  # side collections: [{key, value, rows, ready}]
         }
         if (worker_status := read_worker_status(store.location, status)) is not None:
             out["worker"] = worker_status
@@ -255,12 +256,51 @@ def stats(
         print(f"images: {out['count']}")
         print(f"model:  {describe(out['model'])}")
         print(table(["category", "images"], sorted(counts.items()), right=(1,)))
+        if sides := out["partitions"]:
+            keys = sorted({s["key"] for s in sides})
+            rows = sum(s["rows"] for s in sides)
+            per_key = ", ".join(f"{k}: {sum(s['key'] == k for s in sides)}" for k in keys)
+            print(f"partitions: {len(sides)} side collections ({per_key}) holding {rows:,} rows")
         for root, o in out["offline"].items():
             print(f"offline: {root} since {o.get('since')}: {o['reason']}; {o['rows']} images kept, searchable")
         for q in out["quarantined"]:
             print(f"quarantined: {q['path']}: {q['reason']}")
         if worker_status is not None:
             print(worker_line(worker_status))
+
+
+@app.command()
+@store_options
+def partition(
+    location: Location,
+    key: Annotated[
+        list[str] | None,
+        typer.Option("--key", help="Partition key (repeatable); default: the store's, else category and root."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build or repair the side collections that make filters on selective values exact and fast.
+
+    Each value of a partition key holding at most a quarter of the images gets a collection of its
+    own; ingest keeps them in step, so this is only needed to change the keys or to check them.
+    Nothing is re-embedded: the vectors are copied from the store."""
+    with user_errors(), json_stdout(as_json) as emit:
+        from imgsearch.store import Store
+
+        store = Store(location)
+        store.require()
+        with progress_bar("side collections", enabled=not as_json) as tick:
+            built = store.sides.build(key, progress=tick)
+        store.close()
+        out = built.as_dict()
+        if as_json:
+            emit(out)
+        else:
+            print(
+                f"{out['sides']} side collections holding {out['side_rows']:,} of {out['rows']:,} rows "
+                f"({out['copied']:,} copied, {out['removed']:,} removed, {out['dropped']} dropped) "
+                f"in {out['seconds']} s"
+            )
 
 
 @app.command()

@@ -20,6 +20,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import threading
 import time
@@ -32,6 +33,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from imgsearch.partitions import Partitions
 from imgsearch.where import matches, supported
 
 DEFAULT_DB = "./imgsearch-db"
@@ -252,6 +254,7 @@ class Store:
         self._asks: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._rows: tuple[float, int] | None = None
         self._asks_lock = threading.Lock()
+        self.sides = Partitions(self)  # side collections of selective filter values (imgsearch/partitions.py)
 
     # -- connecting -------------------------------------------------------------------------
     def _timeout(self) -> float:
@@ -569,6 +572,8 @@ class Store:
         for it to be cheap."""
         col = self.require()
         vectors = np.asarray(vectors, dtype=np.float32)
+        if where is not None and (hits := self._from_sides(vectors, k, where, metadata)) is not None:
+            return hits
         if where is None or not supported(where):
             return self._nearest(col, vectors, k, where, metadata)
         key = json.dumps(where, sort_keys=True)
@@ -576,7 +581,8 @@ class Store:
         if 2 * k > widest or sufficed > widest:
             return self._nearest(col, vectors, k, where, metadata)
         out: list[list[tuple[str, float, dict[str, Any]]]] = [[] for _ in vectors]
-        first = min(max(FILTER_FIRST, 4 * k, sufficed), widest)
+        share = self.sides.share(where)  # a broad category's share, counted by the last partition build
+        first = min(max(math.ceil(2 * k / share) if share else FILTER_FIRST, k, sufficed), widest)
         pending, n, chroma, enough = list(range(len(vectors))), first, [], first
         while pending:
             wider: dict[int, int] = {}  # query -> the nearest rows it needs asked for next
@@ -598,6 +604,20 @@ class Store:
                 out[i] = row
         self._remember(key, widest + 1 if chroma else enough)
         return out
+
+    def _from_sides(
+        self, vectors: np.ndarray, k: int, where: dict[str, Any], metadata: bool
+    ) -> list[list[tuple[str, float, dict[str, Any]]]] | None:
+        """The filtered search from side collections (:mod:`imgsearch.partitions`), exact over the rows of
+        the values ``where`` names; None where it cannot be (then the filter takes the path below)."""
+        try:
+            found = self.sides.search(vectors, k, where)
+        except CollectionMissing:  # a side dropped by a build since it was looked up
+            self.sides.forget()
+            return None
+        if found is None or metadata:
+            return found
+        return [[(id_, d, {}) for id_, d, _ in row] for row in found]
 
     def _filter_memory(self, key: str) -> tuple[int, int]:
         """(the widest ask for this collection's size, the ask that sufficed for filter ``key`` lately, or 0).
@@ -651,7 +671,9 @@ class Store:
             )
 
     def add(self, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[dict[str, Any]]) -> None:
-        """Insert new rows (Chroma silently ignores an id that is already stored: see :meth:`replace`)."""
+        """Insert new rows (Chroma silently ignores an id that is already stored: see :meth:`replace`);
+        into their side collections first (:mod:`imgsearch.partitions`)."""
+        self.sides.put(ids, vectors, metadatas)
         self._write("add", ids, vectors, metadatas)
 
     def replace(
@@ -666,19 +688,34 @@ class Store:
         a 2048-d one), about what embedding the file costs. Upsert merges metadata, so keys of
         ``previous`` (each row's stored metadata) that the new metadata lacks are removed explicitly."""
         merged = [{**dict.fromkeys(old), **new} for new, old in zip(metadatas, previous, strict=True)]
+        self.sides.put(ids, vectors, metadatas)
         self._write("upsert", ids, vectors, merged)
+        self.sides.take_out(ids, previous, metadatas)
 
     def update_metadata(self, ids: Sequence[str], metadatas: Sequence[dict[str, Any]]) -> None:
+        """Rewrite rows' metadata (merged into what is stored, as Chroma does); a row whose category (or
+        other partition value) changes enters its new side before and leaves its old one after."""
         col = self.require()
+        old = self.get(ids)
+        new = [
+            {k: v for k, v in {**old.get(id_, {}), **meta}.items() if v is not None}
+            for id_, meta in zip(ids, metadatas, strict=True)
+        ]
+        self.sides.moving(ids, old, new)
         step = self._batch()
         for s in range(0, len(ids), step):
             col.update(ids=list(ids[s : s + step]), metadatas=list(metadatas[s : s + step]))
+        present = [i for i, id_ in enumerate(ids) if id_ in old]
+        self.sides.take_out([ids[i] for i in present], [old[ids[i]] for i in present], [new[i] for i in present])
 
     def delete(self, ids: Sequence[str]) -> None:
+        """Delete rows: from the main collection first, then from their sides (:mod:`imgsearch.partitions`)."""
         col = self.require()
+        old = self.get(ids)
         step = self._batch()
         for s in range(0, len(ids), step):
             col.delete(ids=list(ids[s : s + step]))
+        self.sides.take_out(list(old), list(old.values()))
 
     def close(self) -> None:
         """Close the Chroma client, then release the embedded store's lock (the kernel also releases it

@@ -57,6 +57,7 @@ class IngestReport:
     seconds: float = 0.0
     offline: dict[str, dict[str, Any]] = field(default_factory=dict)  # root -> {reason, rows}: rows kept
     refused: str = ""  # why the prune was refused (nothing deleted); "" when it ran or was not asked for
+    partitions: dict[str, Any] | None = None  # what the side collections' build did, when one ran
 
     @property
     def failed(self) -> int:
@@ -76,6 +77,7 @@ class IngestReport:
             "failed": self.failed,
             "decoded": self.decoded,
             "embedded": self.embedded,
+            "partitions": self.partitions,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "offline": dict(sorted(self.offline.items())),
@@ -402,6 +404,11 @@ def ingest(
     todo = plan(files, store.get, _hash_all, _twin_finder(store, vectors), tags=tags, shard=shard)
     journal = decode_journal(store.location, shard)
     journal.open()
+    # present while this ingest writes: one left behind means a killed ingest, whose side rows a build checks
+    writing = state_path(store.location, "partitions", ".writing", shard)
+    crashed = writing.exists()
+    writing.parent.mkdir(parents=True, exist_ok=True)
+    writing.touch()
     runner = Runner(store, embedder, report, tags, batch_size, progress, should_stop, journal)
     try:
         runner.run(todo, vectors)
@@ -414,6 +421,11 @@ def ingest(
             rows = _rows_of(store, list(candidates))
             report.offline = {r: {"reason": why, "rows": rows[r]} for r, why in candidates.items() if rows[r]}
         _record_offline(store, absolute, report.offline)
+        built = store.sides.settle(crashed)
+        report.partitions = built.as_dict() if built else None
+        writing.unlink(
+            missing_ok=True
+        )  # kept when stopped early: the values it wrote are looked at by the next ingest's build
     report.seconds = time.perf_counter() - started
     return report
 
