@@ -1,14 +1,17 @@
 """One node at 100k and 1M vectors: load, memory, restart, filtered queries under concurrency, recall, web.
 
-Issue 16. Every size gets a real ``chroma run`` server of its own (as docker-compose runs it) and is
+Issues 16 and 23. Every size gets a real ``chroma run`` server of its own (as docker-compose runs it) and is
 loaded through the product's store layer (``Store.create`` with the model's fingerprint and HNSW
 settings, ``Store.add`` in pages) with rows shaped like the ingest worker's: path fields, category,
 size, mtime, sha256, width/height. Nothing is embedded at these sizes: the vectors are derived from
 real ones (photos embedded by ``imgsearch ingest`` with efficientnet-lite0; default: the shared
 caltech101-dev and holidays-dev photos, else the demo library), each a mix of two real vectors plus
 noise, as bench-index does (evaluation/index_bench.py), so they keep the clustered shape real
-libraries have. Categories are planted at fixed selectivities: ``one-percent`` (1 % of the rows),
-``ten-percent`` (10 %), ``half`` (50 %) and ``rest``.
+libraries have. Categories are planted at fixed selectivities, independent of the pictures:
+``tenth-percent`` (0.1 % of the rows), ``one-percent``, ``ten-percent``, ``half`` (50 %); 5 % of the rows
+are ~100 albums, each the rows derived mostly from one folder's photos (a realistic library's small
+folders, whose photos cluster); the rest are ``rest``. FILTERS adds two albums at once and a category
+with a size range.
 
 Measured per size, all in this one run:
 
@@ -16,12 +19,12 @@ Measured per size, all in this one run:
 - server restart: time to answer a heartbeat and to answer the first query (the index is read then);
 - ``Store.query`` (k=10, with metadata, as search does) p50/p99 unfiltered and with each category
   filter, for 1, 4 and 16 concurrent clients (threads, each its own HTTP client), and queries/s;
-- the same filtered queries through Chroma's own filter (``where`` passed to the index), for
-  comparison: imgsearch filters the nearest rows itself (imgsearch/where.py);
-- the 1 % category as a collection of its own, searched unfiltered (Chroma's advice for data that
-  can be split: the setting that helps a selective filter most);
-- recall@10 of every filter against exact search (brute force over the regenerated rows) on the
-  queries, which are derived like the rows but are not stored;
+- first, the planted categories through Chroma's own filter (``where`` passed to the index), for
+  comparison; then the migration to side collections (imgsearch/partitions.py, what ``imgsearch
+  partition`` runs): its time, extra rows, disk and server RSS; the queries above use the sides;
+- recall@10 of every filter against exact filtered search (brute force over the regenerated rows) on
+  the queries, which are derived like the rows but are not stored, and how many queries got fewer
+  hits than min(10, the rows the filter passes);
 - a warm ``imgsearch serve`` against the server: photo upload → results, model included, p50/p99
   unfiltered and per filter; and ``imgsearch search PHOTO`` end to end (process start, model load,
   query);
@@ -357,6 +360,8 @@ def build_partitions(url: str, collection: str, folder: Path, proc: subprocess.P
     for the selective values, their vectors copied from the collection. Its cost: time, extra rows,
     disk and server RSS."""
     store = Store(Location(url=url, collection=collection))
+    for name in store.sides._sides():  # a re-run measures the migration again, from no sides
+        store._connect(create=False).delete_collection(name)
     disk, rss = _disk_mb(folder), _rss_mb(proc.pid)
     built = store.sides.build().as_dict()
     sides = store.sides.listing()

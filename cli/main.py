@@ -281,9 +281,10 @@ def partition(
 ) -> None:
     """Build or repair the side collections that make filters on selective values exact and fast.
 
-    Each value of a partition key holding at most a quarter of the images gets a collection of its
-    own; ingest keeps them in step, so this is only needed to change the keys or to check them.
-    Nothing is re-embedded: the vectors are copied from the store."""
+    Each category (or other partition key's value) holding at most a quarter of the images gets its own.
+    Ingest makes and keeps them in step: run this to migrate a store at once, to change keys, or to check.
+    Nothing is re-embedded: the vectors are copied from the store.
+    """
     with user_errors(), json_stdout(as_json) as emit:
         from imgsearch.store import Store
 
