@@ -28,6 +28,7 @@ import pytest
 from badinputs import RUNNING_AS_ROOT, Case, make_corpus
 from conftest import LIBRARY, MODEL, REPO, copy_library, run_cli, run_json
 from PIL import Image, ImageOps
+from test_partitions import assert_sides_in_step
 
 # the handout's features: ~3x cheaper to embed than the default, and these tests are about writes
 CHEAP = ["--model", MODEL, "--pooling", "avg", "--crop", "center", "--scales", "224"]
@@ -380,6 +381,7 @@ def test_sigkill_during_ingest_loses_nothing(tmp_path: Path, store_args: list[st
             # the re-run (the killed process's lock is gone with it); the last one through the CLI
             summary = ingest_json(*ingest[1:-1]) if kills == TRIALS else _rerun(lib, store_args, embedder)
             count = _verify(lib, store_args, embedder, rng)
+            assert_sides_in_step(_location(store_args))  # the side collections too (imgsearch/partitions.py)
             if trial % 5 == 4 or kills == TRIALS:
                 (stats,) = run_json("stats", *store_args)
                 assert stats["count"] == count and stats["model"]["model"] == MODEL

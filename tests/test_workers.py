@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 from conftest import LIBRARY, MODEL, copy_library, run_cli, run_json
+from test_partitions import assert_sides_in_step
 from test_service import FAST, Proc, folders, images_under, store_rows, wait_for
 
-from imgsearch.store import image_id
+from imgsearch.store import Location, image_id
 
 N = 3
 EMBEDDED = re.compile(r"\| (\d+) embedded in ")
@@ -38,6 +39,10 @@ class Fleet:
         self.collection = f"fleet{time.monotonic_ns()}"
         self.lib = copy_library(tmp / "library", categories=4, per_category=9)  # 36 images
         self.workers: dict[int, Proc] = {}
+
+    @property
+    def location(self) -> Location:
+        return Location(url=self.chroma, collection=self.collection)
 
     def status_file(self, k: int) -> Path:
         return self.tmp / f"status-{k}.json"
@@ -102,6 +107,7 @@ def test_three_workers_store_each_file_once_and_a_killed_one_is_finished_by_its_
         fleet.start(k, f"worker-{k}.log")
     fleet.wait_in_sync("the three workers' first sync", 240)
     fleet.check_each_file_once()
+    assert len(assert_sides_in_step(fleet.location)) == 4  # a side per category, each 25 % of the rows
     first = {k: [p for p in images_under(fleet.lib) if shard_of(p) == k] for k in range(N)}
     for k, proc in fleet.workers.items():
         assert embedded(proc) == len(first[k]) > 0, proc.text()[-2000:]  # its shard, all of it, nothing else
@@ -156,6 +162,7 @@ def test_three_workers_store_each_file_once_and_a_killed_one_is_finished_by_its_
     restarted = fleet.start(victim, f"worker-{victim}-restarted.log")
     fleet.wait_in_sync("the restarted worker to finish its shard", 180)
     fleet.check_each_file_once()
+    assert_sides_in_step(fleet.location)  # the killed worker's writes were checked by its restart's build
     # nothing embedded twice: the restart embeds only what its shard lacked (a renamed file may reuse its
     # vector), the others never touched the victim's files
     assert embedded(restarted) <= len(missing), restarted.text()[-2000:]
