@@ -107,7 +107,7 @@ def test_new_collections_get_the_tuned_hnsw_settings(tmp_path: Path) -> None:
     lib = copy_library(tmp_path / "lib", categories=1, per_category=2)
     run_json("ingest", lib, "--db", tmp_path / "db", "--model", "efficientnet-lite0")
     store = Store(Location(db=tmp_path / "db"))
-    hnsw = store.require().configuration["hnsw"]
+    hnsw = store.require().configuration_json["hnsw"]  # raw JSON, as the store reads it
     store.close()
     assert (hnsw["space"], hnsw["max_neighbors"], hnsw["ef_construction"], hnsw["ef_search"]) == (
         "cosine",
