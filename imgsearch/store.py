@@ -565,11 +565,12 @@ class Store:
         """For each vector, up to k (id, cosine distance, metadata), nearest first. ``metadata`` False
         leaves the dicts empty: fetching them is two thirds of a 1,000-deep query (evaluation's).
 
-        With a filter, the nearest rows are first asked for unfiltered and filtered here
-        (:mod:`imgsearch.where`), widening the ask while too few match. Chroma's filtered search, whose
-        cost grows with the collection (docs/scaling.md), is left for a filter too few of them pass,
-        one only Chroma evaluates (:func:`imgsearch.where.supported`) and a collection small enough
-        for it to be cheap."""
+        A filter naming selective categories (or other partition values) searches their side
+        collections (:mod:`imgsearch.partitions`). With any other filter, the nearest rows are asked for
+        unfiltered and filtered here (:mod:`imgsearch.where`), widening the ask while too few match.
+        Chroma's filtered search, whose cost grows with the collection (docs/scaling.md), is left for a
+        filter too few of them pass, one only Chroma evaluates (:func:`imgsearch.where.supported`) and a
+        collection small enough for it to be cheap."""
         col = self.require()
         vectors = np.asarray(vectors, dtype=np.float32)
         if where is not None and (hits := self._from_sides(vectors, k, where, metadata)) is not None:
