@@ -15,7 +15,9 @@ Truth: two files are the same picture when they derive from the same original (t
 copies, its byte duplicates). Holidays groups (other shots of one scene) are the hard negatives.
 
     python bench/dupes.py --work DIR --out FILE --md FILE   # ~75 min on 2 CPU cores; --pairs-from FILE reuses
-                                                             # the measured pairs (the levels alone: ~30 min)
+                                                             # the measured pairs, --levels-only skips them
+    python bench/dupes.py --scale 10000 --work DIR --out FILE   # level copies on 10,000 real files: search per
+                                                                 # photo, prepare per file, compare per pair; 1M
 """
 
 from __future__ import annotations
@@ -84,6 +86,38 @@ def build_library(
     return origin
 
 
+def build_scale_library(work: Path, files: int, seed: int) -> dict[str, str]:
+    """``files`` real files under ``work/lib``: every photo of both sets (Holidays' queries too), then edited
+    copies (a random transform of copy detection each) of random photos until there are ``files``.
+    Returns path -> the photo it derives from."""
+    from PIL import Image
+
+    from imgsearch.evaluation.evaluate import TRANSFORMS
+
+    roots = {name: root.parent if name == "holidays-dev" else root for name, root in SETS.items()}
+    origin: dict[str, str] = {}
+    for name, root in roots.items():
+        for photo in sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+            dest = work / "lib" / name / photo.relative_to(root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.exists():
+                os.link(photo, dest)
+            origin[str(dest)] = str(dest)
+    photos = sorted(origin)
+    rng = random.Random(seed)
+    names = list(TRANSFORMS)
+    for k in range(max(0, files - len(photos))):
+        src = Path(rng.choice(photos))
+        name = rng.choice(names)
+        copy = src.with_name(f"{src.stem}__copy{k:05d}.jpg")
+        if not copy.exists():
+            transform, quality = TRANSFORMS[name]
+            with Image.open(src) as im:
+                transform(im.convert("RGB"), random.Random(f"{seed}:{k}")).convert("RGB").save(copy, quality=quality)
+        origin[str(copy)] = str(src)
+    return origin
+
+
 def ingest(lib: Path, db: Path) -> Any:
     from imgsearch.ingest.sync import ingest as run_ingest
     from imgsearch.session import ModelChoice, open_embedder
@@ -107,7 +141,7 @@ def candidate_measures(store: Any, origin: dict[str, str], neighbours: int) -> l
     from imgsearch.runtime import usable_cpus
     from imgsearch.store import stored_path
 
-    verifier = Verifier(cache=100_000)  # every file prepared once: a bench, not a bounded run
+    verifier = Verifier(cache_bytes=1 << 40)  # every file prepared once: a bench, not a bounded run
     pairs: dict[tuple[str, str], float] = {}
     for _, vectors, metas in _pages(store, None):
         for meta, row in zip(metas, store.query(vectors, neighbours + 1), strict=True):
@@ -288,6 +322,97 @@ precision; `similar` is the vectors alone at the search page's high band (look-a
 `exact` is the content hash. Thresholds of the verifier: imgsearch/dupes/verify.py."""
 
 
+def scale_run(work: Path, files: int, seed: int, sample: int) -> dict[str, Any]:
+    """Level ``copies`` on ``files`` real files, by its parts: the candidate search over the whole library
+    (k-NN, per stored photo), then the first ``sample`` candidate pairs in the order they are compared:
+    their files prepared (per file) and the pairs compared (per pair, files cached), as ``find_duplicates``
+    does. The whole run, 100k and 1M photos are extrapolated from those parts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imgsearch.dupes.find import FLOORS, NEIGHBOURS, _candidates, _locality_order
+    from imgsearch.dupes.verify import Verifier
+    from imgsearch.runtime import usable_cpus
+
+    build_scale_library(work, files, seed)
+    store = ingest(work / "lib", work / "db")
+    before = os.getloadavg()
+    stats: dict[str, Any] = {"images": 0, "stored": store.count()}
+    started = time.perf_counter()
+    rows, pairs, _ = _candidates(store, None, FLOORS["copies"], NEIGHBOURS, stats, None)
+    order = _locality_order(pairs, len(rows))
+    search = time.perf_counter() - started
+    store.close()
+    chosen = pairs[order[:sample]].tolist()
+    touched = sorted({rows[i].path for pair in chosen for i in pair})
+    verifier = Verifier(cache_bytes=1 << 40)
+    with ThreadPoolExecutor(usable_cpus()) as pool:
+        started = time.perf_counter()
+        list(pool.map(verifier._prepared, touched))
+        prepare = time.perf_counter() - started
+        started = time.perf_counter()
+        same = list(pool.map(lambda ab: verifier.same_picture(rows[ab[0]].path, rows[ab[1]].path).same, chosen))
+        compare = time.perf_counter() - started
+    after = os.getloadavg()
+    stored, n_pairs = stats["stored"], len(pairs)
+    per_file, per_pair = prepare / len(touched), compare / len(chosen)
+    growth = json.loads((REPO / "docs" / "dupes-scale.json").read_text())["fit"]["similar"]["b"]
+
+    def total(n: int) -> float:  # search grows as measured at 10k-100k vectors; preparing and comparing linearly
+        return search * (n / stored) ** growth + (len(rows) * per_file + n_pairs * per_pair) * n / stored
+
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": len(os.sched_getaffinity(0)),
+        "load_average_1_5_15": {"before": [round(x, 1) for x in before], "after": [round(x, 1) for x in after]},
+        "files": stored,
+        "files_with_candidates": len(rows),
+        "candidate_pairs": n_pairs,
+        "pairs_per_photo": round(n_pairs / stored, 2),
+        "sample_pairs": len(chosen),
+        "sample_files": len(touched),
+        "sample_accepted": sum(same),
+        "ms_per_photo_searching": round(1000 * search / stored, 1),
+        "ms_per_file_prepared": round(1000 * per_file, 1),
+        "ms_per_pair_compared": round(1000 * per_pair, 2),
+        "search_growth_exponent": growth,
+        "estimates": {
+            str(n): {"minutes": round(total(n) / 60, 1), "ms_per_photo": round(1000 * total(n) / n, 1)}
+            for n in (stored, 100_000, 1_000_000)
+        },
+    }
+
+
+def scale_markdown(r: dict[str, Any]) -> str:
+    load = r["load_average_1_5_15"]
+    own = r["estimates"][str(r["files"])]
+    lines = [
+        f"`python bench/dupes.py --scale {r['files']}` on {r['date']} ({r['cpus']} CPUs shared with other work: load "
+        f"average {load['before'][0]} before, {load['after'][0]} after): {r['files']:,} real files "
+        "(every photo of caltech101-dev and holidays-dev, the rest edited copies, one transform of copy detection "
+        f"each), level `copies`; {r['sample_pairs']:,} pairs of {r['sample_files']:,} files compared in "
+        "`find_duplicates`' order.",
+        "",
+        "| files | candidate pairs | per photo | searching, ms per photo | preparing, ms per file | comparing, ms per "
+        "pair | whole run (estimate) | ms per stored photo |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, e in r["estimates"].items():
+        pairs = f"{r['candidate_pairs']:,}" if int(n) == r["files"] else "-"
+        measured = int(n) == r["files"]
+        lines.append(
+            f"| {int(n):,} | {pairs} | {r['pairs_per_photo'] if measured else '-'} | "
+            f"{r['ms_per_photo_searching'] if measured else '-'} | {r['ms_per_file_prepared'] if measured else '-'} | "
+            f"{r['ms_per_pair_compared'] if measured else '-'} | {e['minutes']} min | {e['ms_per_photo']} |"
+        )
+    lines += [
+        "",
+        f"Larger libraries: searching grows as N^{r['search_growth_exponent']} (the fit of docs/dupes-scale.md), "
+        f"preparing and comparing linearly at the measured pairs per photo; {own['ms_per_photo']} ms per stored "
+        "photo at the measured size.",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
@@ -298,10 +423,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pairs-only", action="store_true", help="measure the candidate pairs, skip the levels")
     parser.add_argument("--pairs-from", type=Path, help="take the measured pairs from an earlier --out file")
+    parser.add_argument("--levels-only", action="store_true", help="the levels end to end alone, no pair table")
+    parser.add_argument("--scale", type=int, metavar="FILES", help="level copies on this many real files, by parts")
+    parser.add_argument("--sample", type=int, default=3000, help="--scale: candidate pairs compared (default 3000)")
     args = parser.parse_args()
     if not all(root.is_dir() for root in SETS.values()):
         raise SystemExit(f"the photo sets are not at {DATASETS} (see ../shared/datasets/README.md)")
     work = (args.work or Path(tempfile.mkdtemp(prefix="imgsearch-dupes-"))).resolve()
+    if args.scale:
+        try:
+            scaled = scale_run(work, args.scale, args.seed, args.sample)
+        finally:
+            if args.work is None:
+                shutil.rmtree(work, ignore_errors=True)
+        print(scale_markdown(scaled))
+        if args.out:
+            args.out.write_text(json.dumps(scaled, indent=1) + "\n")
+        return
     try:
         origin = build_library(work, args.originals, args.dupes, args.seed)
         store = ingest(work / "lib", work / "db")
@@ -309,6 +447,8 @@ def main() -> None:
         if args.pairs_from:
             earlier = json.loads(args.pairs_from.read_text())
             rows, per_pair = earlier["pairs"], earlier["verify_ms_per_pair"]
+        elif args.levels_only:
+            rows, per_pair = [], 0.0
         else:
             rows = candidate_measures(store, origin, 10)
             per_pair = (time.perf_counter() - started) / max(1, len(rows)) * 1000

@@ -67,8 +67,10 @@ def dupes(
         filt = parse_where(where)
         store = Store(location)
         try:
-            with progress_bar("comparing", enabled=not as_json) as tick:
-                found = find_duplicates(store, level.value, threshold, filt, progress=tick)
+            with progress_bar("searching images", enabled=not as_json) as tick:
+                found = find_duplicates(
+                    store, level.value, threshold, filt, progress=lambda stage, done, total: tick(done, total, stage)
+                )
         finally:
             store.close()
         report = None

@@ -16,11 +16,13 @@ from imgsearch.cli.options import (
     TimeoutOpt,
     TokenOpt,
     UrlOpt,
+    VerifyOpt,
     fail,
     model_options,
     user_errors,
 )
 from imgsearch.cli.output import json_stdout, progress_bar, say, table
+from imgsearch.search.verify import VERIFY
 
 if TYPE_CHECKING:
     from imgsearch.session import ModelChoice
@@ -52,7 +54,14 @@ def evaluate(
     ] = None,
     copies: Annotated[bool, typer.Option("--copies", help="Also measure copy detection (transformed copies).")] = False,
     n_copies: Annotated[int, typer.Option(min=1, help="Library images copied for --copies.")] = 50,
+    sample: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Leave-one-out from this many library images (seeded: the same ones each run) instead of all."
+        ),
+    ] = None,
     expand: ExpandOpt = None,
+    verify: VerifyOpt = VERIFY,
     whiten: Annotated[
         bool, typer.Option(help="PCA-whiten (learned on the library; exact search) - an experiment, not stored.")
     ] = False,
@@ -72,6 +81,8 @@ def evaluate(
     Leave-one-out by default: every library image queries the rest. A relevant result shares the
     query's category. The handout's baseline (avg pool, centre crop, cosine; demo library) is shown
     beside the figures.
+    With --verify N (the search's default): ranked by the vectors alone and with the best N re-ranked by
+    their pixels, side by side.
     """
     with user_errors(), json_stdout(as_json) as emit:
         if not library.is_dir():
@@ -94,8 +105,13 @@ def evaluate(
                 report = ingest([str(library)], store, embedder, progress=tick)
             say(f"library: {store.count()} images ({report.embedded} embedded now, {report.failed} failed)")
             held = _held_out(queries) if queries is not None else None
-            result = evaluate(store, embedder, held, expand=expand, whiten=whiten)
+            result = evaluate(store, embedder, held, expand=expand, whiten=whiten, sample=sample)
             found = copy_detection(store, embedder, n_copies, expand=expand, whiten=whiten) if copies else None
+            verified, found_verified = None, None
+            if verify and not whiten:
+                verified = evaluate(store, embedder, held, expand=expand, verify=verify, sample=sample)
+                if copies:
+                    found_verified = copy_detection(store, embedder, n_copies, expand=expand, verify=verify)
             store.close()
         expand = fp.get("expand", 0) if expand is None else expand
         baseline = handout_baseline(fp["model"])
@@ -109,14 +125,20 @@ def evaluate(
         }
         if found is not None:
             out["copies"] = found.as_dict()
+        if verified is not None:
+            out["verified"] = {"candidates": verify, **verified.as_dict()}
+            if found_verified is not None:
+                out["verified"]["copies"] = found_verified.as_dict()
         if as_json:
             emit(out)
             return
         base = baseline.get("leave-one-out" if queries is None else "held-out", {})
         print(f"{result.mode} evaluation: {result.queries} queries, {result.queries_per_second:.1f} queries/s")
         print(f"model: {describe(fp)}; query expansion {expand}, whitening {'on' if whiten else 'off'}")
-        rows = [(m, _fmt(result.overall[m]), _fmt(base.get(m))) for m in METRICS]
-        print(table(["metric", "this run", "handout baseline*"], rows, right=(1, 2)))
+        side = [verified.overall] if verified is not None else []
+        rows = [(m, _fmt(result.overall[m]), *(_fmt(v[m]) for v in side), _fmt(base.get(m))) for m in METRICS]
+        head = ["metric", "this run", *(f"verified (best {verify})" for _ in side), "handout baseline*"]
+        print(table(head, rows, right=tuple(range(1, len(head)))))
         print()
         cat_rows = [(c, *(_fmt(v[m]) for m in METRICS)) for c, v in result.per_category.items()]
         print(table(["category", *METRICS], cat_rows, right=tuple(range(1, len(METRICS) + 1))))
@@ -124,8 +146,14 @@ def evaluate(
             print()
             print(f"copy detection: {found.originals} originals, share of copies whose original ranks first")
             base_copies = baseline.get("copies", {}).get("rank1", {})
-            rows = [(t, _fmt(v), _fmt(base_copies.get(t))) for t, v in found.rank1.items()]
-            rows.append(("mean", _fmt(found.mean_rank1), _fmt(baseline.get("copies", {}).get("mean_rank1"))))
-            print(table(["transform", "rank-1", "handout baseline*"], rows, right=(1, 2)))
+            also = [found_verified] if found_verified is not None else []
+            rows = [
+                (t, _fmt(v), *(_fmt(f.rank1.get(t)) for f in also), _fmt(base_copies.get(t)))
+                for t, v in found.rank1.items()
+            ]
+            mean_base = _fmt(baseline.get("copies", {}).get("mean_rank1"))
+            rows.append(("mean", _fmt(found.mean_rank1), *(_fmt(f.mean_rank1) for f in also), mean_base))
+            head = ["transform", "rank-1", *(f"verified (best {verify})" for _ in also), "handout baseline*"]
+            print(table(head, rows, right=tuple(range(1, len(head)))))
         print()
         print("* the handout's recipe (avg pool, centre crop 224, cosine) with this model on examples/library")

@@ -22,28 +22,45 @@ from imgsearch.cli.bench_cmd import bench_index
 from imgsearch.cli.dupes_cmd import dupes
 from imgsearch.cli.eval_cmd import evaluate
 from imgsearch.cli.options import (
+    BoxOpt,
     ExpandOpt,
     FollowOutsideOpt,
     JsonOpt,
     MinScoreOpt,
     ShardOpt,
     TopKOpt,
+    VerifyOpt,
     WhereOpt,
     fail,
     model_options,
+    query_boxes,
     store_options,
     user_errors,
 )
 from imgsearch.cli.output import json_stdout, progress_bar, say, table
 from imgsearch.cli.report_cmd import report
 from imgsearch.cli.service_cmd import StatusOpt, read_worker_status, serve, worker, worker_line
+from imgsearch.search.verify import VERIFY
 
 if TYPE_CHECKING:
+    from imgsearch.search.query import Hit
     from imgsearch.session import ModelChoice
     from imgsearch.store import Location
 
 EXIT_PARTIAL = 3
 OFFLINE = " (offline)"  # after the path of a hit whose folder was offline at the last sync
+
+
+def shown_path(hit: Hit) -> str:
+    return hit.path + OFFLINE * hit.offline
+
+
+def seen(hit: Hit) -> str:
+    """The pixels column: verified (with its agreeing keypoint matches), compared but not, or not compared."""
+    if hit.inliers is None:
+        return "-"
+    return f"verified ({hit.inliers})" if hit.verified else f"no ({hit.inliers})"
+
 
 app = typer.Typer(
     help="Search your image folders by image: ingest folders into a vector store, then find the "
@@ -158,6 +175,8 @@ def search(
     where: WhereOpt = [],  # noqa: B006
     min_score: MinScoreOpt = None,
     expand: ExpandOpt = None,
+    verify: VerifyOpt = VERIFY,
+    box: BoxOpt = None,
     *,
     location: Location,
     choice: ModelChoice,
@@ -182,24 +201,35 @@ def search(
         filt = parse_where(where)
         names = [str(q) for q in queries]
         check_queries(names)  # before the model loads; each file is decoded once, by the search
+        region, boxes = query_boxes(box, names)
         with open_search(location, choice) as (store, embedder):
             fingerprint = searched_with(embedder, expand)
             found = run_search(
-                store, names, embedder, k=k, where=filt, min_score=min_score, expand=expand, online_only=online_only
+                store,
+                names,
+                embedder,
+                k=k,
+                where=filt,
+                min_score=min_score,
+                expand=expand,
+                online_only=online_only,
+                verify=verify,
+                box=region,
             )
 
             def shown() -> Iterator[tuple[str, list[Any]]]:
                 """Each query's hits printed as they are found, then passed on (to the report)."""
                 for q, hits in found:
                     if as_json:
-                        emit(result_json(str(q), hits, fingerprint["model"], k, filt))
+                        emit(result_json(str(q), hits, fingerprint["model"], k, filt, boxes.get(str(q))))
                     else:
-                        print(f"query: {q}")
+                        part = boxes.get(str(q))
+                        print(f"query: {q}" + ("" if part is None else f"  box {part} (x, y, w, h: fractions)"))
                         rows = [
-                            (h.rank, f"{h.score:.4f}", f"{h.distance:.4f}", h.category, h.path + OFFLINE * h.offline)
+                            (h.rank, f"{h.score:.4f}", f"{h.distance:.4f}", seen(h), h.category, shown_path(h))
                             for h in hits
                         ]
-                        header = ["rank", "score", "distance", "category", "path"]
+                        header = ["rank", "score", "distance", "pixels", "category", "path"]
                         print(table(header, rows, right=(0, 1, 2)) if rows else "(no results)", end="\n\n", flush=True)
                     yield str(q), hits
 
@@ -217,7 +247,7 @@ def search(
                 for _ in shown():
                     pass
         if not as_json:
-            print(ranking_text(fingerprint))
+            print(ranking_text(fingerprint, verify))
         if report is not None:
             (say if as_json else print)(f"report: {report}")
 

@@ -13,11 +13,14 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from imgsearch.cli.output import say
+
+if TYPE_CHECKING:
+    from imgsearch.regions import Box
 
 EXIT_ERROR = 1
 
@@ -104,6 +107,16 @@ WhereOpt = Annotated[
     ),
 ]
 MinScoreOpt = Annotated[float | None, typer.Option(help="Drop results scoring below this (score = cosine similarity).")]
+BoxOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--box",
+        metavar="X,Y,W,H",
+        help="Search by this region of each query: left, top, width, height.\n"
+        "Pixels of the picture as shown (EXIF rotation applied), or fractions of its width and height when all "
+        "four are at most 1.",
+    ),
+]
 FeaturesOpt = Annotated[
     str | None,
     typer.Option(
@@ -131,6 +144,17 @@ CropOpt = Annotated[
 ScalesOpt = Annotated[
     str | None,
     typer.Option(help="Input sizes, e.g. 224 or 224,320 (features averaged over scales). Default: as recorded."),
+]
+VerifyOpt = Annotated[
+    int,
+    typer.Option(
+        "--verify",
+        min=0,
+        max=100,
+        metavar="N",
+        help="Compare the pixels of the best N candidates with the query's (keypoints fitted by one perspective "
+        "transform): those showing the query's place or object rank first, marked verified. 0 = vectors only.",
+    ),
 ]
 ExpandOpt = Annotated[
     int | None,
@@ -197,6 +221,23 @@ def user_errors() -> Iterator[None]:
         fail(str(err))
     except KeyboardInterrupt:
         fail("interrupted; finished batches are kept, re-run to complete", 130)
+
+
+def query_boxes(text: str | None, files: list[str]) -> tuple[Box | None, dict[str, list[float]]]:
+    """--box parsed and checked on every query file before the model loads: the box, and per file the region
+    as fractions of that picture (what the output shows). Raises BadBox, naming the file."""
+    if text is None:
+        return None, {}
+    from imgsearch.regions import BadBox, Box, picture_box
+
+    box = Box.parse(text)
+    shown = {}
+    for f in files:
+        try:
+            shown[f] = picture_box(f, box)
+        except BadBox as err:
+            raise BadBox(f"query {f}: {err}") from None
+    return box, shown
 
 
 def parse_scales(text: str | None) -> tuple[int, ...] | None:

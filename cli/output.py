@@ -47,16 +47,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence
 
 
 @contextlib.contextmanager
-def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on stderr when it is a terminal; otherwise a no-op callback."""
+def progress_bar(label: str, enabled: bool) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr when it is a terminal; otherwise a no-op callback. The callback takes
+    (done, total) and optionally a stage: a new stage restarts the bar (and its ETA) under that label."""
     if not enabled or not sys.stderr.isatty():
-        yield lambda done, total: None
+        yield lambda done, total, stage=None: None
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
-        TextColumn(label),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -64,4 +65,11 @@ def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], Non
         transient=True,
     ) as bar:
         task = bar.add_task(label, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+        def tick(done: int, total: int, stage: str | None = None) -> None:
+            if stage is not None and stage != bar.tasks[0].description:
+                bar.reset(task, total=total, completed=done, description=stage)
+            else:
+                bar.update(task, completed=done, total=total)
+
+        yield tick

@@ -56,12 +56,21 @@ def report(
     where: options.WhereOpt = [],  # noqa: B006
     min_score: options.MinScoreOpt = None,
     expand: options.ExpandOpt = None,
+    box: options.BoxOpt = None,
     sheet: Annotated[
         Path | None,
         typer.Option(
             "--sheet", metavar="DIR", help="Also write one PNG contact sheet per query here (QUERY-STEM.png)."
         ),
     ] = None,
+    why: Annotated[
+        bool,
+        typer.Option(
+            "--why",
+            help="Also show under each result where it agrees with the query: a heatmap of the features' agreement "
+            "and, for the same scene, the fitted frame and matched keypoints (reads both pictures again).",
+        ),
+    ] = False,
     *,
     location: Location,
     choice: ModelChoice,
@@ -75,16 +84,21 @@ def report(
         from imgsearch.reports.html import write_report
         from imgsearch.search.filters import parse_where
         from imgsearch.search.query import check_queries, open_search, search, searched_with
+        from imgsearch.search.why import explain
 
         files = [str(f) for f in _query_files(queries or [], queries_dir)]
         n = len(files)
         filt = parse_where(where)
         check_queries(files)  # before the model loads; each file is decoded once, by the search
+        region, shown = options.query_boxes(box, files)
         say(f"searching {n} quer{'y' if n == 1 else 'ies'} in {location.describe()}")
         with open_search(location, choice) as (store, embedder):
-            found = search(store, files, embedder, k=k, where=filt, min_score=min_score, expand=expand)
+            found = search(store, files, embedder, k=k, where=filt, min_score=min_score, expand=expand, box=region)
             fingerprint = searched_with(embedder, expand)
-            path = write_report(found, n, fingerprint, location.describe(), out, k, where, sheet, min_score=min_score)
+            explained = (lambda query, hit: explain(embedder, query, hit.path, region)) if why else None
+            path = write_report(
+                found, n, fingerprint, location.describe(), out, k, where, sheet, min_score, explained, shown
+            )
         if sheet is not None:
             say(f"wrote {n} contact sheets to {sheet.resolve()}")
         say(f"wrote the report for {n} quer{'y' if n == 1 else 'ies'}")

@@ -18,7 +18,7 @@ duplicates, 8 bytes per stored file; never anything quadratic.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -38,8 +38,9 @@ from imgsearch.store import Store, stored_path
 FLOORS = {"copies": 0.5, "similar": 0.85}
 NEIGHBOURS = 10  # nearest neighbours asked of the index per image
 BATCH = 256  # query vectors per k-NN round trip
+CHUNK = 256  # candidate pairs handed to the comparing threads at a time (progress is reported per chunk)
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[str, int, int], None]  # (stage, done, total): "searching images", then "comparing pairs"
 
 
 def find_duplicates(
@@ -155,6 +156,78 @@ def _pages(store: Store, where: dict[str, Any] | None) -> Iterator[tuple[list[st
         yield ids, np.stack(vectors), metas
 
 
+def _candidates(
+    store: Store,
+    where: dict[str, Any] | None,
+    floor: float,
+    neighbours: int,
+    stats: dict[str, Any],
+    progress: Progress | None,
+) -> tuple[list[Member], np.ndarray, np.ndarray]:
+    """Candidate pairs of distinct contents scoring at least ``floor``: the files involved, and each pair
+    once as two row numbers into them (int32, a < b) and its score. Memory: a Member per file with a
+    candidate and 12 bytes per pair (twice while pages are gathered), nothing per pair in Python objects."""
+    rows: dict[str, int] = {}
+    files: list[Member] = []
+
+    def row(id_: str, meta: dict[str, Any]) -> int:
+        if id_ not in rows:
+            rows[id_] = len(files)
+            files.append(_member(id_, meta, 1.0))
+        return rows[id_]
+
+    found: list[np.ndarray] = []
+    for ids, vectors, metas in _pages(store, where):
+        page = []
+        for id_, meta, hits in zip(ids, metas, store.query(vectors, neighbours + 1, where), strict=True):
+            for other, distance, other_meta in hits:
+                score = 1.0 - distance
+                if other != id_ and score >= floor and other_meta.get("sha256") != meta.get("sha256"):
+                    page.append((row(id_, meta), row(other, other_meta), score))
+        if page:
+            found.append(np.array(page, dtype=np.float64))
+        stats["images"] += len(ids)
+        if progress is not None:
+            progress("searching images", stats["images"], stats["stored"])
+    if not found:
+        return files, np.zeros((0, 2), np.int32), np.zeros(0)
+    table = np.concatenate(found)
+    pairs = np.sort(table[:, :2].astype(np.int64), axis=1)
+    keys = pairs[:, 0] * len(files) + pairs[:, 1]
+    keys, first = np.unique(keys, return_index=True)  # a pair found from both of its files counts once
+    return files, pairs[first].astype(np.int32), table[first, 2]
+
+
+def _locality_order(pairs: np.ndarray, n: int) -> np.ndarray:
+    """An order of ``pairs`` in which each file's pairs come close together: files numbered breadth first
+    over the candidate graph (neighbours of one picture get near numbers, as in Cuthill-McKee), pairs
+    sorted by their later-numbered file. Why: the verifier keeps prepared files in a bounded cache; in
+    page order a file's pairs are spread over as many pages as its partners, and it is prepared each time."""
+    ends = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    others = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    by_file = np.argsort(ends, kind="stable")
+    starts = np.searchsorted(ends[by_file], np.arange(n + 1))
+    adjacent = others[by_file]
+    position = np.full(n, -1, dtype=np.int64)
+    numbered = 0
+    for root in range(n):
+        if position[root] >= 0:
+            continue
+        position[root] = numbered
+        numbered += 1
+        queue = deque([root])
+        while queue:
+            u = queue.popleft()
+            for v in adjacent[starts[u] : starts[u + 1]].tolist():
+                if position[v] < 0:
+                    position[v] = numbered
+                    numbered += 1
+                    queue.append(v)
+    later = np.maximum(position[pairs[:, 0]], position[pairs[:, 1]])
+    earlier = np.minimum(position[pairs[:, 0]], position[pairs[:, 1]])
+    return np.lexsort((earlier, later))
+
+
 def _accepted(
     store: Store,
     where: dict[str, Any] | None,
@@ -166,38 +239,32 @@ def _accepted(
     workers: int | None,
 ) -> tuple[dict[tuple[str, str], float], dict[str, Member]]:
     """Accepted pairs (a < b) of distinct contents, and their files: candidates scoring at least
-    ``floor``, checked page by page (with a ``verifier``, by their pixels), so that only pairs that are
-    kept stay in memory (and a hash of each pair already looked at)."""
+    ``floor``, then (with a ``verifier``) checked by their pixels, file by file in :func:`_locality_order`,
+    so that each file is prepared about once."""
+    started = time.perf_counter()
+    files, pairs, scores = _candidates(store, where, floor, neighbours, stats, progress)
+    stats["candidate_pairs"] = len(pairs)
+    stats["seconds_searching"] = round(time.perf_counter() - started, 2)
+    same = np.ones(len(pairs), dtype=bool)
+    if verifier is not None and len(pairs):
+        order = _locality_order(pairs, len(files))
+        with ThreadPoolExecutor(workers or usable_cpus(), thread_name_prefix="verify") as pool:
+            for start in range(0, len(order), CHUNK):
+                chunk = order[start : start + CHUNK]
+                two = [sorted((files[a], files[b]), key=lambda m: m.id) for a, b in pairs[chunk].tolist()]
+                same[chunk] = list(pool.map(lambda ab: verifier.same_picture(ab[0].path, ab[1].path).same, two))
+                if progress is not None:
+                    progress("comparing pairs", start + len(chunk), len(order))
+        stats["files_prepared"] = verifier.prepared
+        stats["seconds_comparing"] = round(time.perf_counter() - started - stats["seconds_searching"], 2)
     accepted: dict[tuple[str, str], float] = {}
-    files: dict[str, Member] = {}
-    seen: set[int] = set()
-    with ThreadPoolExecutor(workers or usable_cpus(), thread_name_prefix="verify") as pool:
-        for ids, vectors, metas in _pages(store, where):
-            found: dict[tuple[str, str], tuple[float, dict[str, Any], dict[str, Any]]] = {}
-            for id_, meta, row in zip(ids, metas, store.query(vectors, neighbours + 1, where), strict=True):
-                for other, distance, other_meta in row:
-                    key = (id_, other) if id_ < other else (other, id_)
-                    score = 1.0 - distance
-                    if other == id_ or score < floor or other_meta.get("sha256") == meta.get("sha256"):
-                        continue
-                    if hash(key) not in seen:
-                        seen.add(hash(key))
-                        found[key] = (score, meta, other_meta) if key[0] == id_ else (score, other_meta, meta)
-            stats["candidate_pairs"] += len(found)
-            if verifier is not None:
-                paths = [(stored_path(m_a), stored_path(m_b)) for _, m_a, m_b in found.values()]
-                same = list(pool.map(lambda ab: verifier.same_picture(*ab).same, paths))
-            else:
-                same = [True] * len(found)
-            for ((a, b), (score, meta_a, meta_b)), ok in zip(found.items(), same, strict=True):
-                if ok:
-                    accepted[(a, b)] = score
-                    files.setdefault(a, _member(a, meta_a, 1.0))
-                    files.setdefault(b, _member(b, meta_b, 1.0))
-            stats["images"] += len(ids)
-            if progress is not None:
-                progress(stats["images"], stats["stored"])
-    return accepted, files
+    kept: dict[str, Member] = {}
+    for (a, b), score in zip(pairs[same].tolist(), scores[same].tolist(), strict=True):
+        first, second = sorted((files[a], files[b]), key=lambda m: m.id)
+        accepted[(first.id, second.id)] = score
+        kept.setdefault(first.id, first)
+        kept.setdefault(second.id, second)
+    return accepted, kept
 
 
 # -- grouping ------------------------------------------------------------------------------------------

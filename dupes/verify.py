@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,7 @@ TEXTURED_MIN = 0.88  # the same over the blocks with texture in either image
 DETAIL_MIN = 0.3  # median correlation of the aligned blocks' fine detail (a second exposure: lower)
 FLAT = 4.0  # grey-level standard deviation under which a block has no texture to compare
 SOFTEN = 1.5  # compare at the coarser file's resolution when one is this much finer (a smaller copy)
+CACHE_BYTES = 160 * 2**20  # prepared files kept (~0.3 MB each): pairs are verified image by image
 
 
 @dataclass(frozen=True)
@@ -67,37 +69,49 @@ class Measures:
 @dataclass
 class _Prepared:
     grey: np.ndarray  # uint8, longer side SIDE
-    thumbs: dict[int, tuple[np.ndarray, np.ndarray]]  # side -> normalised thumbnail, as is and mirrored
+    thumb: tuple[np.ndarray, np.ndarray]  # normalised THUMB x THUMB thumbnail, as is and mirrored
     keypoints: tuple[np.ndarray, np.ndarray]  # (n, 2) float32 positions, as is and mirrored
     descriptors: tuple[np.ndarray | None, np.ndarray | None]
     taken: tuple[str, str] | None  # EXIF capture time (seconds, sub-seconds), None when the file does not say
     size: tuple[int, int]  # the file's own width and height
     path: str
 
+    @property
+    def nbytes(self) -> int:
+        arrays = [self.grey, *self.keypoints, *(d for d in self.descriptors if d is not None)]
+        arrays += list(self.thumb)
+        return sum(x.nbytes for x in arrays)
 
-def _thumb(grey: np.ndarray, side: int) -> np.ndarray:
+
+def _thumbs(grey: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The normalised ``side`` x ``side`` thumbnail, as is and mirrored (mirroring commutes with the resize)."""
     import cv2
 
-    t = cv2.resize(grey, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
-    t -= t.mean()
-    norm = float(np.linalg.norm(t))
-    return t / norm if norm > 0 else t
+    small = cv2.resize(grey, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
+    small -= small.mean()
+    norm = float(np.linalg.norm(small))
+    small = small / norm if norm > 0 else small
+    return small.ravel(), np.ascontiguousarray(small[:, ::-1]).ravel()
 
 
 class Verifier:
-    """Compares files pairwise; keeps the prepared form of the last ``cache`` files (thread-safe)."""
+    """Compares files pairwise; keeps the prepared forms of the files last used, up to ``cache_bytes``
+    (thread-safe; a file two threads ask for at once is prepared once)."""
 
-    def __init__(self, cache: int = 256, whole_files: bool = True) -> None:
+    def __init__(self, cache_bytes: int = CACHE_BYTES, whole_files: bool = True) -> None:
         """``whole_files`` False: files are decoded at SIDE only and the closer-exposure test, which decodes
         both files whole, is skipped (such a pair counts as a copy): for a web request's bounded memory."""
         import cv2
 
         cv2.setNumThreads(1)  # pairs run in parallel threads; OpenCV's own pool would oversubscribe
         self._orb = align.detector(1500)
-        self._cache: OrderedDict[str, _Prepared | str] = OrderedDict()
-        self._size = cache
+        self._cache: OrderedDict[str, tuple[_Prepared | str, int]] = OrderedDict()
+        self._pending: dict[str, Future[_Prepared | str]] = {}
+        self._bytes = 0
+        self._limit = cache_bytes
         self._lock = threading.Lock()
         self._whole_files = whole_files
+        self.prepared = 0  # files prepared (a file prepared again after eviction counts again)
 
     def same_picture(self, path_a: str, path_b: str) -> Verdict:
         a, b = self._prepared(path_a), self._prepared(path_b)
@@ -105,7 +119,7 @@ class Verifier:
             return Verdict(False, f"unreadable: {a if isinstance(a, str) else b}")
         if _taken_apart(a.taken, b.taken):
             return Verdict(False, "taken at different moments (EXIF capture time)")
-        if _global(a, b) >= GLOBAL_MIN:
+        if _global(a.thumb, b.thumb) >= GLOBAL_MIN:
             return Verdict(True, "global")
         reasons = []
         for mirrored in (0, 1):
@@ -122,7 +136,7 @@ class Verifier:
         """Why ``b`` aligned onto ``a`` is not an edit of it ("" if it is), and the transform. Both
         directions are asked: the keypoints matched and the pixels compared differ with the side warped,
         and an edit is an edit either way round (a borderline pair of burst shots passed one way only)."""
-        inliers, nest, blocks, textured, detail, transform = self._aligned(a, b, mirrored, detail=True)
+        inliers, nest, blocks, textured, detail, transform = self._aligned(a, b, mirrored, early=True)
         if inliers < MIN_INLIERS:
             return "no transform fits enough keypoint matches", transform
         if nest < NEST_MIN:
@@ -139,7 +153,7 @@ class Verifier:
             return None
         both_ways = []
         for m in (0, 1):
-            ab, ba = self._aligned(a, b, m, detail=True), self._aligned(b, a, m, detail=True)
+            ab, ba = self._aligned(a, b, m), self._aligned(b, a, m)
             both_ways.append((tuple(map(min, zip(ab[:5], ba[:5], strict=True))), m, ab[5]))
         (inliers, nest, blocks, textured, detail), mirrored, transform = max(both_ways, key=lambda row: row[0])
         aligned = (
@@ -150,7 +164,7 @@ class Verifier:
             and detail >= DETAIL_MIN
         )
         closer = aligned and _closer(a, b, transform, mirrored)  # asked only where same_picture asks it
-        globals_ = {side: _global(a, b, side) for side in THUMBS}
+        globals_ = {side: _global(_thumbs(a.grey, side), _thumbs(b.grey, side)) for side in THUMBS}
         return Measures(globals_, inliers, nest, blocks, textured, detail, closer)
 
     # -- preparing a file once -------------------------------------------------------------------
@@ -158,15 +172,34 @@ class Verifier:
         with self._lock:
             if path in self._cache:
                 self._cache.move_to_end(path)
-                return self._cache[path]
-        made = self._prepare(path)
+                return self._cache[path][0]
+            pending = self._pending.get(path)
+            mine = pending is None
+            if pending is None:
+                pending = self._pending[path] = Future()
+        if not mine:
+            return pending.result()
+        try:
+            made = self._prepare(path)
+        except BaseException as err:
+            with self._lock:
+                del self._pending[path]
+            pending.set_exception(err)
+            raise
+        size = made.nbytes if isinstance(made, _Prepared) else len(made)
         with self._lock:
-            self._cache[path] = made
-            while len(self._cache) > self._size:
-                self._cache.popitem(last=False)
+            del self._pending[path]
+            self._cache[path] = (made, size)
+            self._bytes += size
+            self.prepared += 1
+            while self._bytes > self._limit and len(self._cache) > 1:
+                self._bytes -= self._cache.popitem(last=False)[1][1]
+        pending.set_result(made)
         return made
 
     def _prepare(self, path: str) -> _Prepared | str:
+        import cv2
+
         try:
             decoded = load_image(path, min_side=SIDE)
         except ImageError as err:
@@ -178,12 +211,11 @@ class Verifier:
         points, descriptors = [], []
         for g in (grey, mirrored):
             kps, des = self._orb.detectAndCompute(g, None)
-            points.append(np.float32([k.pt for k in kps]).reshape(-1, 2))
+            points.append(cv2.KeyPoint_convert(kps).reshape(-1, 2))
             descriptors.append(des)
-        thumbs = {side: (_thumb(grey, side), _thumb(mirrored, side)) for side in THUMBS}
         return _Prepared(
             grey,
-            thumbs,
+            _thumbs(grey, THUMB),
             (points[0], points[1]),
             (descriptors[0], descriptors[1]),
             capture_time(path),
@@ -193,32 +225,36 @@ class Verifier:
 
     # -- the aligned test -----------------------------------------------------------------------
     def _aligned(
-        self, a: _Prepared, b: _Prepared, mirrored: int, detail: bool = False
+        self, a: _Prepared, b: _Prepared, mirrored: int, early: bool = False
     ) -> tuple[int, float, float, float, float, np.ndarray | None]:
         """``b`` (mirrored or not) aligned onto ``a``: (inliers, nest, blocks, textured blocks, detail,
-        transform of ``b``'s compared pixels onto ``a``'s); zeros and None if nothing fits."""
+        transform of ``b``'s compared pixels onto ``a``'s); zeros and None if nothing fits. ``early``: stop
+        at the first measure that fails its threshold (the later ones then read 0; the verdict is the same):
+        most candidate pairs are other pictures, turned down by their keypoints before any pixel is warped."""
         import cv2
 
-        transform, inliers = align.fit(
-            a.keypoints[0], a.descriptors[0], b.keypoints[mirrored], b.descriptors[mirrored], tolerance=3.0
-        )
-        if transform is None:
-            return 0, 0.0, 0.0, 0.0, 0.0, None
+        points, found = b.keypoints[mirrored], b.descriptors[mirrored]
+        need = MIN_INLIERS if early else 3
+        transform, inliers = align.fit(a.keypoints[0], a.descriptors[0], points, found, tolerance=3.0, need=need)
+        if transform is None or (early and inliers < MIN_INLIERS):
+            return inliers, 0.0, 0.0, 0.0, 0.0, transform
         grey_b = np.ascontiguousarray(b.grey[:, ::-1] if mirrored else b.grey)
         h, w = a.grey.shape
         warped = cv2.warpAffine(grey_b, transform, (w, h), flags=cv2.INTER_LINEAR)
         inside = cv2.warpAffine(np.full(grey_b.shape, 255, np.uint8), transform, (w, h), flags=cv2.INTER_NEAREST)
         scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
         b_area = grey_b.shape[0] * grey_b.shape[1] * scale * scale
-        nest = np.count_nonzero(inside) / min(b_area, h * w) if b_area > 0 else 0.0
+        nest = min(1.0, float(np.count_nonzero(inside) / min(b_area, h * w) if b_area > 0 else 0.0))
+        if early and nest < NEST_MIN:
+            return inliers, nest, 0.0, 0.0, 0.0, transform
         grey_a, warped = _same_resolution(a, b, warped, scale)
-        fine = 0.0
-        if detail:
-            lap_a = cv2.Laplacian(grey_a, cv2.CV_32F, ksize=3)
-            lap_b = cv2.Laplacian(warped, cv2.CV_32F, ksize=3)
-            fine = _block_agreement(lap_a, lap_b, inside)[0]
         blocks, textured = _block_agreement(grey_a, warped, inside)
-        return inliers, min(1.0, float(nest)), blocks, textured, fine, transform
+        if early and (blocks < BLOCK_MIN or textured < TEXTURED_MIN):
+            return inliers, nest, blocks, textured, 0.0, transform
+        lap_a = cv2.Laplacian(grey_a, cv2.CV_32F, ksize=3)
+        lap_b = cv2.Laplacian(warped, cv2.CV_32F, ksize=3)
+        fine = _block_agreement(lap_a, lap_b, inside)[0]
+        return inliers, nest, blocks, textured, fine, transform
 
 
 def _same_resolution(a: _Prepared, b: _Prepared, warped: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -266,8 +302,9 @@ def _taken_apart(a: tuple[str, str] | None, b: tuple[str, str] | None) -> bool:
     return a[0] != b[0] or (bool(a[1]) and bool(b[1]) and a[1] != b[1])
 
 
-def _global(a: _Prepared, b: _Prepared, side: int = THUMB) -> float:
-    return max(float(a.thumbs[side][0] @ b.thumbs[side][0]), float(a.thumbs[side][0] @ b.thumbs[side][1]))
+def _global(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
+    """Correlation of two thumbnails (as from :func:`_thumbs`), ``b`` as is or mirrored, the better."""
+    return max(float(a[0] @ b[0]), float(a[0] @ b[1]))
 
 
 def _block_agreement(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> tuple[float, float]:

@@ -167,14 +167,15 @@ class _Ranker:
 
     store: Store
     expand: int | None = None  # None: the collection's recorded expansion
+    verify: int = 0  # candidates re-ranked by their pixels (search.verify); 0: by the vectors alone
     whitening: Whitening | None = None
     ids: list[str] = field(default_factory=list)  # library ids, in the rows' order (whitened case)
     library: np.ndarray | None = None  # the whitened library, one row per id (N x d: no N x N)
 
     @classmethod
-    def make(cls, store: Store, expand: int | None, whiten: bool) -> _Ranker:
+    def make(cls, store: Store, expand: int | None, whiten: bool, verify: int = 0) -> _Ranker:
         if not whiten:
-            return cls(store, expand)
+            return cls(store, expand, verify)
         whitening = Whitening(vectors for _, vectors in _vector_pages(store))
         ids: list[str] = []
         pages = []
@@ -183,9 +184,21 @@ class _Ranker:
             pages.append(whitening.apply(vectors))
         return cls(store, expand, whitening, ids, np.concatenate(pages))
 
-    def rank(self, vectors: np.ndarray, k: int, exclude: list[str | None] | None = None) -> list[list[Hit]]:
+    def rank(
+        self, vectors: np.ndarray, k: int, exclude: list[str | None] | None = None, sources: list[str] | None = None
+    ) -> list[list[Hit]]:
+        """Top-k hits per vector; ``sources``: the files the vectors were made from, for verification."""
         if self.whitening is None or self.library is None:
-            found = search(self.store, vectors, k=k, expand=self.expand, exclude=exclude, metadata=False)
+            found = search(
+                self.store,
+                vectors,
+                k=k,
+                expand=self.expand,
+                exclude=exclude,
+                metadata=self.verify > 0,  # verification reads the candidates' files
+                verify=self.verify,
+                sources=sources,
+            )
             return [hits for _, hits in found]
         skip = exclude or [None] * len(vectors)
         out: list[list[Hit]] = []
@@ -208,27 +221,37 @@ def evaluate(
     queries: list[tuple[str, str]] | None = None,
     expand: int | None = None,
     whiten: bool = False,
+    verify: int = 0,
+    sample: int | None = None,
 ) -> Evaluation:
-    """Score rankings by category: leave-one-out over the collection, or the given held-out queries."""
-    labels = {id_: str(meta.get("category", "")) for id_, meta in store.scan()}
+    """Score rankings by category: leave-one-out over the collection, or the given held-out queries;
+    ``verify`` > 0: that many candidates re-ranked by their pixels, as a search does; ``sample``: leave-one-out
+    queries from that many stored images (seeded, the same ones every run) instead of all."""
+    labels: dict[str, str] = {}
+    files: dict[str, str] = {}
+    for id_, meta in store.scan():
+        labels[id_], files[id_] = str(meta.get("category", "")), stored_path(meta)
     counts = Counter(labels.values())
     depth = min(len(labels), MAX_DEPTH)
     chunk = max(1, EVAL_ROWS // max(depth, 1))
-    ranker = _Ranker.make(store, expand, whiten)
+    ranker = _Ranker.make(store, expand, whiten, verify)
     tally = _Tally(labels)
     started = time.perf_counter()
     if queries is None:
         ids = sorted(labels)
+        if sample is not None and sample < len(ids):
+            ids = sorted(random.Random(0).sample(ids, sample))
         for s in range(0, len(ids), chunk):
             part = ids[s : s + chunk]
             stored = store.get(part, embeddings=True)
-            hits = ranker.rank(np.stack([stored[i]["_embedding"] for i in part]), depth, list(part))
+            vectors = np.stack([stored[i]["_embedding"] for i in part])
+            hits = ranker.rank(vectors, depth, list(part), [files[i] for i in part])
             for id_, row in zip(part, hits, strict=True):
                 tally.add(labels[id_], row, counts[labels[id_]] - 1)
     else:
         category = dict(queries)
         for names, vectors in embed_chunks(category, embedder, chunk, skip_unusable=True):
-            for name, row in zip(names, ranker.rank(vectors, depth), strict=True):
+            for name, row in zip(names, ranker.rank(vectors, depth, sources=names), strict=True):
                 tally.add(category[name], row, counts.get(category[name], 0))
     return tally.evaluation(time.perf_counter() - started, "leave-one-out" if queries is None else "held-out")
 
@@ -318,7 +341,13 @@ class CopyDetection:
 
 
 def copy_detection(
-    store: Store, embedder: Embedder, n: int = 50, seed: int = 0, expand: int | None = None, whiten: bool = False
+    store: Store,
+    embedder: Embedder,
+    n: int = 50,
+    seed: int = 0,
+    expand: int | None = None,
+    whiten: bool = False,
+    verify: int = 0,
 ) -> CopyDetection:
     """Make transformed copies of ``n`` stored images and count how often the original ranks first."""
     from imgsearch.decode import load_image
@@ -333,7 +362,7 @@ def copy_detection(
     )
     originals = [i for _, _, i in rng.sample(library, min(n, len(library)))]
     del library
-    ranker = _Ranker.make(store, expand, whiten)
+    ranker = _Ranker.make(store, expand, whiten, verify)
     per: dict[str, list[bool]] = {name: [] for name in TRANSFORMS}
     matched: list[float] = []
     with tempfile.TemporaryDirectory(prefix="imgsearch-copies-") as tmp:
@@ -346,7 +375,7 @@ def copy_detection(
                 transform(image, random.Random(f"{seed}:{k}:{name}")).convert("RGB").save(path, quality=quality)
                 made[path] = (name, id_)
         for paths, vectors in embed_chunks(made, embedder, EVAL_ROWS, skip_unusable=True):
-            for path, row in zip(paths, ranker.rank(vectors, 1), strict=True):
+            for path, row in zip(paths, ranker.rank(vectors, 1, sources=paths), strict=True):
                 name, id_ = made[path]
                 per[name].append(bool(row) and row[0].id == id_)
                 if per[name][-1]:

@@ -15,13 +15,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imgsearch.decode import HANDOUT_VIEWS, Decoded, Views, load_views
 from imgsearch.presets import DEFAULT_PRESET, PRESETS
 from imgsearch.runtime import BackendUnavailable, Runner, choose_backend, make_runner, usable_cpus
+
+if TYPE_CHECKING:
+    from imgsearch.regions import Box
 
 DEFAULT_MODEL = "resnet50"
 # the fingerprint keys that must agree for two sets of vectors to be comparable
@@ -188,9 +191,10 @@ class Embedder:
         self.pooling = pooling
         self.dim: int = fingerprint["dim"]
 
-    def load(self, path: str | os.PathLike[str]) -> tuple[list[np.ndarray], Decoded]:
-        """Decode + preprocess ``path`` into this embedder's views (raises ImageError)."""
-        return load_views(path, self.views)
+    def load(self, path: str | os.PathLike[str], box: Box | None = None) -> tuple[list[np.ndarray], Decoded]:
+        """Decode + preprocess ``path`` (only ``box`` of it, if given) into this embedder's views (raises
+        ImageError; a box off the picture: BadBox)."""
+        return load_views(path, self.views, box)
 
     def embed(self, batches: list[np.ndarray]) -> np.ndarray:
         """One (n, 3, s, s) float32 batch per view scale → (n, dim) float32 rows with L2 norm 1."""

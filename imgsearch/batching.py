@@ -30,6 +30,7 @@ from imgsearch.runtime import usable_cpus
 
 if TYPE_CHECKING:
     from imgsearch.backbones import Embedder
+    from imgsearch.regions import Box
 
 
 @dataclass(frozen=True)
@@ -185,11 +186,11 @@ def read_quarantine(path: Path) -> dict[str, dict[str, Any]]:
     return found if isinstance(found, dict) else {}
 
 
-def _decode(embedder: Embedder, path: str, journal: DecodeJournal | None = None) -> Loaded:
+def _decode(embedder: Embedder, path: str, journal: DecodeJournal | None = None, box: Box | None = None) -> Loaded:
     if journal is not None:
         journal.started(path)
     try:
-        views, decoded = embedder.load(path)
+        views, decoded = embedder.load(path, box)
     except ImageError as err:
         return str(err)
     finally:
@@ -205,11 +206,13 @@ def embed_files(
     workers: int | None = None,
     on_decoded: Callable[[], None] | None = None,
     journal: DecodeJournal | None = None,
+    box: Box | None = None,
 ) -> Iterator[Embedded]:
     """Yield one :class:`Embedded` per path, in input order, a batch at a time.
 
     ``paths`` is consumed lazily: at most ``2 * batch_size + workers`` files are decoded ahead.
     ``journal`` notes each decode (ingest's: a file that kills the process is found by the next one).
+    ``box``: embed only that region of each file (a region query; raises BadBox when it is off a picture).
     """
     workers = workers or usable_cpus()
     window = batch_size * 2 + workers
@@ -225,7 +228,7 @@ def embed_files(
                 except StopIteration:
                     exhausted = True
                     break
-                pending.append((path, pool.submit(_decode, embedder, path, journal)))
+                pending.append((path, pool.submit(_decode, embedder, path, journal, box)))
             if not pending and not batch:
                 return
             if pending:
@@ -251,16 +254,22 @@ def _run_batch(batch: list[tuple[str, Loaded]], embedder: Embedder) -> Iterator[
 
 
 def embed_chunks(
-    paths: Iterable[str], embedder: Embedder, chunk: int, batch_size: int = 16, skip_unusable: bool = False
+    paths: Iterable[str],
+    embedder: Embedder,
+    chunk: int,
+    batch_size: int = 16,
+    skip_unusable: bool = False,
+    box: Box | None = None,
 ) -> Iterator[tuple[list[str], np.ndarray]]:
     """Files a chunk at a time: (paths, (n, dim) vectors), ``chunk`` rows at most each.
 
     Raises :class:`UnusableFile` for the first file that cannot be used (a query has no partial
     answer), or with ``skip_unusable`` leaves such files out (an evaluation measures what it can).
+    ``box``: only that region of each file.
     """
     names: list[str] = []
     rows: list[np.ndarray] = []
-    for e in embed_files(paths, embedder, batch_size):
+    for e in embed_files(paths, embedder, batch_size, box=box):
         if e.vector is None:
             if skip_unusable:
                 continue

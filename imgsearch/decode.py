@@ -19,12 +19,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from imgsearch.files import NotRegularFile, open_regular
+
+if TYPE_CHECKING:
+    from imgsearch.regions import Box
 
 # Bumped whenever the pixels → tensor mapping changes; stored in every collection's fingerprint.
 PREPROCESS_VERSION = "v1:exif,rgb-on-white,resize256,crop224,imagenet-norm"
@@ -566,14 +569,38 @@ def preprocess(img: Image.Image, size: int = CROP, crop: str = "center") -> np.n
     return _normalise(img.crop((left, top, left + size, top + size)))
 
 
-def load_views(path: str | os.PathLike[str], views: Views | None = None) -> tuple[list[np.ndarray], Decoded]:
+def preprocess_whole(img: Image.Image, side: int = CROP, max_side: int = 2 * CROP) -> np.ndarray:
+    """RGB image → float32 array (3, h, w): the whole picture, neither cropped nor padded, its shorter side
+    ``side`` (its longer side at most ``max_side``), ImageNet-normalised. For "why it matched": every cell
+    of the feature map it gives lies on the picture, so a map over it is a map over the whole photo."""
+    w, h = img.size
+    scale = min(side / min(w, h), max_side / max(w, h))
+    size = (max(32, round(w * scale)), max(32, round(h * scale)))
+    return _normalise(img.resize(size, Image.Resampling.BILINEAR))
+
+
+def load_views(
+    path: str | os.PathLike[str], views: Views | None = None, box: Box | None = None
+) -> tuple[list[np.ndarray], Decoded]:
     """Decode + preprocess: the single path from a file to model input, for ingest and query alike.
 
-    Returns one array per scale in ``views.scales``.
+    Returns one array per scale in ``views.scales``. ``box``: only that region of the picture, exactly as
+    if it had been cut out and saved losslessly (:func:`imgsearch.regions.open_query`).
     """
     views = views or Views()
-    decoded = load_image(path, min_side=views.min_side)
+    if box is None:
+        decoded = load_image(path, min_side=views.min_side)
+    else:
+        from imgsearch.regions import open_query  # regions builds on this module
+
+        region = open_query(path, box)
+        decoded = Decoded(region, region.width, region.height)
     try:
-        return [preprocess(decoded.image, size, views.crop) for size in views.scales], decoded
+        return preprocess_views(decoded.image, views), decoded
     except MemoryError:
         raise ImageError(f"not enough memory to preprocess this {decoded.width}x{decoded.height} image") from None
+
+
+def preprocess_views(img: Image.Image, views: Views) -> list[np.ndarray]:
+    """An RGB picture already decoded → one model input per scale of ``views``."""
+    return [preprocess(img, size, views.crop) for size in views.scales]

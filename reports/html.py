@@ -13,12 +13,13 @@ from __future__ import annotations
 import base64
 import functools
 import io
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+import numpy as np
 
 from imgsearch.backbones import describe, describe_feature
 from imgsearch.decode import ImageError, load_image
@@ -28,8 +29,11 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from imgsearch.search.query import Hit
+    from imgsearch.search.why import Corners, Explanation
 
 Entry = tuple[str, list["Hit"]]  # (query path, its hits best first)
+Why = Callable[[str, "Hit"], "Explanation"]  # a result's "why" (imgsearch.search.why.explain, bound); raises ImageError
+HEAT_OPACITY = 0.65  # of the hottest cell of a "why" view; the coolest is clear
 
 THUMB = 160  # longest side of an HTML thumbnail, pixels
 THUMB_CACHE = 512  # thumbnails kept for reuse while a report is written (~10 kB each)
@@ -96,6 +100,58 @@ def thumbnail_uri(path: str, max_side: int = THUMB) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _heat_cells(grid: np.ndarray, region: Sequence[float]) -> list[tuple[float, float, float, float, float]]:
+    """The cells of a heat grid as (x, y, width, height, opacity) in fractions of the picture, placed in
+    ``region`` (x, y, width, height); opacity from clear (the coolest) to HEAT_OPACITY (the hottest)."""
+    rx, ry, rw, rh = region
+    rows, cols = grid.shape
+    low, span = float(grid.min()), float(np.ptp(grid)) or 1.0
+    return [
+        (rx + rw * c / cols, ry + rh * r / rows, rw / cols, rh / rows, HEAT_OPACITY * (float(v) - low) / span)
+        for (r, c), v in np.ndenumerate(grid)
+    ]
+
+
+def _placed(points: Iterable[Sequence[float]], region: Sequence[float]) -> list[tuple[float, float]]:
+    rx, ry, rw, rh = region
+    return [(rx + rw * float(x), ry + rh * float(y)) for x, y in points]
+
+
+def why_views(found: Explanation, region: Sequence[float] | None = None) -> dict[str, Any]:
+    """What a report draws for a result's "why" over each picture (fractions of it): the heat cells, the other
+    picture's frame, the matched keypoints; the query's inside ``region`` (x, y, w, h) when it searched one."""
+    whole = (0.0, 0.0, 1.0, 1.0)
+
+    def view(grid: np.ndarray, frame: Corners | None, points: np.ndarray, where: Sequence[float]) -> dict[str, Any]:
+        corners = _placed(frame, where) if frame else []
+        return {
+            "cells": _heat_cells(grid, where),
+            "frame": " ".join(f"{x:.4f},{y:.4f}" for x, y in corners),
+            "points": _placed(points, where),
+        }
+
+    return {
+        "cosine": found.cosine,
+        "inliers": found.inliers,
+        "verified": found.verified,
+        "query": view(found.heat_query, found.in_query, found.pairs[:, :2], region or whole),
+        "result": view(found.heat_result, found.in_result, found.pairs[:, 2:], whole),
+    }
+
+
+def _explained(query: str, hits: Sequence[Hit], why: Why | None, region: Sequence[float] | None) -> list[Any] | None:
+    """Per hit its "why" views, or None where its file (or the query's) cannot be read now; None without ``why``."""
+    if why is None:
+        return None
+    views: list[Any] = []
+    for hit in hits:
+        try:
+            views.append(why_views(why(query, hit), region))
+        except ImageError:
+            views.append(None)
+    return views
+
+
 def filters_text(where: Sequence[str], min_score: float | None = None) -> str:
     """The filters as a person reads them: ``category=cats AND score >= 0.5``, or ``none``."""
     parts = list(where)
@@ -124,12 +180,16 @@ def html_parts(
     k: int,
     where: Sequence[str],
     min_score: float | None = None,
+    why: Why | None = None,
+    regions: Mapping[str, Sequence[float]] | None = None,
 ) -> Iterator[str]:
     """One self-contained HTML page, piece by piece: per query, the query image beside its top-k results.
 
     Pieces, not one string, so a report of any number of ``count`` queries is written while ``entries``
     stream in. ``where`` is the list of ``--where`` expressions as typed; they and ``min_score`` are
-    shown in the header and explain a query that got fewer than ``k`` results.
+    shown in the header and explain a query that got fewer than ``k`` results. With ``why``, each result
+    also shows where it agrees with its query (heat and fitted frame drawn over both pictures); ``regions``:
+    per query the region it searched, as fractions (x, y, w, h) of its picture.
     """
     # a library image found by several queries is encoded once, among the recently used ones
     uri = functools.lru_cache(maxsize=THUMB_CACHE)(thumbnail_uri)
@@ -148,7 +208,13 @@ def html_parts(
         ("Results per query", f"top {k}"),
     ]
     sections = (
-        {"number": number, "query": query, "hits": hits, "note": _shortfall(len(hits), k, where, min_score)}
+        {
+            "number": number,
+            "query": query,
+            "hits": hits,
+            "note": _shortfall(len(hits), k, where, min_score),
+            "why": _explained(query, hits, why, (regions or {}).get(query)),
+        }
         for number, (query, hits) in enumerate(entries, 1)
     )
     template = environment().get_template("report.html")
@@ -234,12 +300,14 @@ def write_report(
     where: Sequence[str],
     sheet_dir: Path | None = None,
     min_score: float | None = None,
+    why: Why | None = None,
+    regions: Mapping[str, Sequence[float]] | None = None,
 ) -> Path:
     """Write the HTML report of ``count`` queries to ``out`` (and one ``<query stem>.png`` sheet per
     query into ``sheet_dir``) while ``entries`` stream in, one query's hits in memory at a time.
 
     Returns the report's absolute path; ``out`` appears only once complete. Queries sharing a file
-    stem get ``-2``, ``-3``... sheets.
+    stem get ``-2``, ``-3``... sheets. ``why``, ``regions``: :func:`html_parts`'.
     """
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -260,7 +328,8 @@ def write_report(
 
     try:
         with partial.open("w", encoding="utf-8") as fh:
-            for part in html_parts(with_sheets(), count, fingerprint, store_description, k, where, min_score):
+            parts = html_parts(with_sheets(), count, fingerprint, store_description, k, where, min_score, why, regions)
+            for part in parts:
                 fh.write(part)
         partial.replace(out)
     finally:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +21,13 @@ import numpy as np
 
 from imgsearch.backbones import Embedder, describe_feature
 from imgsearch.decode import ImageError, probe
+from imgsearch.local import extract
+from imgsearch.local import read as read_features
+from imgsearch.search.verify import MAX_VERIFY, MIN_INLIERS, VERIFY, rerank
 from imgsearch.store import Location, Store, StoreError, stored_path
 
 if TYPE_CHECKING:
+    from imgsearch.regions import Box
     from imgsearch.session import ModelChoice
 
 QUERY_CHUNK = 64  # query vectors ranked per store round trip: memory stays flat, round trips stay few
@@ -55,17 +59,23 @@ class Hit:
     category: str
     metadata: dict[str, Any]
     offline: bool = False  # its folder was offline at the last sync: kept and searchable, maybe not openable
+    inliers: int | None = None  # keypoint matches agreeing with the query on one transform; None: not looked at
+    verified: bool = False  # its pixels show the query's place or object (enough inliers): ranked first
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank,
-            "id": self.id,
-            "score": round(self.score, 6),
-            "distance": round(self.distance, 6),
-            "path": self.path,
-            "category": self.category,
-            "metadata": self.metadata,
-        } | ({"offline": True} if self.offline else {})
+        return (
+            {
+                "rank": self.rank,
+                "id": self.id,
+                "score": round(self.score, 6),
+                "distance": round(self.distance, 6),
+                "path": self.path,
+                "category": self.category,
+                "metadata": self.metadata,
+            }
+            | ({"offline": True} if self.offline else {})
+            | ({} if self.inliers is None else {"inliers": self.inliers, "verified": self.verified})
+        )
 
 
 def check_queries(paths: Iterable[str]) -> None:
@@ -111,6 +121,9 @@ def search(
     metadata: bool = True,
     skip_unusable: bool = False,
     online_only: bool = False,
+    verify: int = VERIFY,
+    sources: Sequence[str | None] | None = None,
+    box: Box | None = None,
 ) -> Iterator[tuple[str | int, list[Hit]]]:
     """(query, its top-k hits best first) per query, in input order, as they are found.
 
@@ -124,26 +137,49 @@ def search(
     :class:`UnusableQuery` (an evaluation measures what it can; a search has no partial answer).
     A hit under a folder the last sync found offline is flagged ``offline``; ``online_only`` leaves such
     hits out (:meth:`imgsearch.store.Store.offline_roots`).
+    ``verify``: how many of the best candidates are compared with the query's pixels and re-ranked
+    (:mod:`imgsearch.search.verify`; 0: ranked by the vectors alone). Vector queries are verified against
+    ``sources``, the file each vector was made from (None where there is none).
+    ``box``: search by that region of every query file (:mod:`imgsearch.regions`), exactly as by the region
+    cut out and saved losslessly; raises BadBox for a box off a picture.
     """
     offline = frozenset(store.offline_roots()) if metadata or online_only else frozenset()
     if online_only and offline:
         where = online(where, offline)
-    options = (k, where, min_score, expand, metadata, offline)
+    verify = max(0, min(verify, MAX_VERIFY)) if metadata else 0  # no paths, no pixels to compare
+    options = (max(k, verify), where, min_score, expand, metadata, offline)
     if isinstance(queries, np.ndarray):
+        if box is not None:
+            raise ValueError("a box applies to query files, not to vectors already made")
         skip = list(exclude) if exclude is not None else [None] * len(queries)
+        files = list(sources) if sources is not None else [None] * len(queries)
         for s in range(0, len(queries), QUERY_CHUNK):
             part = _rank(store, queries[s : s + QUERY_CHUNK], skip[s : s + QUERY_CHUNK], *options)
-            yield from enumerate(part, s)
+            for q, hits in enumerate(part, s):
+                yield q, _verified(files[q], hits, verify, k)
         return
     if embedder is None:
         raise ValueError("query files need the embedder that made the store's vectors")
     from imgsearch.batching import UnusableFile, embed_chunks
 
     try:
-        for names, vectors in embed_chunks(queries, embedder, QUERY_CHUNK, QUERY_BATCH, skip_unusable):
-            yield from zip(names, _rank(store, vectors, [None] * len(names), *options), strict=True)
+        for names, vectors in embed_chunks(queries, embedder, QUERY_CHUNK, QUERY_BATCH, skip_unusable, box):
+            for name, hits in zip(names, _rank(store, vectors, [None] * len(names), *options), strict=True):
+                yield name, _verified(name, hits, verify, k, box)
     except UnusableFile as err:
         raise UnusableQuery(err.path, str(err)) from None
+
+
+def _verified(source: str | None, hits: list[Hit], n: int, k: int, box: Box | None = None) -> list[Hit]:
+    """The top ``k`` of ``hits`` after the first ``n`` are compared with the pixels of ``source``, the query's
+    file (its ``box`` region); a file that cannot be read again (gone since it was embedded) leaves the order."""
+    if n and source is not None and hits:
+        from imgsearch.regions import open_query
+
+        with suppress(ImageError):  # a region is cut from the full picture; a whole one is read small
+            query = read_features(source) if box is None else extract(open_query(source, box))
+            hits = rerank(query, hits, n)
+    return hits[:k]
 
 
 def searched_with(embedder: Embedder, expand: int | None) -> dict[str, Any]:
@@ -157,9 +193,18 @@ def online(where: dict[str, Any] | None, offline: Iterable[str]) -> dict[str, An
     return clause if where is None else {"$and": [where, clause]}
 
 
-def result_json(query: str, hits: Sequence[Hit], model: str, k: int, where: dict[str, Any] | None) -> dict[str, Any]:
-    """The object ``search --json`` prints per query and ``POST /api/search`` answers."""
-    return {"query": query, "model": model, "k": k, "where": where, "results": [h.as_dict() for h in hits]}
+def result_json(
+    query: str,
+    hits: Sequence[Hit],
+    model: str,
+    k: int,
+    where: dict[str, Any] | None,
+    box: list[float] | None = None,
+) -> dict[str, Any]:
+    """The object ``search --json`` prints per query and ``POST /api/search`` answers; ``box``: the region
+    searched, as fractions [x, y, w, h] of the query picture (:meth:`imgsearch.regions.Box.relative`)."""
+    found = {"query": query, "model": model, "k": k, "where": where, "results": [h.as_dict() for h in hits]}
+    return found if box is None else found | {"box": box}
 
 
 def _rank(
@@ -222,9 +267,15 @@ def _expand(
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def ranking_text(fingerprint: dict[str, Any]) -> str:
+def ranking_text(fingerprint: dict[str, Any], verify: int = 0) -> str:
     """The one line under a result table that says how it was ranked."""
+    pixels = (
+        f"; the best {verify} compared by their pixels (keypoints fitted by one perspective transform), "
+        f"those with >= {MIN_INLIERS} agreeing matches ranked first, marked verified"
+        if verify
+        else ""
+    )
     return (
         f"ranked by cosine similarity of {fingerprint.get('model', '?')} features ({describe_feature(fingerprint)}); "
-        "score = 1 - cosine distance"
+        f"score = 1 - cosine distance{pixels}"
     )

@@ -23,6 +23,9 @@ Why it is shaped like this:
   allowed name (DNS rebinding); a POST from another site's page is 403 (with or without a token); no
   answer may be framed or embedded by another site. ``/docs`` and ``/redoc`` are off (they load their
   scripts from a CDN); ``/openapi.json`` describes the API.
+- ``POST /api/why`` (an upload) and ``/api/why/by-id/{query}/{result}`` say where one result agrees with the
+  query (:mod:`imgsearch.search.why`), computed when asked: admitted and decoded like an upload, each stored
+  file read from inside its library folder; a result whose file cannot be read now is 404.
 - ``POST /api/dupes`` (the ``dupes --json`` object) runs one finder at a time, in the thread pool, holding
   one decode slot and comparing files at the verifier's size only: a second request while one runs gets
   503 with ``Retry-After`` (the page retries), unless the answer is cached (per level and filters, while
@@ -39,8 +42,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -54,11 +57,14 @@ from starlette.types import Scope
 
 from imgsearch.backbones import Embedder, ModelUnavailable, describe
 from imgsearch.batching import embed_files
-from imgsearch.decode import ImageError, pixel_size
+from imgsearch.decode import ImageError, load_image, pixel_size, preprocess_views
 from imgsearch.ingest.worker import Worker, default_status_path, read_status
+from imgsearch.regions import BadBox, Box, crop, picture_box
 from imgsearch.runtime import usable_cpus
 from imgsearch.search.filters import FilterError, parse_where
 from imgsearch.search.query import UnusableQuery, result_json, search
+from imgsearch.search.verify import MAX_VERIFY, VERIFY
+from imgsearch.search.why import explain, picture
 from imgsearch.service.middleware import (
     COOKIE,
     LOGIN_CSP,
@@ -75,7 +81,7 @@ from imgsearch.service.middleware import (
 )
 from imgsearch.service.page import render_login_page, render_page
 from imgsearch.service.thumbs import SIDE as THUMB
-from imgsearch.service.thumbs import Thumbnails
+from imgsearch.service.thumbs import Thumbnails, confinement
 from imgsearch.session import ModelChoice, open_embedder
 from imgsearch.store import Location, Store, StoreError, StoreUnavailable, stored_path
 
@@ -125,8 +131,10 @@ def exposed(host: str) -> bool:
 
 
 def _uploads(scope: Scope) -> bool:
-    """The requests that decode or compare files for minutes: uploads and duplicate searches."""
-    return scope["method"] == "POST" and scope["path"] in ("/api/search", "/api/dupes")
+    """The requests that decode or compare files for minutes: uploads, duplicate searches, "why" views."""
+    path = scope["path"]
+    heavy = path in ("/api/search", "/api/dupes", "/api/why") or path.startswith("/api/why/")
+    return scope["method"] == "POST" and heavy
 
 
 def _thumbnail(scope: Scope) -> bool:
@@ -138,6 +146,14 @@ def _unavailable(err: StoreError) -> HTTPException:
     """503 for a store that failed: retry when its breaker closes, or after RETRY."""
     seconds = err.retry_after if isinstance(err, StoreUnavailable) else RETRY
     return HTTPException(503, str(err), headers={"Retry-After": str(max(1, math.ceil(seconds)))})
+
+
+def _box(text: str | None) -> Box | None:
+    """The ``box`` form field; 422 when it is not X,Y,W,H."""
+    try:
+        return None if text is None or not text.strip() else Box.parse(text)
+    except BadBox as err:
+        raise HTTPException(422, str(err)) from None
 
 
 def _warm_up(embedder: Embedder) -> None:
@@ -182,7 +198,7 @@ class _Service:
         # (level, filters) -> (made, store count, the dupes --json object), oldest first
         self._dupes: dict[tuple[str, tuple[str, ...]], tuple[float, int, dict[str, Any]]] = {}
         self._dupes_lock = threading.Lock()  # held by the one finder running
-        self._dupes_run: dict[str, float] = {"started": 0.0, "done": 0, "total": 0, "seconds": 5.0}
+        self._dupes_run: dict[str, Any] = {"started": 0.0, "stage": "", "done": 0, "total": 0, "seconds": 5.0}
 
     # -- life cycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -325,11 +341,23 @@ class _Service:
         made, counted, found = self._dupes.get(key, (0.0, -1, {}))
         return found if counted == count and time.monotonic() - made <= DUPES_TTL else None
 
+    def dupes_progress(self) -> dict[str, Any]:
+        """How far the running finder is (``running`` False when none runs): what the page shows meanwhile."""
+        run, running = self._dupes_run, self._dupes_lock.locked()
+        elapsed = time.monotonic() - run["started"] if running else 0.0
+        return {
+            "running": running,
+            "stage": run["stage"],
+            "done": int(run["done"]),
+            "total": int(run["total"]),
+            "seconds": round(elapsed, 1),
+        }
+
     def _dupes_busy(self) -> HTTPException:
         run = self._dupes_run
         elapsed = time.monotonic() - run["started"]
         seconds = max(1, min(60, math.ceil(run["seconds"] - elapsed)))
-        done = f", {int(run['done'])} of {int(run['total'])} images compared" if run["total"] else ""
+        done = f", {run['stage']}: {int(run['done'])} of {int(run['total'])}" if run["total"] else ""
         detail = f"busy: finding duplicates (one search at a time: {elapsed:.0f} s so far{done}); retry in {seconds} s"
         return HTTPException(503, detail, headers={"Retry-After": str(seconds)})
 
@@ -342,10 +370,10 @@ class _Service:
         from imgsearch.dupes.find import find_duplicates  # only this route needs it
 
         run = self._dupes_run
-        run.update(started=time.monotonic(), done=0, total=0)
+        run.update(started=time.monotonic(), stage="", done=0, total=0)
 
-        def progress(done: int, total: int) -> None:
-            run.update(done=done, total=total)
+        def progress(stage: str, done: int, total: int) -> None:
+            run.update(stage=stage, done=done, total=total)
 
         found = find_duplicates(
             self.store, level=level, where=where, progress=progress, workers=1, whole_files=False
@@ -357,6 +385,34 @@ class _Service:
             del self._dupes[next(iter(self._dupes))]
         return found
 
+    def why(
+        self,
+        name: str,
+        path: str,
+        stored: dict[str, Any] | None,
+        result: dict[str, Any],
+        slot: Callable[[], AbstractContextManager[Any]],
+        box: Box | None = None,
+    ) -> dict[str, Any]:
+        """The ``POST /api/why`` object for the query at ``path`` (an upload, or the ``stored`` entry; ``box``: a
+        region of it) and the stored entry ``result``, both decoded holding ``slot``; a stored file only from its
+        library folder."""
+        embedder = self.ready()
+        with slot():
+            try:
+                with nullcontext() if stored is None else confinement(stored.get("root"), self.follow_outside):
+                    query = picture(path, box)
+            except ImageError as err:
+                unusable = 415 if str(err).startswith(("not an image", "empty file")) else 422
+                raise HTTPException(404 if stored is not None else unusable, f"{name}: {err}") from None
+            except BadBox as err:
+                raise HTTPException(422, f"{name}: {err}") from None
+            try:
+                with confinement(result.get("root"), self.follow_outside):
+                    return explain(embedder, query, stored_path(result)).as_dict()
+            except ImageError as err:  # UnreadableResult: gone, offline or changed since it was stored
+                raise HTTPException(404, f"stored, but cannot be compared now: {err}") from None
+
     def search(
         self,
         query: str,
@@ -367,9 +423,16 @@ class _Service:
         exclude: str | None = None,
         slot: Callable[[], AbstractContextManager[Any]] = nullcontext,
         online_only: bool = False,
+        box: Box | None = None,
+        shown: list[float] | None = None,
+        verify: int = VERIFY,
+        source: str | None = None,
     ) -> dict[str, Any]:
         """The ``search --json`` object for one query: an image file or a stored vector (``exclude``: an
-        id left out of the results); ``slot`` is held while the file is decoded and embedded."""
+        id left out of the results); ``slot`` is held while the file is decoded, embedded and its best
+        ``verify`` candidates compared by their pixels (with ``source``'s, a stored vector's file). ``box``:
+        search by that region of the file (422 when it is not on the picture); ``shown``: the region, as
+        fractions, a vector was made from (:meth:`region`)."""
         embedder = self.ready()
         try:
             filt = parse_where(where)
@@ -379,6 +442,8 @@ class _Service:
         try:
             self.store.require()  # a store known to be down (its breaker open) fails here, before the decode
             with slot():
+                if box is not None and isinstance(given, str):
+                    shown = picture_box(given, box)
                 ((_, hits),) = search(
                     self.store,
                     queries,
@@ -388,7 +453,12 @@ class _Service:
                     min_score=min_score,
                     exclude=[exclude],
                     online_only=online_only,
+                    box=box,
+                    verify=verify,
+                    sources=[source],
                 )
+        except BadBox as err:
+            raise HTTPException(422, f"{query}: {err}") from None
         except UnusableQuery as err:
             code = 415 if err.reason.startswith(("not an image", "empty file")) else 422
             raise HTTPException(code, f"{query}: {err.reason}") from None
@@ -396,7 +466,28 @@ class _Service:
             raise _unavailable(err) from None
         except ValueError as err:  # Chroma refusing a filter, e.g. mixed value types in one list
             raise HTTPException(422, f"the store refused the filter {where}: {err}") from None
-        return result_json(query, hits, embedder.fingerprint["model"], k, filt)
+        return result_json(query, hits, embedder.fingerprint["model"], k, filt, shown)
+
+    def region(
+        self,
+        meta: dict[str, Any],
+        box: Box,
+        slot: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> tuple[np.ndarray, list[float]]:
+        """The vector of ``box`` on the stored picture ``meta`` and the box as fractions of it: its file decoded
+        (holding ``slot``, opened inside its library folder), cut, embedded. 404 when the file cannot be
+        read now, 422 when the box is not on the picture."""
+        embedder = self.ready()
+        try:
+            with slot(), confinement(meta.get("root"), self.follow_outside):
+                decoded = load_image(stored_path(meta), min_side=0)
+                picture = crop(decoded, box)
+                vector = embedder.embed([view[None] for view in preprocess_views(picture, embedder.views)])[0]
+        except ImageError as err:
+            raise HTTPException(404, f"{stored_path(meta)}: its file cannot be read now: {err}") from None
+        except BadBox as err:
+            raise HTTPException(422, f"{stored_path(meta)}: {err}") from None
+        return vector, box.relative(decoded.width, decoded.height)
 
 
 def create_app(
@@ -462,6 +553,14 @@ def create_app(
     WhereOpt = Annotated[list[str] | None, Form(description="Filters, ANDed: category=cats, 'width>=640', ...")]
     MinScoreOpt = Annotated[float | None, Form(description="Drop results scoring below this.")]
     OnlineOpt = Annotated[bool, Form(description="Leave out images whose folder the last sync found offline.")]
+    VerifyOpt = Annotated[
+        int,
+        Form(ge=0, le=MAX_VERIFY, description="Compare the best N candidates' pixels with the query's (0: off)."),
+    ]
+    BoxOpt = Annotated[
+        str | None,
+        Form(description="Search by this region of the picture: X,Y,W,H in pixels, or fractions when all are ≤ 1."),
+    ]
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
@@ -517,15 +616,9 @@ def create_app(
         out["worker"] = read_status(status_path)
         return out
 
-    @app.post("/api/search")
-    def search(
-        image: Annotated[UploadFile, File(description="The query image.")],
-        k: KOpt = 5,
-        where: WhereOpt = None,
-        min_score: MinScoreOpt = None,
-        online_only: OnlineOpt = False,
-    ) -> dict[str, Any]:
-        """Rank the stored images by similarity to the uploaded one: the ``search --json`` object."""
+    @contextmanager
+    def upload(image: UploadFile) -> Iterator[tuple[str, str]]:
+        """The uploaded query's name and a temporary file holding it, once its header passed the pixel cap."""
         service.ready()
         name = image.filename or "upload"
         with tempfile.NamedTemporaryFile(prefix="imgsearch-query-") as tmp:
@@ -538,7 +631,25 @@ def create_app(
                     f"{name}: too large: {size[0]}x{size[1]} is over this server's {limits.max_upload_pixels:,}-pixel "
                     "cap for uploads (imgsearch serve --max-upload-pixels)",
                 )
-            return service.search(name, tmp.name, k, where, min_score, slot=gate.slot, online_only=online_only)
+            yield name, tmp.name
+
+    @app.post("/api/search")
+    def search(
+        image: Annotated[UploadFile, File(description="The query image.")],
+        k: KOpt = 5,
+        where: WhereOpt = None,
+        min_score: MinScoreOpt = None,
+        online_only: OnlineOpt = False,
+        box: BoxOpt = None,
+        verify: VerifyOpt = VERIFY,
+    ) -> dict[str, Any]:
+        """Rank the stored images by similarity to the uploaded one (or ``box`` of it): the ``search --json``
+        object."""
+        region = _box(box)
+        with upload(image) as (name, path):
+            return service.search(
+                name, path, k, where, min_score, slot=gate.slot, online_only=online_only, box=region, verify=verify
+            )
 
     @app.post("/api/search/by-id/{image_id}")
     def search_by_id(
@@ -547,11 +658,49 @@ def create_app(
         where: WhereOpt = None,
         min_score: MinScoreOpt = None,
         online_only: OnlineOpt = False,
+        box: BoxOpt = None,
+        verify: VerifyOpt = VERIFY,
     ) -> dict[str, Any]:
-        """More like this stored image (itself left out); ``query`` is its path."""
-        meta = service.entry(image_id, embeddings=True)
-        vector = meta["_embedding"]
-        return service.search(stored_path(meta), vector, k, where, min_score, exclude=image_id, online_only=online_only)
+        """More like this stored image (itself left out), or like ``box`` of it (its file read again); ``query``
+        is its path. A whole picture's best ``verify`` candidates are compared with its file's pixels."""
+        region = _box(box)
+        meta = service.entry(image_id, embeddings=region is None)
+        vector, shown = (meta["_embedding"], None) if region is None else service.region(meta, region, gate.slot)
+        path = stored_path(meta)
+        source = path if region is None else None  # a region's pixels are not a file: ranked by its vector
+        return service.search(
+            path,
+            vector,
+            k,
+            where,
+            min_score,
+            exclude=image_id,
+            slot=gate.slot,
+            online_only=online_only,
+            shown=shown,
+            verify=verify,
+            source=source,
+        )
+
+    @app.post("/api/why")
+    def why(
+        image: Annotated[UploadFile, File(description="The query image.")],
+        result: Annotated[str, Form(description="The stored id of the result to explain.")],
+        box: BoxOpt = None,
+    ) -> dict[str, Any]:
+        """Where a stored result agrees with the uploaded query (:mod:`imgsearch.search.why`): each picture's heat
+        grid (its share of the cosine per feature-map cell), the keypoint inliers, and for a verified result the
+        fitted frame of each picture in the other and the matched keypoints. With ``box``, the query is that
+        region of the picture, and the query's positions are fractions of it."""
+        region, meta = _box(box), service.entry(result)
+        with upload(image) as (name, path):
+            return service.why(name, path, None, meta, gate.slot, region)
+
+    @app.post("/api/why/by-id/{query_id}/{result_id}")
+    def why_by_id(query_id: str, result_id: str, box: BoxOpt = None) -> dict[str, Any]:
+        """``POST /api/why`` for a stored query ("more like this", or a region of it)."""
+        region, query, meta = _box(box), service.entry(query_id), service.entry(result_id)
+        return service.why(stored_path(query), stored_path(query), query, meta, gate.slot, region)
 
     LevelOpt = Annotated[
         Literal["exact", "copies", "similar"],
@@ -564,6 +713,12 @@ def create_app(
         minutes, so no link or image tag on another site may start it. One finder runs at a time (others get
         503 with Retry-After), holding a decode slot; an answer is reused while the store's count is unchanged."""
         return service.dupes(level, where or [], slot=gate.slot)
+
+    @app.get("/api/dupes/progress")
+    def dupes_progress() -> dict[str, Any]:
+        """How far the running finder is: ``{"running", "stage", "done", "total", "seconds"}`` (stage
+        "searching images", then "comparing pairs"); the page polls it while ``POST /api/dupes`` runs."""
+        return service.dupes_progress()
 
     @app.get("/api/images/{image_id}/thumb", response_class=Response)
     def thumb(image_id: str) -> Response:

@@ -1,12 +1,14 @@
 """The one page `imgsearch serve` shows at ``/``: self-contained (no CDN; the service may run offline).
 
 It talks only to the JSON API of :mod:`imgsearch.service.app`: ``/api/stats`` for the store's facts and
-categories, ``/api/search`` for an uploaded query, ``/api/search/by-id/{id}`` for "more like this",
-``POST /api/dupes`` for the Duplicates view (groups of duplicates, the suggested keep first) and
-``/api/images/{id}/thumb`` for every picture. Results are built with ``textContent``, never
-``innerHTML``, so a file name cannot inject markup. Each result card carries ``data-rank``,
-``data-score``, ``data-id`` and ``data-category`` for tests and scripts. A busy server (503) is not a
-failure: the page says "busy, retrying" and asks again after the server's ``Retry-After``.
+categories, ``/api/search`` for an uploaded query, ``/api/search/by-id/{id}`` for "more like this" (both with
+``box`` when the user drags a rectangle on the query, or on a result after its "region" button),
+``POST /api/dupes`` for the Duplicates view (groups of duplicates, the suggested keep first),
+``POST /api/why`` (or ``/api/why/by-id/{query}/{result}``) for a result's "why?" (heat grids and fitted
+frames drawn on canvases over both pictures) and ``/api/images/{id}/thumb`` for every picture. Results are
+built with ``textContent``, never ``innerHTML``, so a file name cannot inject markup. Each result card
+carries ``data-rank``, ``data-score``, ``data-id`` and ``data-category`` for tests and scripts. A busy
+server (503) is not a failure: the page says "busy, retrying" and asks again after the server's ``Retry-After``.
 :func:`render_login_page` is what a server with a token shows instead until its form posts the right token.
 
 Both are Jinja2 templates in ``service/templates`` (autoescaped); the page includes the report's

@@ -25,6 +25,16 @@ from imgsearch.store import stored_path
 SIDE = 256  # longest side of a thumbnail, pixels
 
 
+def confinement(root: str | None, follow_outside: bool) -> AbstractContextManager[Any]:
+    """Where a stored file may be opened from: under ``root``, the folder it was ingested from, or anywhere
+    with ``follow_outside``. Raises :class:`ImageError` for an entry that records no folder."""
+    if follow_outside:
+        return nullcontext()
+    if root:
+        return confined(root)
+    raise ImageError("no library folder is recorded for it (stored by an older imgsearch?): not served")
+
+
 class Thumbnails:
     """Thumbnails of stored entries, the most recent ``budget`` bytes of them kept (thread-safe).
 
@@ -61,13 +71,7 @@ class Thumbnails:
         return data
 
     def _make(self, path: str, root: str | None, slot: Callable[[], AbstractContextManager[Any]]) -> bytes:
-        if self.follow_outside:
-            confinement: AbstractContextManager[Any] = nullcontext()
-        elif root:
-            confinement = confined(root)
-        else:
-            raise ImageError("no library folder is recorded for it (stored by an older imgsearch?): not served")
-        with slot(), confinement:  # a stored file may be a 100 MP PNG: decoded under the same bound as uploads
+        with slot(), confinement(root, self.follow_outside):  # a stored file may be a 100 MP PNG: same bound as uploads
             img = load_image(path, min_side=SIDE).image
         img.thumbnail((SIDE, SIDE))
         buf = io.BytesIO()

@@ -3,6 +3,7 @@ chain two pictures together; on the embedded store and a Chroma server; the JSON
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import shutil
@@ -14,7 +15,7 @@ import pytest
 from conftest import MODEL, REPO, copy_library, run_json
 from PIL import Image
 
-from imgsearch.dupes.find import _stars, find_duplicates
+from imgsearch.dupes.find import _locality_order, _stars, find_duplicates
 from imgsearch.dupes.groups import Duplicates, Member
 from imgsearch.dupes.verify import Verdict
 
@@ -53,6 +54,23 @@ def test_keep_is_most_pixels_then_oldest() -> None:
     files = {"a": _member("a", 100, 5.0), "b": _member("b", 400, 9.0), "c": _member("c", 400, 1.0)}
     (group,) = _stars({("a", "b"): 0.9, ("a", "c"): 0.9}, files, "copies")
     assert group.keep.id == "c" and group.members[0].id == "c"
+
+
+def test_pairs_are_compared_file_by_file() -> None:
+    """Every candidate pair once, each file's pairs close together: two separate clusters are never
+    interleaved, so a file's prepared form is still cached when its next pair comes."""
+    import numpy as np
+
+    rng = random.Random(3)
+    files = list(range(40))
+    rng.shuffle(files)
+    clusters = [files[:20], files[20:]]  # rows numbered in scan order: the clusters' files are spread
+    pairs = np.array([sorted(rng.sample(c, 2)) for c in clusters for _ in range(30)], dtype=np.int32)
+    pairs = np.unique(pairs, axis=0)
+    order = _locality_order(pairs, 40)
+    assert sorted(order.tolist()) == list(range(len(pairs)))
+    cluster_of = [0 if int(a) in clusters[0] else 1 for a, _ in pairs[order]]
+    assert sum(x != y for x, y in itertools.pairwise(cluster_of)) == 1  # one cluster, then the other
 
 
 def _plant(lib: Path) -> tuple[Path, Path, Path]:

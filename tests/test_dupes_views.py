@@ -314,7 +314,7 @@ def test_one_finder_at_a_time_and_answers_are_cached(monkeypatch: pytest.MonkeyP
         assert options == {"workers": 1, "whole_files": False}  # one thread, files at the verifier's size
         runs.append((level, where))
         if progress is not None:
-            progress(3, 10)
+            progress("comparing pairs", 3, 10)
         running.set()
         assert release.wait(30)
         return Duplicates(level, None if level == "exact" else 0.5, [], {"seconds": 0.1})
@@ -337,7 +337,7 @@ def test_one_finder_at_a_time_and_answers_are_cached(monkeypatch: pytest.MonkeyP
             with pytest.raises(HTTPException) as busy:
                 service.dupes(level, where)
             assert busy.value.status_code == 503 and busy.value.detail.startswith("busy: ")
-            assert "3 of 10 images compared" in busy.value.detail
+            assert "comparing pairs: 3 of 10" in busy.value.detail
             assert 1 <= int(busy.value.headers["Retry-After"]) <= 60
     finally:
         release.set()

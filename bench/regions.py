@@ -1,0 +1,188 @@
+"""Search by a region: does a piece of a library photo find the photo it came from?
+
+For each photo set, seeded random crops of library photos covering 25 % and 10 % of the picture's area
+(aspect within ±10 % of the photo's) are written as PNG files and searched for with the product's own
+:func:`imgsearch.search.query.search`; the share whose source photo comes back at rank 1, in the top 5
+and in the top 100 is recorded. Each crop is searched for a second time as ``--box`` on its source file:
+both must give the same ranking and scores (the region is embedded exactly as the saved crop).
+
+    python bench/regions.py --db caltech101-dev=/tmp/vdev/cal --db holidays-dev=/tmp/vdev/hol \
+        --work /tmp/regions-bench [--crops 200] [--verify N] [--out docs/regions-bench]
+
+A set without ``--db`` is ingested into ``--work/SET`` first (default settings, efficientnet-lite0).
+``--verify N`` passes ``verify=N`` to search() when it takes one (re-ranking by the query's pixels);
+each run is kept in OUT.json under its verify setting, and OUT.md shows every run kept there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from imgsearch.ingest.scan import is_image_name  # noqa: E402
+from imgsearch.regions import Box, crop  # noqa: E402
+from imgsearch.search.query import open_search, search  # noqa: E402
+from imgsearch.session import ModelChoice  # noqa: E402
+from imgsearch.store import Location  # noqa: E402
+
+SETS = {"caltech101-dev": "caltech101-dev", "holidays-dev": "holidays-dev/library"}
+AREAS = (0.25, 0.10)
+K = 100
+TOPS = (1, 5, 100)
+TOLERANCE = 1e-5  # score difference allowed between a crop file and the same box
+
+
+def library(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p.name))
+
+
+def make_crops(photos: list[Path], area: float, n: int, rng: random.Random, out: Path) -> list[dict[str, Any]]:
+    """``n`` crops of distinct photos, each ``area`` of its picture, saved as PNG under ``out``."""
+    from imgsearch.decode import load_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    crops = []
+    for i, src in enumerate(rng.sample(photos, n)):
+        decoded = load_image(src, min_side=0)  # full size: a box is in the file's own pixels
+        stretch = math.exp(rng.uniform(-0.1, 0.1))
+        w = min(decoded.width, max(8, round(decoded.width * math.sqrt(area) * stretch)))
+        h = min(decoded.height, max(8, round(decoded.height * math.sqrt(area) / stretch)))
+        box = Box(rng.randint(0, decoded.width - w), rng.randint(0, decoded.height - h), w, h)
+        path = out / f"{i:04d}.png"
+        crop(decoded, box).save(path)
+        crops.append({"source": str(src), "file": str(path), "box": str(box)})
+    return crops
+
+
+def rank_of(source: str, hits: list[Any]) -> int | None:
+    real = os.path.realpath(source)
+    return next((h.rank for h in hits if os.path.realpath(h.path) == real), None)
+
+
+def shares(ranks: list[int | None]) -> dict[str, float]:
+    return {f"top{t}": round(sum(r is not None and r <= t for r in ranks) / len(ranks), 4) for t in TOPS}
+
+
+def measure_set(db: Path, crops: dict[float, list[dict[str, Any]]], options: dict[str, Any]) -> dict[str, Any]:
+    """Per area: the shares found by crop file and by box, and how far the two rankings differ."""
+    out: dict[str, Any] = {}
+    with open_search(Location(db=db), ModelChoice()) as (store, embedder):
+        out["images"], out["model"] = store.count(), embedder.fingerprint["model"]
+        for area, made in crops.items():
+            start = time.perf_counter()
+            by_file = [hits for _, hits in search(store, [c["file"] for c in made], embedder, k=K, **options)]
+            file_s = time.perf_counter() - start
+            start = time.perf_counter()
+            by_box = [
+                next(iter(search(store, [c["source"]], embedder, k=K, box=Box.parse(c["box"]), **options)))[1]
+                for c in made
+            ]
+            box_s = time.perf_counter() - start
+            pairs = list(zip(by_file, by_box, strict=True))
+            same = [[h.id for h in a] == [h.id for h in b] for a, b in pairs]
+            gap = max(abs(x.score - y.score) for a, b in pairs for x, y in zip(a, b, strict=True))
+            out[f"{area:.0%}"] = {
+                "crops": len(made),
+                "file": shares([rank_of(c["source"], h) for c, h in zip(made, by_file, strict=True)]),
+                "box": shares([rank_of(c["source"], h) for c, h in zip(made, by_box, strict=True)]),
+                "same_ranking": round(sum(same) / len(same), 4),
+                "max_score_gap": float(f"{gap:.2e}"),
+                "ms_per_query_file": round(1000 * file_s / len(made), 1),
+                "ms_per_query_box": round(1000 * box_s / len(made), 1),
+            }
+    return out
+
+
+def ingested(name: str, root: Path, work: Path) -> Path:
+    """A store of ``root`` made by the product's ingest with the default settings (reused when present)."""
+    from imgsearch.ingest.sync import ingest
+    from imgsearch.session import open_embedder
+    from imgsearch.store import Store
+
+    db = work / f"db-{name}"
+    store = Store(Location(db=db))
+    try:
+        ingest([str(root)], store, open_embedder(store, ModelChoice(model="efficientnet-lite0")))
+    finally:
+        store.close()
+    return db
+
+
+def markdown(runs: dict[str, Any]) -> str:
+    lines = [
+        "# Search by a region: crops of library photos",
+        "",
+        "Made by `python bench/regions.py` (see its docstring): seeded random crops of library photos covering",
+        "25 % and 10 % of the picture, searched for as PNG files and as `--box` on the source photo; the share",
+        "whose source comes back at rank 1, in the top 5, in the top 100. *same* is the share of crops whose",
+        "file and box rankings are identical; *gap* the largest score difference between the two.",
+        "",
+    ]
+    for run, result in runs.items():
+        models = ", ".join(sorted({found["model"] for found in result["sets"].values()}))
+        lines += [f"## {run}", "", f"model {models}, seed {result['seed']}, {result['when']}", ""]
+        lines += [
+            "| set | images | crop area | crops | rank 1 | top 5 | top 100 | box rank 1 | same | gap | ms/query |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, found in result["sets"].items():
+            for area in (f"{a:.0%}" for a in AREAS):
+                r = found[area]
+                f, b = r["file"], r["box"]
+                lines.append(
+                    f"| {name} | {found['images']:,} | {area} | {r['crops']} | {f['top1']:.3f} | {f['top5']:.3f} "
+                    f"| {f['top100']:.3f} | {b['top1']:.3f} | {r['same_ranking']:.3f} | {r['max_score_gap']:.0e} "
+                    f"| {r['ms_per_query_file']} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
+    ap.add_argument("--db", action="append", default=[], metavar="SET=PATH", help="an embedded store of that set")
+    ap.add_argument("--work", type=Path, required=True, help="crops (and stores ingested here), kept for a re-run")
+    ap.add_argument("--crops", type=int, default=200, help="crops per area per set")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--verify", type=int, default=0, metavar="N", help="search(verify=N) when search takes it")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "regions-bench", help="writes OUT.json and OUT.md")
+    args = ap.parse_args()
+
+    given = dict(d.split("=", 1) for d in args.db)
+    verifies = "verify" in inspect.signature(search).parameters
+    options = {"verify": args.verify} if verifies else {}
+    run = f"verify={args.verify}" if verifies else "vectors only (search() takes no verify)"
+    result: dict[str, Any] = {"seed": args.seed, "when": time.strftime("%Y-%m-%d"), "sets": {}}
+    for name, sub in SETS.items():
+        root = args.datasets / sub
+        if not root.is_dir():
+            print(f"{name}: {root} is absent, skipped", file=sys.stderr)
+            continue
+        db = Path(given[name]) if name in given else ingested(name, root, args.work)
+        rng = random.Random(f"{args.seed}:{name}")
+        photos = library(root)
+        crops = {a: make_crops(photos, a, args.crops, rng, args.work / "crops" / name / f"{a:.2f}") for a in AREAS}
+        result["sets"][name] = measure_set(db, crops, options)
+        print(name, json.dumps(result["sets"][name]), file=sys.stderr)
+    saved = args.out.with_suffix(".json")
+    runs = json.loads(saved.read_text()) if saved.exists() else {}
+    runs[run] = result
+    saved.write_text(json.dumps(runs, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(runs))
+    print(markdown({run: result}))
+
+
+if __name__ == "__main__":
+    main()

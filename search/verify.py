@@ -1,0 +1,51 @@
+"""Verified ranking: the best global candidates re-ranked by what their pixels show.
+
+A global vector ranks "looks alike"; a second shot of the same place or object can rank below look-alikes
+of the same kind. The query's keypoints are matched against each of the top candidates' and fitted by one
+homography (:mod:`imgsearch.local`); a candidate with at least :data:`MIN_INLIERS` agreeing matches shows
+the query's scene and moves up, the better verified first. The rest keep their global order, so a category
+search, whose results share no scene with the query, is left as it was. A candidate whose file cannot be
+read now (an offline folder, another machine's path) keeps its place, marked unverified: never an error.
+
+N, the threshold and the order are chosen on photos, instance and category search together
+(``bench/verify.py``, docs/quality.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from imgsearch.local import FeatureCache, Features, match
+
+if TYPE_CHECKING:  # query.py calls this module: the type only, no import cycle
+    from imgsearch.search.query import Hit
+
+VERIFY = 20  # candidates compared by default: past the 20th, second shots are rare and the cost grows
+MAX_VERIFY = 100  # the most a caller may ask for: each costs a decode and a match
+MIN_INLIERS = 10  # agreeing matches that make a candidate verified
+WORKERS = 2  # candidates read and matched at once (OpenCV runs without the GIL)
+
+CACHE = FeatureCache()  # this process's: a search service meets the same candidates again
+
+
+def rerank(query: Features, hits: Sequence[Hit], n: int = VERIFY, cache: FeatureCache = CACHE) -> list[Hit]:
+    """``hits`` (best first) with the first ``n`` compared with ``query``: verified ones first, most
+    inliers first; ranks renumbered. Every compared hit carries its inlier count."""
+    n = max(0, min(n, MAX_VERIFY, len(hits)))
+
+    def inliers(hit: Hit) -> int | None:
+        found = cache.get(hit.path) if hit.path else "no path"
+        return None if isinstance(found, str) else match(query, found).inliers
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        counts = list(pool.map(inliers, hits[:n]))
+    looked = [
+        dataclasses.replace(h, inliers=c, verified=c is not None and c >= MIN_INLIERS)
+        for h, c in zip(hits[:n], counts, strict=True)
+    ]
+    verified = sorted((h for h in looked if h.verified), key=lambda h: -(h.inliers or 0))  # stable: ties keep order
+    ranked = verified + [h for h in looked if not h.verified] + list(hits[n:])
+    return [dataclasses.replace(h, rank=r) for r, h in enumerate(ranked, 1)]
