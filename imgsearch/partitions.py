@@ -51,6 +51,7 @@ EXACT_MAX = 20_000  # ... up to this many; past that the filter takes the main p
 CACHE_S = 5.0  # a search trusts a side it looked up (or found missing) this long
 ID_PAGE = 5000  # ids per get() (Chroma fails at >= 32,767 ids)
 VECTOR_PAGE = 1000
+ROUNDS = 3  # full builds at most in one go, while other processes' builds or writes overtake this one's
 Pair = tuple[str, str]  # (partition key, value)
 Hit = tuple[str, float, dict[str, Any]]
 
@@ -114,6 +115,7 @@ class BuildReport:
     removed: int = 0
     dropped: int = 0  # sides deleted: their value grew past SHARE, went away, or fell past MAX_SIDES
     seconds: float = 0.0
+    settled: bool = True  # False: other processes kept changing the sides or rows; the next ingest builds again
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +127,11 @@ class BuildReport:
             "dropped": self.dropped,
             "seconds": round(self.seconds, 2),
         }
+
+
+class SideGone(Exception):
+    """A side this build was filling was dropped meanwhile, by another process's build (it scanned the
+    rows at another moment and judged the value broad): the build starts again from a fresh scan."""
 
 
 class Partitions:
@@ -190,6 +197,15 @@ class Partitions:
             if mark and json.loads(mark).get("of") == main:
                 out[col.name] = col
         return out
+
+    def _on_side(self, op: Callable[[], Any]) -> Any:
+        """``op`` on a side; SideGone when the side is gone (a CollectionMissing here is never the main one's)."""
+        from imgsearch.store import CollectionMissing
+
+        try:
+            return self.store._call(op, retry=False)
+        except CollectionMissing:
+            raise SideGone from None
 
     def _in_batches(self, ids: Sequence[str], write: Callable[[slice], None]) -> bool:
         """``write`` each batch of ``ids`` to a side; False when the side is gone meanwhile (a build
@@ -362,7 +378,7 @@ class Partitions:
         have: set[str] = set()
         offset = 0
         while True:
-            res = self.store._call(lambda offset=offset: side.get(include=[], limit=ID_PAGE, offset=offset))
+            res = self._on_side(lambda offset=offset: side.get(include=[], limit=ID_PAGE, offset=offset))
             have.update(res["ids"])
             if len(res["ids"]) < ID_PAGE:
                 return have
@@ -375,7 +391,8 @@ class Partitions:
         have = self._ids(side)
         extra = sorted(have - want)
         if extra:
-            self._in_batches(extra, lambda s: side.delete(ids=extra[s]))
+            if not self._in_batches(extra, lambda s: side.delete(ids=extra[s])):
+                raise SideGone
             # a writer puts a row into its side just before the main collection: one caught between the
             # two while this read the main collection is put back
             back = self.store.get(extra)
@@ -387,24 +404,47 @@ class Partitions:
             ids = sorted(stored)
             if ids:
                 vectors = np.stack([stored[id_]["_embedding"] for id_ in ids])
-                self._in_batches(ids, lambda s2, ids=ids, v=vectors: side.upsert(ids=ids[s2], embeddings=v[s2]))
+                if not self._in_batches(ids, lambda s2, ids=ids, v=vectors: side.upsert(ids=ids[s2], embeddings=v[s2])):
+                    raise SideGone
                 report.copied += len(ids)
         if not (side.metadata or {}).get(READY_KEY):
             meta = dict(side.metadata or {})
-            self.store._call(lambda: side.modify(metadata={**meta, READY_KEY: True}))
+            self._on_side(lambda: side.modify(metadata={**meta, READY_KEY: True}))
         report.sides[pair] = len(want)
 
     def build(
         self, keys: Sequence[str] | None = None, progress: Callable[[int, int], None] | None = None
     ) -> BuildReport:
         """Make every side that should exist hold exactly its value's rows, drop those that should not,
-        and record the build. Reads every row's metadata once; copies vectors only where a side lacks them."""
+        and record the build. Reads every row's metadata once; copies vectors only where a side lacks them.
+
+        Processes writing to one store (``worker --shard``) may build at once, each from its own scan: one
+        that scanned earlier may drop a side another has filled since. So a build whose side was dropped
+        under it, or whose store's size moved while it ran, builds again from a fresh scan (ROUNDS at
+        most; past that ``settled`` is False and the next ingest builds again)."""
         from imgsearch.store import StoreError
 
         started = time.perf_counter()
         keys = tuple(keys or self.keys())
         if bad := [k for k in keys if not re.fullmatch(r"[A-Za-z_][\w.:-]{0,63}", k) or k.startswith("$")]:
             raise StoreError(f"partition key {bad[0]!r}: expected a metadata key such as category, root or a --tag key")
+        report = BuildReport(settled=False)
+        for _ in range(ROUNDS):
+            try:
+                report = self._build(keys, progress)
+            except SideGone:
+                report.settled = False
+                continue
+            if self.store.count() == report.rows:
+                break
+            report.settled = False
+        self.unsided, self.touched = set(), set()
+        self.forget()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _build(self, keys: tuple[str, ...], progress: Callable[[int, int], None] | None) -> BuildReport:
+        """One round of :meth:`build`."""
         report = BuildReport()
         members: dict[Pair, list[str]] = {}
         for id_, meta in self.store.scan():
@@ -424,9 +464,6 @@ class Partitions:
                 progress(done + 1, len(chosen))
         broad = [[*p, len(ids)] for p, ids in sorted(members.items()) if len(ids) > SHARE * report.rows]
         self._record({"keys": list(keys), "rows": report.rows, "broad": broad, "capped": len(small) - len(chosen)})
-        self.unsided, self.touched = set(), set()
-        self.forget()
-        report.seconds = time.perf_counter() - started
         return report
 
     def _drop(self, name: str, report: BuildReport) -> None:
@@ -469,7 +506,10 @@ class Partitions:
         broad = list(state.get("broad", []))
         for pair in sorted(touched):  # a side emptied, or grown past SHARE, is dropped (searches take the main path)
             side = sides.get(self.name(pair))
-            held = int(self.store._call(side.count)) if side is not None else 0
+            try:
+                held = int(self._on_side(side.count)) if side is not None else 0
+            except SideGone:  # dropped by another process meanwhile
+                continue
             if side is not None and not 0 < held <= SHARE * rows:
                 self._drop(self.name(pair), report)
                 broad += [[*pair, held]] if held else []
@@ -479,7 +519,10 @@ class Partitions:
                 continue
             members = list(self.store.find({pair[0]: pair[1]}))
             if len(members) <= SHARE * rows:
-                self._fill(pair, members, report)
+                try:
+                    self._fill(pair, members, report)
+                except SideGone:  # another process's build judged it otherwise meanwhile: look at everything
+                    return self.build()
                 sides[self.name(pair)] = True
             else:  # broad; a side another process made for it meanwhile would miss rows written since
                 if self.name(pair) in sides:

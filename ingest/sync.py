@@ -423,9 +423,8 @@ def ingest(
         _record_offline(store, absolute, report.offline)
         built = store.sides.settle(crashed)
         report.partitions = built.as_dict() if built else None
-        writing.unlink(
-            missing_ok=True
-        )  # kept when stopped early: the values it wrote are looked at by the next ingest's build
+        if built is None or built.settled:  # kept when stopped early or unsettled: the next ingest builds
+            writing.unlink(missing_ok=True)
     report.seconds = time.perf_counter() - started
     return report
 

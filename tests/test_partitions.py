@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from conftest import LIBRARY, MODEL, REPO, copy_library, run_cli, run_json
 
-from imgsearch.partitions import READY_KEY, SHARE, SIDE_KEY, STATE_KEY
+from imgsearch.partitions import READY_KEY, SHARE, SIDE_KEY, STATE_KEY, BuildReport
 from imgsearch.search.filters import parse_where
-from imgsearch.store import Location, Store, StoreError, image_id
+from imgsearch.store import Location, Store, StoreError, image_id, path_fields
 from imgsearch.where import matches
 
 Pair = tuple[str, str]
@@ -583,3 +583,36 @@ def test_a_side_emptied_or_grown_broad_is_dropped_by_the_next_ingest(tmp_path: P
     assert out["added"] == 3 and out["partitions"]["dropped"] == 1, out
     sides = assert_sides_in_step(location)  # which also checks no side is left for a broad value
     assert ("category", grown) not in sides and ("category", other) in sides
+
+
+def test_a_build_overtaken_by_another_process_builds_again(tmp_path: Path) -> None:
+    """Workers on one store build at once, each from its own scan (test_workers: a worker's sync failed
+    on it). While this build runs, "another process" writes a row of a new category (the size moves) and
+    drops a side this build has filled (as a build that scanned earlier does): the build sees the size
+    moved, builds again from a fresh scan and ends in step, the new value's side included."""
+    lib = copy_library(tmp_path / "lib", categories=5, per_category=6)
+    db = ["--db", tmp_path / "db"]
+    location = location_of(db)
+    ingest(lib, db)
+    make_it_old(location)
+    store = Store(location)
+    try:
+        id_, meta = next(iter(store.scan()))
+        vector = store.get([id_], embeddings=True)[id_]["_embedding"]
+        late = str(tmp_path / "elsewhere" / "late" / "late.jpg")
+        overtaken: list[int] = []
+
+        def other_process(done: int, total: int) -> None:
+            if overtaken:
+                return
+            overtaken.append(done)
+            store.sides._drop(next(iter(store.sides._sides())), BuildReport())
+            fields = {**meta, **path_fields(late), "category": "late"}
+            store.add([image_id(late)], np.stack([vector]), [fields])
+
+        report = store.sides.build(progress=other_process)
+    finally:
+        store.close()
+    assert overtaken and report.settled and report.rows == 31, report
+    sides = assert_sides_in_step(location)
+    assert sides[("category", "late")] == 1 and len([p for p in sides if p[0] == "category"]) == 6
