@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from imgsearch.cli.options import FollowOutsideOpt, ShardOpt, fail, model_options, store_options, user_errors
-from imgsearch.cli.output import say
 
 if TYPE_CHECKING:
     from imgsearch.session import ModelChoice
@@ -43,6 +43,22 @@ SettleOpt = Annotated[
         min=0.0,
         metavar="SECONDS",
         help="Read a file only once its size and mtime have held still this long (files being copied in).",
+    ),
+]
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+LogFormatOpt = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar="IMGSEARCH_LOG_FORMAT",
+        help="text: human lines on stderr, as always. json: one JSON object per line on stderr (ts, level, "
+        "event, message and the event's fields), for a log collector.",
     ),
 ]
 
@@ -85,6 +101,7 @@ def worker(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 16,
     follow_outside: FollowOutsideOpt = False,
     shard: ShardOpt = None,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Keep the store in sync with DIRs as files come and go: added, changed, moved and deleted files.
 
@@ -92,14 +109,19 @@ def worker(
     Logs one line per sync on stderr and writes its state to --status FILE (shown by `imgsearch stats`).
     SIGTERM/SIGINT: the sync under way stores what it has embedded, then the worker exits 0.
     With a Chroma server, N workers (one per machine) share a library with --shard 0/N ... N-1/N.
+    --log-format json: those lines as JSON objects, one a line.
     """
+    from imgsearch.logs import configure, logger
+
+    log = logger(log_format)
+    configure(log_format)
     with user_errors():
         _missing(dirs)
         stop = threading.Event()
 
         def on_signal(signum: int, frame: Any) -> None:
             if not stop.is_set():
-                say(f"{signal.Signals(signum).name}: storing what is embedded, then exiting")
+                log(f"{signal.Signals(signum).name}: storing what is embedded, then exiting")
             stop.set()
 
         signal.signal(signal.SIGTERM, on_signal)
@@ -111,18 +133,19 @@ def worker(
         from imgsearch.store import Store
 
         store = Store(location)
-        if location.url and not wait_for_store(store, stop):
+        if location.url and not wait_for_store(store, stop, log):
             return
         embedder = open_embedder(store, choice)
         shard = shard or ALL  # the callback made it a Shard
         status_path = status or default_status_path(location, shard)
-        say(f"model: {describe(embedder.fingerprint)}; status file: {status_path}")
+        log(f"model: {describe(embedder.fingerprint)}; status file: {status_path}")
         Worker(
             [str(d) for d in dirs],
             store,
             embedder,
             settle,
             status_path,
+            log,
             batch_size=batch_size,
             follow_outside=follow_outside,
             shard=shard,
@@ -200,6 +223,17 @@ def serve(
             "127.0.0.1, ::1 and --host; anything else gets 400 (DNS rebinding).",
         ),
     ] = [],  # noqa: B006
+    metrics: Annotated[
+        bool,
+        typer.Option(
+            "--metrics",
+            envvar="IMGSEARCH_METRICS",
+            help="Also serve GET /metrics for Prometheus (text format 0.0.4): searches by kind and outcome, "
+            "their latency, decodes running and waiting, the store's rows, the worker's queue and last sync. "
+            "Needs the token like every route. Off: /metrics is 404.",
+        ),
+    ] = False,
+    log_format: LogFormatOpt = LogFormat.text,
     *,
     location: Location,
     choice: ModelChoice,
@@ -214,7 +248,12 @@ def serve(
     (or IMGSEARCH_TOKEN) lets anyone on the network search and view the library: it warns.
     With the embedded store no other process may use it, so --watch DIR runs the worker in here;
     with --chroma-url run `imgsearch worker` separately (any number of web servers and workers).
+    --metrics adds GET /metrics for Prometheus; --log-format json writes every log line as a JSON object.
     """
+    from imgsearch.logs import configure, logger, logging_config
+
+    log = logger(log_format)
+    configure(log_format)
     with user_errors():
         _missing(watch)
         try:
@@ -235,14 +274,20 @@ def serve(
             limits=Limits(max_upload_mb, max_upload_pixels, max_concurrent, max_queue, read_timeout),
             token=token or None,
             allowed_hosts=[*LOOPBACK_NAMES, host, *allowed_host],
-            log=say,
+            log=log,
+            metrics=metrics,
         )
         if exposed(host) and not token:
-            say(
+            log(
                 f"WARNING: listening on {host} without a token: anyone who can reach this port can search the "
                 "library and view its pictures. Set IMGSEARCH_TOKEN (or --token), or bind to 127.0.0.1."
             )
-        config = uvicorn.Config(app, host=host, port=port, log_level="info", http=header_deadline(read_timeout))
+        options: dict[str, Any] = {}
+        if log_format == "json":  # else uvicorn's own logging, as it was
+            options["log_config"] = logging_config(log_format, uvicorn=True)
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="info", http=header_deadline(read_timeout), **options
+        )
         server = uvicorn.Server(config)
         # uvicorn shuts down cleanly on SIGTERM/SIGINT and then re-raises the signal; these no-op
         # handlers (restored by uvicorn once it is done) turn that into a normal exit 0

@@ -33,6 +33,7 @@ from imgsearch.batching import read_quarantine
 from imgsearch.ingest.plan import ALL, Shard
 from imgsearch.ingest.scan import FileInfo, scan
 from imgsearch.ingest.sync import IngestReport, decode_journal, ingest, state_path
+from imgsearch.logs import Event
 from imgsearch.store import CollectionMissing, Location, Store, StoreError, image_id
 
 State = tuple[int, int]  # (size, mtime_ns): what a scan sees of a file
@@ -209,7 +210,8 @@ class Worker:
         self._failing += 1
         wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self._failing - 1))
         error = str(err) if isinstance(err, StoreError) else f"{type(err).__name__}: {err}"
-        self.log(f"{_now()} sync failed ({error}); try {self._failing + 1} in {wait:g} s")
+        text = f"{_now()} sync failed ({error}); try {self._failing + 1} in {wait:g} s"
+        self.log(Event(text, "sync_failed", "warning", error=error, tries=self._failing, retry_in=wait))
         self._write_status(state="error", error=error, retry_in=wait)
         return wait
 
@@ -263,11 +265,14 @@ class Worker:
         summary = report.as_dict()
         self._log_changes(summary["offline"], report.refused)
         tail = "stopped: the rest is left for the next run" if stopped else f"store holds {count}"
-        self.log(
+        text = (
             f"{_now()} sync: added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
             f"moved {report.moved}, pruned {report.pruned}, failed {report.failed} | {report.embedded} embedded "
             f"in {report.seconds:.1f} s; {pending} waiting to settle; {tail}"
         )
+        fields = {k: getattr(report, k) for k in ("added", "updated", "unchanged", "moved", "pruned", "failed")}
+        fields |= {"embedded": report.embedded, "seconds": round(report.seconds, 3), "settling": pending}
+        self.log(Event(text, "sync", **fields, count=count, stopped=stopped))
         failures = [{"path": p, "reason": r} for p, (_, r) in sorted(self._failed.items())]
         self._write_status(
             state="stopping" if stopped else "idle",

@@ -50,8 +50,8 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from PIL import Image
 from starlette.types import Scope
 
@@ -65,6 +65,7 @@ from imgsearch.search.filters import FilterError, parse_where
 from imgsearch.search.query import UnusableQuery, result_json, search
 from imgsearch.search.verify import MAX_VERIFY, VERIFY
 from imgsearch.search.why import explain, picture
+from imgsearch.service.metrics import CONTENT_TYPE, Metrics
 from imgsearch.service.middleware import (
     COOKIE,
     LOGIN_CSP,
@@ -112,6 +113,18 @@ class Limits:
     concurrent: int | None = None  # decodes + model runs at once; None: from the CPUs (default_concurrency)
     queue: int | None = None  # uploads waiting for one; None: 4 per concurrent run
     read_timeout: float = 30.0  # seconds a client has to send a request's headers, and then its body (408)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a search request asks besides its query: the form fields of both search routes."""
+
+    k: int = 5
+    where: list[str] | None = None
+    min_score: float | None = None
+    online_only: bool = False
+    box: str | None = None  # as sent: parsed in the route, so a bad one counts as that route's refusal
+    verify: int = VERIFY
 
 
 def default_concurrency() -> int:
@@ -417,15 +430,11 @@ class _Service:
         self,
         query: str,
         given: str | np.ndarray,
-        k: int,
-        where: Sequence[str] | None,
-        min_score: float | None,
+        asked: Asked,
+        box: Box | None = None,
         exclude: str | None = None,
         slot: Callable[[], AbstractContextManager[Any]] = nullcontext,
-        online_only: bool = False,
-        box: Box | None = None,
         shown: list[float] | None = None,
-        verify: int = VERIFY,
         source: str | None = None,
     ) -> dict[str, Any]:
         """The ``search --json`` object for one query: an image file or a stored vector (``exclude``: an
@@ -434,6 +443,7 @@ class _Service:
         search by that region of the file (422 when it is not on the picture); ``shown``: the region, as
         fractions, a vector was made from (:meth:`region`)."""
         embedder = self.ready()
+        k, where = asked.k, asked.where
         try:
             filt = parse_where(where)
         except FilterError as err:
@@ -450,11 +460,11 @@ class _Service:
                     embedder,
                     k=k,
                     where=filt,
-                    min_score=min_score,
+                    min_score=asked.min_score,
                     exclude=[exclude],
-                    online_only=online_only,
+                    online_only=asked.online_only,
                     box=box,
-                    verify=verify,
+                    verify=asked.verify,
                     sources=[source],
                 )
         except BadBox as err:
@@ -502,11 +512,14 @@ def create_app(
     allowed_hosts: Sequence[str] = LOOPBACK_NAMES,
     log: Callable[[str], None] = print,
     follow_outside: bool = False,
+    metrics: bool = False,
 ) -> FastAPI:
     """The app for one store; the model loads when the app starts, the worker (``watch_dirs``) after it.
+    Making it connects to nothing and loads nothing (``app.openapi()`` needs neither: docs/openapi.json).
 
     ``token``: required by every route but ``/healthz``; ``allowed_hosts``: the names the Host header
-    may carry (``*``: any); ``follow_outside``: the worker also reads symlinks that lead out of ``watch_dirs``.
+    may carry (``*``: any); ``follow_outside``: the worker also reads symlinks that lead out of ``watch_dirs``;
+    ``metrics``: serve ``GET /metrics`` (:mod:`imgsearch.service.metrics`).
     """
     status_path = status_path or default_status_path(location)
     limits = limits or Limits()
@@ -518,6 +531,8 @@ def create_app(
     thumbs = Thumbnails(THUMB_CACHE, follow_outside)
     attempts = Attempts()
     places = {"uploads": gate.concurrent + gate.queue, "thumbnails": gate.concurrent + THUMB_QUEUE}
+    counters = Metrics() if metrics else None
+    timed = counters.timed if counters else lambda kind: nullcontext()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -562,6 +577,18 @@ def create_app(
         Form(description="Search by this region of the picture: X,Y,W,H in pixels, or fractions when all are ≤ 1."),
     ]
 
+    def asked(
+        k: KOpt = 5,
+        where: WhereOpt = None,
+        min_score: MinScoreOpt = None,
+        online_only: OnlineOpt = False,
+        box: BoxOpt = None,
+        verify: VerifyOpt = VERIFY,
+    ) -> Asked:
+        return Asked(k, where, min_score, online_only, box, verify)
+
+    AskedOpt = Annotated[Asked, Depends(asked)]  # the form fields both search routes take
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
         return HTMLResponse(render_page(), headers={"Content-Security-Policy": PAGE_CSP})
@@ -583,6 +610,15 @@ def create_app(
             done = RedirectResponse("/", status_code=303)
             done.set_cookie(COOKIE, session(secret), httponly=True, samesite="strict")
             return done
+
+    if counters is not None:
+
+        @app.get("/metrics", response_class=PlainTextResponse)
+        async def scrape() -> PlainTextResponse:
+            """Prometheus' text format 0.0.4 (``imgsearch serve --metrics``; needs the token like the API):
+            searches by kind and outcome, their latency, the decode queue, store rows, the worker's lag."""
+            text = counters.render(gate, service.readiness, read_status(status_path))
+            return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -636,51 +672,26 @@ def create_app(
     @app.post("/api/search")
     def search(
         image: Annotated[UploadFile, File(description="The query image.")],
-        k: KOpt = 5,
-        where: WhereOpt = None,
-        min_score: MinScoreOpt = None,
-        online_only: OnlineOpt = False,
-        box: BoxOpt = None,
-        verify: VerifyOpt = VERIFY,
+        asked: AskedOpt,
     ) -> dict[str, Any]:
         """Rank the stored images by similarity to the uploaded one (or ``box`` of it): the ``search --json``
         object."""
-        region = _box(box)
-        with upload(image) as (name, path):
-            return service.search(
-                name, path, k, where, min_score, slot=gate.slot, online_only=online_only, box=region, verify=verify
-            )
+        with timed("upload"):
+            region = _box(asked.box)
+            with upload(image) as (name, path):
+                return service.search(name, path, asked, region, slot=gate.slot)
 
     @app.post("/api/search/by-id/{image_id}")
-    def search_by_id(
-        image_id: str,
-        k: KOpt = 5,
-        where: WhereOpt = None,
-        min_score: MinScoreOpt = None,
-        online_only: OnlineOpt = False,
-        box: BoxOpt = None,
-        verify: VerifyOpt = VERIFY,
-    ) -> dict[str, Any]:
+    def search_by_id(image_id: str, asked: AskedOpt) -> dict[str, Any]:
         """More like this stored image (itself left out), or like ``box`` of it (its file read again); ``query``
         is its path. A whole picture's best ``verify`` candidates are compared with its file's pixels."""
-        region = _box(box)
-        meta = service.entry(image_id, embeddings=region is None)
-        vector, shown = (meta["_embedding"], None) if region is None else service.region(meta, region, gate.slot)
-        path = stored_path(meta)
-        source = path if region is None else None  # a region's pixels are not a file: ranked by its vector
-        return service.search(
-            path,
-            vector,
-            k,
-            where,
-            min_score,
-            exclude=image_id,
-            slot=gate.slot,
-            online_only=online_only,
-            shown=shown,
-            verify=verify,
-            source=source,
-        )
+        with timed("by_id"):
+            region = _box(asked.box)
+            meta = service.entry(image_id, embeddings=region is None)
+            vector, shown = (meta["_embedding"], None) if region is None else service.region(meta, region, gate.slot)
+            path = stored_path(meta)
+            source = path if region is None else None  # a region's pixels are not a file: ranked by its vector
+            return service.search(path, vector, asked, exclude=image_id, slot=gate.slot, shown=shown, source=source)
 
     @app.post("/api/why")
     def why(

@@ -290,6 +290,8 @@ class Gate:
         self.concurrent, self.queue = concurrent, queue
         self._slots = threading.BoundedSemaphore(concurrent)
         self._seconds = 1.0  # moving average of how long one decode holds its slot
+        self.running = self.waiting = 0  # slots held, and threads waiting for one (GET /metrics)
+        self._counts = threading.Lock()
 
     def retry_after(self, waiting: int) -> float:
         """Seconds until ``waiting`` requests ahead should be done: a client retrying sooner would be refused again."""
@@ -298,12 +300,24 @@ class Gate:
     @contextmanager
     def slot(self) -> Iterator[None]:
         """Hold one of the ``concurrent`` slots (waiting for it) while decoding and embedding."""
-        with self._slots:
-            started = time.monotonic()
-            try:
-                yield
-            finally:
-                self._seconds = 0.8 * self._seconds + 0.2 * (time.monotonic() - started)
+        self._count(waiting=1)
+        try:
+            self._slots.acquire()
+        finally:
+            self._count(waiting=-1)
+        self._count(running=1)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self._seconds = 0.8 * self._seconds + 0.2 * (time.monotonic() - started)
+            self._count(running=-1)
+            self._slots.release()
+
+    def _count(self, running: int = 0, waiting: int = 0) -> None:
+        with self._counts:
+            self.running += running
+            self.waiting += waiting
 
 
 class Admission:

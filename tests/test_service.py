@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
@@ -98,6 +99,17 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, *logs: Proc) -
             tails = "\n".join(f"--- {p.log.name}:\n{p.text()[-2500:]}" for p in logs)
             raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tails}")
         time.sleep(0.2)
+
+
+@contextmanager
+def serving(web: Proc, client: httpx.Client, timeout: float = 180) -> Iterator[None]:
+    """The block, once ``web`` answers /readyz; then ``client`` closed and ``web`` killed, whatever happened."""
+    try:
+        wait_for("the web server to be ready", lambda: client.get("/readyz").status_code == 200, timeout, web)
+        yield
+    finally:
+        client.close()
+        web.kill()
 
 
 def search_file(client: httpx.Client, path: Path, **form: Any) -> httpx.Response:

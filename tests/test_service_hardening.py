@@ -23,7 +23,7 @@ import httpx
 import pytest
 from conftest import LIBRARY, MODEL, _free_port, copy_library, run_cli
 from test_chroma_failures import Server
-from test_service import Figures, Proc, TokenServer, queries, search_file, wait_for
+from test_service import Figures, Proc, TokenServer, queries, search_file, serving, wait_for
 
 from imgsearch.store import image_id
 
@@ -56,12 +56,8 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     srv = Served(tmp_path_factory.mktemp("hardened"))
-    try:
-        wait_for("the web server to be ready", lambda: srv.client.get("/readyz").status_code == 200, 180, srv.web)
+    with serving(srv.web, srv.client):
         yield srv
-    finally:
-        srv.client.close()
-        srv.web.kill()
 
 
 def test_a_file_swapped_for_a_symlink_outside_the_library_is_never_served(served: Served) -> None:

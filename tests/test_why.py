@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import LIBRARY, MODEL, _free_port, copy_library, run_cli
 from PIL import Image
-from test_service import Proc, chromium, needs_chromium, wait_for
+from test_service import Proc, chromium, needs_chromium, serving
 
 from imgsearch.backbones import POOLINGS, Embedder, load_embedder
 from imgsearch.decode import preprocess_whole
@@ -108,12 +108,8 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     srv = Served(tmp_path_factory.mktemp("why"))
-    try:
-        wait_for("the web server to be ready", lambda: srv.client.get("/readyz").status_code == 200, 120, srv.web)
+    with serving(srv.web, srv.client):
         yield srv
-    finally:
-        srv.client.close()
-        srv.web.kill()
 
 
 def test_the_why_api_answers_its_contract(served: Served) -> None:
