@@ -53,7 +53,7 @@ def build_library(
     """Photos + planted copies under ``work/lib``; returns path -> the original it derives from."""
     from PIL import Image
 
-    from imgsearch.evaluation.evaluate import TRANSFORMS
+    from imgsearch.evaluation.edits import TRANSFORMS
 
     origin: dict[str, str] = {}
     lib = work / "lib"
@@ -92,7 +92,7 @@ def build_scale_library(work: Path, files: int, seed: int) -> dict[str, str]:
     Returns path -> the photo it derives from."""
     from PIL import Image
 
-    from imgsearch.evaluation.evaluate import TRANSFORMS
+    from imgsearch.evaluation.edits import TRANSFORMS
 
     roots = {name: root.parent if name == "holidays-dev" else root for name, root in SETS.items()}
     origin: dict[str, str] = {}

@@ -78,7 +78,7 @@ def _framings(photo: Image.Image, rng: random.Random) -> tuple[Image.Image, int,
 
 def kinds() -> dict[str, tuple[bool, Callable[..., Any]]]:
     """name -> (the same picture?, maker of (first, its JPEG quality, second, its quality))."""
-    from imgsearch.evaluation.evaluate import TRANSFORMS
+    from imgsearch.evaluation.edits import TRANSFORMS
 
     return {
         "two framings (a zoomed exposure)": (False, _framings),

@@ -196,7 +196,7 @@ def test_product_shots_on_a_plain_ground_are_not_copies(tmp_path: Path) -> None:
     """Studio shots of different motorbikes, posed alike on white, align and agree on most blocks (the
     white ones); counted over the blocks with texture they disagree. Their edited copies still agree."""
     from imgsearch.dupes.verify import Verifier
-    from imgsearch.evaluation.evaluate import TRANSFORMS
+    from imgsearch.evaluation.edits import TRANSFORMS
 
     bikes = REPO.parent / "shared" / "datasets" / "caltech101-dev" / "Motorbikes"
     if not bikes.is_dir():

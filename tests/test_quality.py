@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import LIBRARY, MODEL, QUERIES, run_json
 
-from imgsearch.evaluation.evaluate import METRICS, TRANSFORMS
+from imgsearch.evaluation.edits import TRANSFORMS
+from imgsearch.evaluation.evaluate import METRICS
 
 FLOORS = {"mAP": 0.235, "P@5": 0.45}  # leave-one-out, balanced preset (measured 0.247, 0.473)
 # share of example queries whose top-5 are mostly their category: measured 12 of 30 = 0.40 with the
