@@ -187,7 +187,7 @@ def candidate_measures(store: Any, origin: dict[str, str], neighbours: int) -> l
 
 
 def verified(row: dict[str, Any], th: dict[str, float]) -> bool:
-    """The verifier's rule (imgsearch/dupes/verify.py) applied to a measured pair."""
+    """The verifier's rule (dupes/verify.py) applied to a measured pair."""
     if "inliers" not in row:
         return False
     if row[f"global{th['side']}"] >= th["global"]:
@@ -319,7 +319,7 @@ NOTES = """Reading the tables: a score floor alone cannot reach high precision a
 other shots of one scene (Holidays) and same-kind photos score like edited copies; pixel verification
 removes them. `copies` (the default level) keeps a low floor for recall and relies on verification for
 precision; `similar` is the vectors alone at the search page's high band (look-alikes, not copies);
-`exact` is the content hash. Thresholds of the verifier: imgsearch/dupes/verify.py."""
+`exact` is the content hash. Thresholds of the verifier: dupes/verify.py."""
 
 
 def scale_run(work: Path, files: int, seed: int, sample: int) -> dict[str, Any]:

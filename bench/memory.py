@@ -158,7 +158,7 @@ def synthetic_library(work: Path, n: int, base: dict[str, Any], url: str | None)
             os.link(src, dest)
     real = base["vectors"]
     rng = np.random.default_rng(n)
-    sigma = np.sqrt(0.23 / real.shape[1])  # cosine ~0.9 to the real vector, as search/index_bench.py
+    sigma = np.sqrt(0.23 / real.shape[1])  # cosine ~0.9 to the real vector, as evaluation/index_bench.py
     store.create(base["fingerprint"])
     files = scan([str(lib)]).files
     for s in range(0, len(files), PAGE):

@@ -80,7 +80,7 @@ FILTERS: dict[str, list[str] | None] = {
 WEB_FILTERS = [f for f, exprs in FILTERS.items() if exprs is None or len(exprs) == 1]
 CLIENTS = [1, 4, 16]
 K = 10
-NOISE = 0.23  # squared norm of the noise on a unit mix (cos ~0.9 to it): evaluation/index_bench.perturbed's
+NOISE = 0.23  # squared norm of the noise on a unit mix (cos ~0.9 to it), as perturbed() in evaluation/index_bench.py
 SEED = 16
 RESNET_DIM = 2048
 TARGETS = {  # issue 23, at 1M on this 2-core machine

@@ -1,4 +1,4 @@
-"""Calibrate the closer-exposure test of `imgsearch dupes` (imgsearch/dupes/zoom.py) on photos.
+"""Calibrate the closer-exposure test of `imgsearch dupes` (dupes/zoom.py) on photos.
 
 For a sample of real photos (../shared/datasets: holidays-dev/library, caltech101-dev), each photo S gives:
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imgsearch.collection import HNSW, QUERY_ROWS, CollectionMissing, StoreError
 from imgsearch.where import matches, supported
 
 if TYPE_CHECKING:
@@ -200,8 +201,6 @@ class Partitions:
 
     def _on_side(self, op: Callable[[], Any]) -> Any:
         """``op`` on a side; SideGone when the side is gone (a CollectionMissing here is never the main one's)."""
-        from imgsearch.store import CollectionMissing
-
         try:
             return self.store._call(op, retry=False)
         except CollectionMissing:
@@ -210,8 +209,6 @@ class Partitions:
     def _in_batches(self, ids: Sequence[str], write: Callable[[slice], None]) -> bool:
         """``write`` each batch of ``ids`` to a side; False when the side is gone meanwhile (a build
         dropped it: its value grew broad), which leaves nothing to keep in step there."""
-        from imgsearch.store import CollectionMissing
-
         step = self.store._batch()
         try:
             for s in range(0, len(ids), step):
@@ -318,8 +315,6 @@ class Partitions:
         sides = [self._ready((key, v)) for v in values]
         if any(side is None for side in sides):
             return None
-        from imgsearch.store import QUERY_ROWS
-
         step = max(1, QUERY_ROWS // (k * len(sides)))  # rows per round trip: Chroma's SQL caps them
         out: list[list[Hit]] = []
         for s in range(0, len(vectors), step):
@@ -365,8 +360,6 @@ class Partitions:
 
     # -- building -------------------------------------------------------------------------------
     def _create(self, pair: Pair) -> Any:
-        from imgsearch.store import HNSW
-
         mark = json.dumps({"of": self.store.location.collection, "key": pair[0], "value": pair[1]})
         return self.store._call(
             lambda: self.store._connect(create=False).get_or_create_collection(
@@ -422,8 +415,6 @@ class Partitions:
         that scanned earlier may drop a side another has filled since. So a build whose side was dropped
         under it, or whose store's size moved while it ran, builds again from a fresh scan (ROUNDS at
         most; past that ``settled`` is False and the next ingest builds again)."""
-        from imgsearch.store import StoreError
-
         started = time.perf_counter()
         keys = tuple(keys or self.keys())
         if bad := [k for k in keys if not re.fullmatch(r"[A-Za-z_][\w.:-]{0,63}", k) or k.startswith("$")]:
@@ -468,8 +459,6 @@ class Partitions:
 
     def _drop(self, name: str, report: BuildReport) -> None:
         """Delete a side (derived data: its rows stay in the main collection)."""
-        from imgsearch.store import CollectionMissing
-
         try:
             self.store._call(lambda: self.store._connect(create=False).delete_collection(name), retry=False)
         except CollectionMissing:

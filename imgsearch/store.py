@@ -1,7 +1,7 @@
 """The Chroma store: one cosine collection of image vectors plus per-image metadata.
 
 Embedded (a folder on disk, ``--db``) or a Chroma server (``--chroma-url``), through the same code.
-An embedded store is not process-safe (see shared/notes/chroma-1.5.md: a second process silently
+An embedded store is not process-safe (see ../shared/notes/chroma-1.5.md: a second process silently
 loses vectors), so the first process to open one holds an exclusive lock on it until it exits;
 any other process is refused with a message that points to the server mode.
 Every request to a server is bounded (``Location.timeout``, ``$IMGSEARCH_CHROMA_TIMEOUT``, 30 s), and
@@ -33,6 +33,14 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from imgsearch.collection import (
+    HNSW,
+    QUERY_ROWS,
+    CollectionMissing,
+    StoreError,
+    StoreTimeout,
+    StoreUnavailable,
+)
 from imgsearch.partitions import Partitions
 from imgsearch.where import matches, supported
 
@@ -49,11 +57,6 @@ DEFAULT_TIMEOUT = 30.0
 BREAKER_S = (2.0, 30.0)  # cool-down after a timeout: the timeout itself, clamped to this range (seconds)
 CONNECT_WAIT = 1.0  # seconds a thread waits while another connects, before failing as unavailable
 HTTP_BATCH = 500  # rows per request to a server: 500 x 2048 floats stays far below its 40 MiB cap
-# HNSW settings of new collections: recall@10 1.000 vs exact at 100k real-derived vectors, where
-# Chroma's defaults (M=16, ef_search=100) gave 0.993 (docs/index-bench.md); ~1.8x the query time
-# (still ~3 ms) and ~2.4x the insert time, both small beside computing the embeddings.
-HNSW = {"space": "cosine", "max_neighbors": 32, "ef_construction": 200, "ef_search": 200}
-QUERY_ROWS = 20000  # result rows per query() call: past ~32k Chroma hits SQLite's variable limit
 # A filtered search first asks for FILTER_FIRST nearest rows unfiltered and keeps those the filter
 # passes, widening the ask while too few pass. Chroma's own filtered search costs at least ~1 us per
 # stored row (more the more rows match); a nearest row with its metadata ~0.15 ms (bench/scale.py,
@@ -72,26 +75,6 @@ T = TypeVar("T")
 RESERVED_KEYS = frozenset(
     {"path", "path_b64", "root", "category", "size", "mtime", "mtime_ns", "sha256", "width", "height"}
 )
-
-
-class StoreError(Exception):
-    """The store cannot be used as asked; the message says why and what to do."""
-
-
-class CollectionMissing(StoreError):
-    """The collection does not exist: not made yet, or deleted on the server (an ingest makes it)."""
-
-
-class StoreTimeout(StoreError):
-    """The server did not answer in time (it trips the circuit breaker)."""
-
-
-class StoreUnavailable(StoreError):
-    """Not asked at all: the breaker is open, or another thread is connecting; ``retry_after`` seconds."""
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class _Breaker:

@@ -27,7 +27,7 @@ QUERY_LIST = [QUERY_DIR / name for name in ("arrows_1.png", "mammals_2.png", "ve
 CATEGORIES = ("arrows", "mammals", "vehicles")
 K = 5
 CHROMIUM = Path("/usr/bin/chromium")
-ACCENT = (0x2F, 0x6F, 0xDF)  # the query frame's blue in search/report.py's CSS
+ACCENT = (0x2F, 0x6F, 0xDF)  # the query frame's blue in reports/templates/cards.css (--accent)
 
 
 def run_report(*args: object) -> tuple[int, str, str]:
