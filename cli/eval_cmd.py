@@ -22,6 +22,7 @@ from imgsearch.cli.options import (
     user_errors,
 )
 from imgsearch.cli.output import json_stdout, progress_bar, say, table
+from imgsearch.collection import DEFAULT_COLLECTION
 from imgsearch.search.verify import VERIFY
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def evaluate(
     chroma_url: UrlOpt = None,
     timeout: TimeoutOpt = None,
     chroma_token: TokenOpt = None,
-    collection: CollectionOpt = "images",
+    collection: CollectionOpt = DEFAULT_COLLECTION,
     *,
     choice: ModelChoice,
     as_json: JsonOpt = False,

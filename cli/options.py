@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from imgsearch.cli.output import say
+from imgsearch.collection import DEFAULT_COLLECTION
+from imgsearch.collection import DEFAULT_DB as STORE_DB
 
 if TYPE_CHECKING:
     from imgsearch.regions import Box
 
 EXIT_ERROR = 1
 
-DEFAULT_DB = Path("./imgsearch-db")  # the same as imgsearch.store.DEFAULT_DB (not imported: --help stays fast)
+DEFAULT_DB = Path(STORE_DB)
 DbOpt = Annotated[
     Path,
     typer.Option(
@@ -299,7 +301,7 @@ def store_options(func: F) -> F:
         chroma_url=(UrlOpt, None),
         timeout=(TimeoutOpt, None),
         chroma_token=(TokenOpt, None),
-        collection=(CollectionOpt, "images"),
+        collection=(CollectionOpt, DEFAULT_COLLECTION),
     )
     return _replace_parameter(func, "location", options, location)
 

@@ -1,9 +1,12 @@
-"""What every imgsearch collection is in Chroma, shared by the store and its side collections
-(:mod:`imgsearch.partitions`): the index settings it is made with, the rows one call may carry, and the
-errors a store call fails with."""
+"""What every imgsearch collection is in Chroma, shared by the store, its side collections
+(:mod:`imgsearch.partitions`) and the CLI (nothing imported here: ``--help`` stays fast): where it
+lives by default, the index settings it is made with, the rows one call may carry, and the errors a
+store call fails with."""
 
 from __future__ import annotations
 
+DEFAULT_DB = "./imgsearch-db"  # an embedded store's folder, unless --db / IMGSEARCH_DB says otherwise
+DEFAULT_COLLECTION = "images"
 # HNSW settings of new collections: recall@10 1.000 vs exact at 100k real-derived vectors, where
 # Chroma's defaults (M=16, ef_search=100) gave 0.993 (docs/index-bench.md); ~1.8x the query time
 # (still ~3 ms) and ~2.4x the insert time, both small beside computing the embeddings.

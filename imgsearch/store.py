@@ -34,6 +34,8 @@ from urllib.parse import urlparse
 import numpy as np
 
 from imgsearch.collection import (
+    DEFAULT_COLLECTION,
+    DEFAULT_DB,
     HNSW,
     QUERY_ROWS,
     CollectionMissing,
@@ -44,8 +46,6 @@ from imgsearch.collection import (
 from imgsearch.partitions import Partitions
 from imgsearch.where import matches, supported
 
-DEFAULT_DB = "./imgsearch-db"
-DEFAULT_COLLECTION = "images"
 FINGERPRINT_KEY = "imgsearch_fingerprint"
 OFFLINE_KEY = "imgsearch_offline"  # collection metadata: the ingested folders found offline, their rows kept
 LOCK_FILE = "imgsearch.lock"
