@@ -1,0 +1,411 @@
+"""The Python API: one object, :class:`Library`, for a store and the model its vectors were made with.
+
+    >>> import imgsearch
+    >>> with imgsearch.open("photos.db", model="efficientnet-lite0") as lib:  # doctest: +SKIP
+    ...     lib.ingest(["photos/"])
+    ...     for hit in lib.search("query.jpg", k=5, where="category=cats"):
+    ...         print(hit.rank, f"{hit.score:.3f}", hit.path)
+
+It is a facade over the layers below (``ingest/``, ``search/``, ``dupes/``, the core's store and model
+session): the same functions the CLI and the web app call, so a search from Python ranks exactly as
+``imgsearch search`` does. The model is loaded on the first call that needs it (an ingest that embeds, a
+search by image), never for ``stats``, ``remove`` or ``dupes``.
+
+Errors are typed: the store's :class:`~imgsearch.store.StoreError` family (no store yet, a server not
+answering, :class:`~imgsearch.store.CollectionMissing`, :class:`~imgsearch.search.query.EmptyStore`); a query
+that cannot be used: :class:`BadQuery`; a filter that cannot be read: :class:`~imgsearch.search.filters.FilterError`;
+a model that cannot be had or does not fit the store: :class:`~imgsearch.backbones.ModelUnavailable`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgsearch.backbones import ModelUnavailable  # noqa: F401  (re-exported by imgsearch/__init__.py, as below)
+from imgsearch.collection import (  # noqa: F401
+    DEFAULT_COLLECTION,
+    DEFAULT_DB,
+    CollectionMissing,
+    StoreError,
+    StoreTimeout,
+    StoreUnavailable,
+)
+from imgsearch.dupes.groups import Duplicates
+from imgsearch.ingest.sync import IngestReport
+from imgsearch.regions import BadBox, Box
+from imgsearch.search.filters import FilterError, parse_where  # noqa: F401
+from imgsearch.search.query import EmptyStore, Hit, UnusableQuery
+from imgsearch.search.verify import VERIFY
+from imgsearch.session import ModelChoice
+from imgsearch.store import Location, Store
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from imgsearch.backbones import Embedder
+
+
+Where = str | Sequence[str] | Mapping[str, Any] | None
+BoxLike = Box | str | Sequence[float] | None
+
+
+class BadQuery(UnusableQuery, ValueError):
+    """A query that cannot be searched with: not an image (or an unreadable file), a type the API does not
+    take, a vector of the wrong shape, or a box off the picture. ``str()`` names the query and the reason;
+    it is also an :class:`~imgsearch.search.query.UnusableQuery` and a ``ValueError``."""
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What a store holds: what ``imgsearch stats --json`` prints (:meth:`as_dict` is that object)."""
+
+    count: int  # images stored
+    categories: dict[str, int]  # images per category
+    model: dict[str, Any] | None  # the fingerprint of the model (and preset) that made the vectors
+    store: str  # where the store is, with its collection
+    offline: dict[str, dict[str, Any]] = field(default_factory=dict)  # folder -> {since, reason, rows}
+    partitions: list[dict[str, Any]] = field(default_factory=list)  # side collections
+    quarantined: list[dict[str, str]] = field(default_factory=list)  # files never decoded again: path, reason
+    worker: dict[str, Any] | None = None  # the worker's last status, when one writes it
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {
+            "count": self.count,
+            "categories": self.categories,
+            "model": self.model,
+            "store": self.store,
+            "offline": self.offline,
+            "partitions": self.partitions,
+        }
+        return out | ({} if self.worker is None else {"worker": self.worker}) | {"quarantined": self.quarantined}
+
+
+def open(
+    db: str | os.PathLike[str] | None = None,
+    *,
+    url: str | None = None,
+    collection: str = DEFAULT_COLLECTION,
+    token: str | None = None,
+    timeout: float | None = None,
+    model: str | None = None,
+    features: str | None = None,
+    device: str = "auto",
+    backend: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    variant: str | None = None,
+) -> Library:
+    """A :class:`Library` on an embedded store (the folder ``db``, default ``./imgsearch-db`` as the CLI's
+    ``--db``) or on a Chroma server (``url``, with ``token`` when it asks for one). Nothing is opened yet:
+    the store connects on first use, and an embedded store is then held by this process until
+    :meth:`Library.close` (or the end of a ``with`` block).
+
+    ``model`` (``resnet50``, ``efficientnet-lite0``) and ``features`` (a preset: ``balanced``, ``fast``,
+    ``accurate``, ``handout``) choose how a *new* collection makes its vectors, as ``--model`` and
+    ``--features`` do; an existing collection uses what it recorded (another ``model`` is refused).
+
+        >>> lib = imgsearch.open("photos.db", model="efficientnet-lite0")  # doctest: +SKIP
+        >>> lib = imgsearch.open(url="http://127.0.0.1:8000", collection="family")  # doctest: +SKIP
+    """
+    if db is not None and url is not None:
+        raise ValueError("open(): give an embedded store folder (db) or a server (url), not both")
+    location = Location(
+        db=None if url else Path(db if db is not None else DEFAULT_DB),
+        url=url,
+        collection=collection,
+        timeout=timeout,
+        token=token,
+    )
+    choice = ModelChoice(
+        model=model,
+        variant=variant,
+        weights=Path(weights) if weights is not None else None,
+        device=device,
+        backend=backend,
+        preset=features,
+    )
+    return Library(location, choice)
+
+
+class Library:
+    """A store of image vectors and the model that made them: ingest folders, search by image, find
+    duplicates, count, remove. Use it as a context manager, or call :meth:`close`.
+
+        >>> with imgsearch.open("photos.db") as lib:  # doctest: +SKIP
+        ...     report = lib.ingest(["photos/"], tags={"trip": "rome"})
+        ...     print(report.added, report.failed)
+        ...     best = lib.search("query.jpg", k=3, where={"category": "cats"})[0]
+        ...     print(best.path, best.score, best.verified)
+    """
+
+    def __init__(self, location: Location, choice: ModelChoice | None = None) -> None:
+        self.location = location
+        self.choice = choice or ModelChoice()
+        self._store: Store | None = None
+        self._embedder: Embedder | None = None
+
+    def __repr__(self) -> str:
+        return f"Library({self.location.describe()})"
+
+    # -- lifetime ---------------------------------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        """The store handle (connects on first use); for what the API does not cover."""
+        if self._store is None:
+            self._store = Store(self.location)
+        return self._store
+
+    def close(self) -> None:
+        """Close the store (an embedded one's lock is released); a later call opens it again."""
+        store, self._store, self._embedder = self._store, None, None
+        if store is not None:
+            store.close()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _model(self) -> Embedder:
+        """The model this store's vectors are made with, loaded once (checked against the collection)."""
+        if self._embedder is None:
+            from imgsearch.session import open_embedder
+
+            self._embedder = open_embedder(self.store, self.choice)
+        return self._embedder
+
+    # -- the jobs ---------------------------------------------------------------------------------------
+    def ingest(
+        self,
+        dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        prune: bool = False,
+        tags: Mapping[str, str] | None = None,
+        category: str | None = None,
+        force: bool = False,
+        follow_outside: bool = False,
+        batch_size: int = 16,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> IngestReport:
+        """Bring the store in line with the images under ``dirs`` (folders, or single images), as
+        ``imgsearch ingest``: new files added, changed ones re-embedded, moved ones keep their vector,
+        unchanged ones skipped; ``prune`` deletes the entries of files proven gone (a prune of more than half
+        of a folder's entries is refused unless ``force``: nothing is deleted and ``report.refused`` says why).
+        Category = the first folder under each dir, unless ``category``; ``tags`` are added to every file.
+        ``progress(done, total)`` is called as files are embedded.
+
+        Returns the :class:`~imgsearch.ingest.sync.IngestReport` (``added``, ``updated``, ``unchanged``,
+        ``moved``, ``pruned``, ``failures``…; ``as_dict()`` is ``ingest --json``'s object). A file that
+        fails is listed there, not raised. Raises ``FileNotFoundError`` for a dir that does not exist.
+
+            >>> report = lib.ingest("photos/", prune=True)  # doctest: +SKIP
+            >>> report.added, report.pruned, [f.reason for f in report.failures]  # doctest: +SKIP
+        """
+        from imgsearch.ingest.sync import check_tags
+        from imgsearch.ingest.sync import ingest as run_ingest
+
+        roots = [dirs] if isinstance(dirs, str | os.PathLike) else list(dirs)
+        missing = [os.fspath(d) for d in roots if not os.path.exists(d)]
+        if missing:
+            raise FileNotFoundError(f"no such folder: {', '.join(missing)}")
+        tags = dict(tags or {})
+        check_tags(tags)
+        return run_ingest(
+            [os.fspath(d) for d in roots],
+            self.store,
+            self._model(),
+            category=category,
+            tags=tags,
+            prune=prune,
+            force=force,
+            follow_outside=follow_outside,
+            batch_size=batch_size,
+            progress=progress,
+        )
+
+    def search(
+        self,
+        query: str | os.PathLike[str] | bytes | Image.Image | np.ndarray,
+        k: int = 5,
+        *,
+        where: Where = None,
+        box: BoxLike = None,
+        verify: int = VERIFY,
+        min_score: float | None = None,
+        expand: int | None = None,
+        online_only: bool = False,
+    ) -> list[Hit]:
+        """The ``k`` stored images most like ``query``, best first, as ``imgsearch search`` ranks them.
+
+        ``query``: an image file (``str`` or ``Path``), its bytes, a PIL image, or a vector already made
+        by this store's model (shape ``(dim,)`` or ``(1, dim)``). ``where``: a filter, in the CLI's syntax
+        (``"category=cats"``, ``["category=cats,dogs", "width>=640"]``) or a Chroma where dict
+        (``{"category": "cats"}``). ``box``: search by that region of the query picture, ``(x, y, w, h)``
+        as fractions (all ≤ 1) or pixels, or the CLI's ``"X,Y,W,H"`` text. ``verify``: how many of the best
+        candidates have their pixels compared with the query's (0: the vectors alone; a vector query has no
+        pixels). ``min_score`` drops weaker hits; ``expand`` overrides the recorded query expansion;
+        ``online_only`` leaves out images whose folder the last sync found offline.
+
+        Each :class:`~imgsearch.search.query.Hit` has ``rank``, ``path``, ``score`` (cosine similarity, 1 =
+        the same picture), ``distance``, ``category``, ``metadata``, ``id``, ``verified`` and ``inliers``.
+        Raises :class:`BadQuery`, :class:`~imgsearch.search.filters.FilterError`, ``EmptyStore`` or another
+        ``StoreError``.
+
+            >>> [(h.path, round(h.score, 3)) for h in lib.search("cat.jpg", k=3)]  # doctest: +SKIP
+            >>> lib.search(Path("street.jpg"), box=(0.5, 0.2, 0.3, 0.3), where="category!=food")  # doctest: +SKIP
+        """
+        from imgsearch.search.query import search as run_search
+
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        filt = _where(where)
+        region = _box(box)
+        store = self.store
+        if store.count() == 0:
+            raise EmptyStore(f"{self.location.describe()} is empty: ingest a folder first")
+        options: dict[str, Any] = {
+            "k": k,
+            "where": filt,
+            "min_score": min_score,
+            "expand": expand,
+            "online_only": online_only,
+            "verify": verify,
+        }
+        if isinstance(query, np.ndarray):
+            vectors = self._vectors(query, region)
+            ((_, hits),) = run_search(store, vectors, **options)
+            return hits
+        with _query_file(query) as (name, path):
+            _check(name, path, region)
+            embedder = self._model()
+            try:
+                ((_, hits),) = run_search(store, [path], embedder, box=region, **options)
+            except (UnusableQuery, BadBox) as err:
+                raise BadQuery(name, getattr(err, "reason", str(err))) from None
+        return hits
+
+    def _vectors(self, query: np.ndarray, region: Box | None) -> np.ndarray:
+        """A vector query as the (1, dim) float32 array the search takes, checked against the store's model."""
+        if region is not None:
+            raise BadQuery("<vector>", "a box applies to a picture, not to a vector already made")
+        recorded = self.store.fingerprint() or {}
+        dim = int(recorded.get("dim", 0))
+        vectors = np.asarray(query, dtype=np.float32)
+        if vectors.ndim == 1:
+            vectors = vectors[None, :]
+        if vectors.ndim != 2 or vectors.shape[0] != 1 or (dim and vectors.shape[1] != dim):
+            shape = "x".join(map(str, query.shape))
+            raise BadQuery("<vector>", f"expected one vector of {dim or 'the store'}'s length, got shape {shape}")
+        if not np.all(np.isfinite(vectors)) or not np.any(vectors):
+            raise BadQuery("<vector>", "a vector of finite numbers, not all zero, is needed")
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def dupes(
+        self,
+        level: str = "copies",
+        *,
+        threshold: float | None = None,
+        where: Where = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> Duplicates:
+        """Groups of duplicates among the stored images (``where`` narrows them), as ``imgsearch dupes``:
+        ``level`` ``exact`` (the same bytes), ``copies`` (the same picture edited, verified by its pixels) or
+        ``similar`` (look-alikes, by the vectors alone); ``threshold`` replaces the level's score floor.
+        Each group's first member is the suggested keep; nothing is deleted.
+
+            >>> found = lib.dupes("exact")  # doctest: +SKIP
+            >>> [[m.path for m in g.members] for g in found.groups]  # doctest: +SKIP
+        """
+        from imgsearch.dupes.find import find_duplicates
+
+        return find_duplicates(self.store, level, threshold, _where(where), progress=progress)
+
+    def stats(self, status: str | os.PathLike[str] | None = None) -> Stats:
+        """What the store holds, as ``imgsearch stats``: images in all and per category, the model,
+        offline folders, side collections, quarantined files and the worker's status (its file:
+        ``status``, else the store's default). Never loads the model.
+
+            >>> lib.stats().count, lib.stats().categories  # doctest: +SKIP
+        """
+        from imgsearch.ingest.manage import stats
+
+        return Stats(**stats(self.store, Path(status) if status is not None else None))
+
+    def remove(self, paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> int:
+        """Delete the entries of these files (a folder: every entry under it), as ``imgsearch remove``; the
+        files on disk are untouched. Returns how many entries were deleted.
+
+            >>> lib.remove(["photos/old/"])  # doctest: +SKIP
+        """
+        from imgsearch.ingest.manage import remove
+
+        return remove(self.store, [paths] if isinstance(paths, str | os.PathLike) else paths)
+
+
+def _where(where: Where) -> dict[str, Any] | None:
+    """A filter as the search takes it: CLI text (one expression or several) parsed, a dict passed on."""
+    if where is None or isinstance(where, Mapping):
+        return dict(where) if where else None
+    return parse_where([where] if isinstance(where, str) else list(where))
+
+
+def _box(box: BoxLike) -> Box | None:
+    if box is None or isinstance(box, Box):
+        return box
+    try:
+        if isinstance(box, str):
+            return Box.parse(box)
+        values = [float(v) for v in box]
+        if len(values) != 4:
+            raise BadBox(f"box {tuple(box)}: expected four numbers (x, y, w, h)")
+        return Box(*values)
+    except BadBox as err:
+        raise BadQuery("<box>", str(err)) from None
+    except (TypeError, ValueError):
+        raise BadQuery("<box>", f"expected (x, y, w, h) or 'X,Y,W,H', got {box!r}") from None
+
+
+@contextmanager
+def _query_file(query: object) -> Iterator[tuple[str, str]]:
+    """(the name errors show, a file holding the query): a path as given; bytes or a PIL image in a temporary
+    file, saved losslessly (the search decodes a file once and compares the pixels of its best candidates)."""
+    if isinstance(query, str | os.PathLike):
+        yield os.fspath(query), os.fspath(query)
+        return
+    from PIL import Image
+
+    if not isinstance(query, bytes | bytearray | memoryview | Image.Image):
+        kinds = "a path, bytes, a PIL image or a numpy vector"
+        raise BadQuery(f"<{type(query).__name__}>", f"a query is {kinds}")
+    with tempfile.TemporaryDirectory(prefix="imgsearch-query-") as tmp:
+        if isinstance(query, Image.Image):
+            name, path = "<PIL image>", os.path.join(tmp, "query.png")
+            image = query if query.mode in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA") else query.convert("RGB")
+            image.save(path, format="PNG")
+        else:
+            name, path = "<bytes>", os.path.join(tmp, "query")
+            with builtins.open(path, "wb") as fh:
+                fh.write(query)
+        yield name, path
+
+
+def _check(name: str, path: str, box: Box | None) -> None:
+    """The checks a query file gets before the model loads (header only), and its box on the picture."""
+    from imgsearch.regions import picture_box
+    from imgsearch.search.query import check_queries
+
+    try:
+        check_queries([path])
+        if box is not None:
+            picture_box(path, box)
+    except (UnusableQuery, BadBox) as err:
+        raise BadQuery(name, getattr(err, "reason", str(err))) from None
