@@ -20,6 +20,7 @@ import typer
 from imgsearch.cli.output import say
 from imgsearch.collection import DEFAULT_COLLECTION
 from imgsearch.collection import DEFAULT_DB as STORE_DB
+from imgsearch.presets import DEFAULT_PRESET, preset_help
 
 if TYPE_CHECKING:
     from imgsearch.regions import Box
@@ -123,11 +124,8 @@ FeaturesOpt = Annotated[
     str | None,
     typer.Option(
         "--features",
-        help="Feature preset of a new collection (docs/quality.md has each one's quality and cost): "
-        "balanced (default: GeM p=2, centre crop 224, query expansion 2), fast (the same from the int8 model), "
-        "accurate (GeM p=3, whole image at 224+320 px, query expansion 2: ~4x the cost), "
-        "handout (the lab recipe: avg pool, centre crop 224). "
-        "Expert flags below override single settings. Default: as recorded, balanced for a new collection.",
+        help=f"Feature preset of a new collection (docs/quality.md has each one's quality and cost): {preset_help()}. "
+        f"Expert flags below override single settings. Default: as recorded, {DEFAULT_PRESET} for a new collection.",
     ),
 ]
 PoolingOpt = Annotated[

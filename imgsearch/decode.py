@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from imgsearch.files import NotRegularFile, open_regular
+from imgsearch.presets import CROP
 
 if TYPE_CHECKING:
     from imgsearch.regions import Box
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 # Bumped whenever the pixels → tensor mapping changes; stored in every collection's fingerprint.
 PREPROCESS_VERSION = "v1:exif,rgb-on-white,resize256,crop224,imagenet-norm"
 RESIZE = 256
-CROP = 224
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 # Images above this many pixels are refused before decoding (decompression bombs): 100 MP covers

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from imgsearch.decode import CROP
+CROP = 224  # the model's input side (the lab handout's CenterCrop(224)); defined here so --help needs no numpy
 
 
 @dataclass(frozen=True)
