@@ -60,19 +60,15 @@ def dupes(
     with --json. Exact duplicates are always listed; copies and look-alikes group distinct contents.
     """
     with user_errors(), json_stdout(as_json) as emit:
-        from imgsearch.dupes.find import find_duplicates
-        from imgsearch.search.filters import parse_where
-        from imgsearch.store import Store
+        from imgsearch.api import Library
 
-        filt = parse_where(where)
-        store = Store(location)
-        try:
-            with progress_bar("searching images", enabled=not as_json) as tick:
-                found = find_duplicates(
-                    store, level.value, threshold, filt, progress=lambda stage, done, total: tick(done, total, stage)
-                )
-        finally:
-            store.close()
+        with Library(location) as lib, progress_bar("searching images", enabled=not as_json) as tick:
+            found = lib.dupes(
+                level.value,
+                threshold=threshold,
+                where=where,
+                progress=lambda stage, done, total: tick(done, total, stage),
+            )
         report = None
         if out is not None:
             from imgsearch.reports.dupes import write_dupes_report
