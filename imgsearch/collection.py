@@ -1,9 +1,12 @@
 """What every imgsearch collection is in Chroma, shared by the store, its side collections
-(:mod:`imgsearch.partitions`) and the CLI (nothing imported here: ``--help`` stays fast): where it
-lives by default, the index settings it is made with, the rows one call may carry, and the errors a
-store call fails with."""
+(:mod:`imgsearch.partitions`) and the CLI (only the standard library here: ``--help`` stays fast): where
+it lives (:class:`Location`), the index settings it is made with, the rows one call may carry, and the
+errors a store call fails with."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
 
 DEFAULT_DB = "./imgsearch-db"  # an embedded store's folder, unless --db / IMGSEARCH_DB says otherwise
 DEFAULT_COLLECTION = "images"
@@ -32,3 +35,19 @@ class StoreUnavailable(StoreError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where the store lives: an embedded folder (``db``) or a server (``url``), and the collection."""
+
+    db: Path | None = Path(DEFAULT_DB)
+    url: str | None = None
+    collection: str = DEFAULT_COLLECTION
+    timeout: float | None = None  # seconds per server request; None: default_timeout()
+    # sent to the server with every request (Authorization: Bearer and X-Chroma-Token); kept out of repr/logs
+    token: str | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        where = self.url if self.url else str(Path(self.db or DEFAULT_DB).resolve())
+        return f"{where} (collection {self.collection!r})"

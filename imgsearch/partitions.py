@@ -24,17 +24,14 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from imgsearch.collection import HNSW, QUERY_ROWS, CollectionMissing, StoreError
+from imgsearch.collection import HNSW, QUERY_ROWS, CollectionMissing, Location, StoreError
 from imgsearch.where import matches, supported
-
-if TYPE_CHECKING:
-    from imgsearch.store import Store
 
 KEYS = ("category", "root")  # partition keys of a store that declares none
 TEXT_KEYS = frozenset(KEYS)  # keys imgsearch always writes as text: ``category=2019`` cannot match a number there
@@ -106,6 +103,28 @@ def split(where: dict[str, Any], keys: Sequence[str]) -> tuple[str, list[str], d
     return None
 
 
+T = TypeVar("T")
+
+
+class Owner(Protocol):
+    """What the sides use of the store they belong to (:class:`imgsearch.store.Store`, which makes them:
+    named here rather than imported, so the store and its sides are no import cycle)."""
+
+    location: Location
+    _collection: Any  # the main collection's cached handle: a build that rewrites its metadata drops it
+
+    def _call(self, op: Callable[[], T], retry: bool = True) -> T: ...
+    def _connect(self, create: bool) -> Any: ...
+    def _fresh(self) -> Any: ...
+    def _batch(self) -> int: ...
+    def count(self) -> int: ...
+    def get(self, ids: Sequence[str], embeddings: bool = False) -> dict[str, dict[str, Any]]: ...
+    def find(self, where: dict[str, Any], embeddings: bool = False) -> dict[str, dict[str, Any]]: ...
+    def scan(
+        self, embeddings: bool = False, where: dict[str, Any] | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]: ...
+
+
 @dataclass
 class BuildReport:
     """What a build did: the sides now (pair -> rows), and the rows it copied into and removed from them."""
@@ -138,7 +157,7 @@ class SideGone(Exception):
 class Partitions:
     """The sides of one store's collection: kept in step by the store's writes, searched by its queries."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Owner) -> None:
         self.store = store
         self.unsided: set[Pair] = set()  # values written that had no side: looked at after an ingest ...
         self.touched: set[Pair] = set()  # ... and those whose side grew or shrank: past SHARE or empty, dropped

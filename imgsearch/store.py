@@ -26,7 +26,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -34,11 +33,11 @@ from urllib.parse import urlparse
 import numpy as np
 
 from imgsearch.collection import (
-    DEFAULT_COLLECTION,
     DEFAULT_DB,
     HNSW,
     QUERY_ROWS,
     CollectionMissing,
+    Location,
     StoreError,
     StoreTimeout,
     StoreUnavailable,
@@ -191,22 +190,6 @@ def _rows(res: dict[str, Any], embeddings: bool) -> dict[str, dict[str, Any]]:
             meta["_embedding"] = np.asarray(res["embeddings"][i], dtype=np.float32)
         rows[id_] = meta
     return rows
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where the store lives: an embedded folder (``db``) or a server (``url``), and the collection."""
-
-    db: Path | None = Path(DEFAULT_DB)
-    url: str | None = None
-    collection: str = DEFAULT_COLLECTION
-    timeout: float | None = None  # seconds per server request; None: default_timeout()
-    # sent to the server with every request (Authorization: Bearer and X-Chroma-Token); kept out of repr/logs
-    token: str | None = field(default=None, repr=False)
-
-    def describe(self) -> str:
-        where = self.url if self.url else str(Path(self.db or DEFAULT_DB).resolve())
-        return f"{where} (collection {self.collection!r})"
 
 
 class _Guarded:
