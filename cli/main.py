@@ -195,20 +195,17 @@ def search(
     With --json: one object per query per line on stdout.
     """
     with user_errors(), json_stdout(as_json) as emit:
+        from imgsearch.api import Library
         from imgsearch.search.filters import parse_where
-        from imgsearch.search.query import check_queries, open_search, ranking_text, result_json, searched_with
-        from imgsearch.search.query import search as run_search
+        from imgsearch.search.query import check_queries, ranking_text, result_json
 
         filt = parse_where(where)
         names = [str(q) for q in queries]
         check_queries(names)  # before the model loads; each file is decoded once, by the search
         region, boxes = query_boxes(box, names)
-        with open_search(location, choice) as (store, embedder):
-            fingerprint = searched_with(embedder, expand)
-            found = run_search(
-                store,
+        with Library(location, choice) as lib:
+            found = lib.searches(
                 names,
-                embedder,
                 k=k,
                 where=filt,
                 min_score=min_score,
@@ -217,6 +214,7 @@ def search(
                 verify=verify,
                 box=region,
             )
+            fingerprint = lib.ranked_with(expand)
 
             def shown() -> Iterator[tuple[str, list[Any]]]:
                 """Each query's hits printed as they are found, then passed on (to the report)."""

@@ -270,8 +270,7 @@ class Library:
         filt = _where(where)
         region = _box(box)
         store = self.store
-        if store.count() == 0:
-            raise EmptyStore(f"{self.location.describe()} is empty: ingest a folder first")
+        self._searchable()
         options: dict[str, Any] = {
             "k": k,
             "where": filt,
@@ -292,6 +291,58 @@ class Library:
             except (UnusableQuery, BadBox) as err:
                 raise BadQuery(name, getattr(err, "reason", str(err))) from None
         return hits
+
+    def searches(
+        self,
+        queries: Sequence[str | os.PathLike[str]],
+        k: int = 5,
+        *,
+        where: Where = None,
+        box: BoxLike = None,
+        verify: int = VERIFY,
+        min_score: float | None = None,
+        expand: int | None = None,
+        online_only: bool = False,
+    ) -> Iterator[tuple[str, list[Hit]]]:
+        """:meth:`search` for several query files with one model load, as ``imgsearch search Q1 Q2 ...``:
+        ``(query, hits)`` for each, in order, as each is ranked. The files are checked (from their headers)
+        before the model loads; raises :class:`BadQuery` for the first unusable one.
+
+            >>> for query, hits in lib.searches(["a.jpg", "b.jpg"], k=3):  # doctest: +SKIP
+            ...     print(query, [h.path for h in hits])
+        """
+        from imgsearch.search.query import check_queries
+        from imgsearch.search.query import search as run_search
+
+        filt, region = _where(where), _box(box)
+        names = [os.fspath(q) for q in queries]
+        try:
+            check_queries(names)
+        except UnusableQuery as err:
+            raise BadQuery(err.path, err.reason) from None
+        self._searchable()
+        options = {"k": k, "where": filt, "min_score": min_score, "expand": expand, "online_only": online_only}
+        found = run_search(self.store, names, self._model(), box=region, verify=verify, **options)
+
+        def ranked() -> Iterator[tuple[str, list[Hit]]]:  # the checks above ran at the call, this as it is read
+            try:
+                yield from found
+            except UnusableQuery as err:
+                raise BadQuery(err.path, err.reason) from None
+
+        return ranked()
+
+    def ranked_with(self, expand: int | None = None) -> dict[str, Any]:
+        """How this library's searches rank: the model's fingerprint (model, pooling, crop, expansion ...),
+        with ``expand`` when a search overrides the recorded expansion. Loads the model."""
+        from imgsearch.search.query import searched_with
+
+        return searched_with(self._model(), expand)
+
+    def _searchable(self) -> None:
+        """Raises EmptyStore (before any model loads) when the store holds nothing to search."""
+        if self.store.count() == 0:
+            raise EmptyStore(f"{self.location.describe()} is empty: run `imgsearch ingest DIR` first")
 
     def _vectors(self, query: np.ndarray, region: Box | None) -> np.ndarray:
         """A vector query as the (1, dim) float32 array the search takes, checked against the store's model."""
