@@ -29,22 +29,18 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import DATASETS, REPO, cpus, load_average, log, photos, work_folder, write_json, write_text
+
 SETS = {"caltech101-dev": DATASETS / "caltech101-dev", "holidays-dev": DATASETS / "holidays-dev" / "library"}
 MODEL = "efficientnet-lite0"
 FLOOR_MIN = 0.3  # the lowest score floor measured
 LEVELS = ("exact", "copies", "similar")
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def build_library(
@@ -58,12 +54,12 @@ def build_library(
     origin: dict[str, str] = {}
     lib = work / "lib"
     for name, root in sets.items():
-        photos = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        by_content = sorted(photos, key=lambda p: hashlib.sha256(p.read_bytes()).hexdigest())
+        found = photos(root)
+        by_content = sorted(found, key=lambda p: hashlib.sha256(p.read_bytes()).hexdigest())
         rng = random.Random(f"{seed}:{name}")
         planted = rng.sample(by_content, per_set + dupes_per_set)
         first_of: dict[str, str] = {}  # a set may hold the same file twice (Holidays does): one origin
-        for photo in photos:
+        for photo in found:
             dest = lib / name / photo.relative_to(root)
             dest.parent.mkdir(parents=True, exist_ok=True)
             if not dest.exists():
@@ -97,17 +93,17 @@ def build_scale_library(work: Path, files: int, seed: int) -> dict[str, str]:
     roots = {name: root.parent if name == "holidays-dev" else root for name, root in SETS.items()}
     origin: dict[str, str] = {}
     for name, root in roots.items():
-        for photo in sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+        for photo in photos(root):
             dest = work / "lib" / name / photo.relative_to(root)
             dest.parent.mkdir(parents=True, exist_ok=True)
             if not dest.exists():
                 os.link(photo, dest)
             origin[str(dest)] = str(dest)
-    photos = sorted(origin)
+    originals = sorted(origin)
     rng = random.Random(seed)
     names = list(TRANSFORMS)
-    for k in range(max(0, files - len(photos))):
-        src = Path(rng.choice(photos))
+    for k in range(max(0, files - len(originals))):
+        src = Path(rng.choice(originals))
         name = rng.choice(names)
         copy = src.with_name(f"{src.stem}__copy{k:05d}.jpg")
         if not copy.exists():
@@ -159,63 +155,48 @@ def candidate_measures(store: Any, origin: dict[str, str], neighbours: int) -> l
         measures = list(pool.map(lambda k: verifier.measure(*k), keys))
     seconds = time.perf_counter() - started
     log(f"  {seconds / max(1, len(keys)) * 1000:.1f} ms a pair")
-    rows = []
-    for (a, b), m in zip(keys, measures, strict=True):
-        rows.append(
-            {
-                "a": a,
-                "b": b,
-                "score": round(pairs[(a, b)], 4),
-                "same": origin.get(a, a) == origin.get(b, b),
-                "copy": "__copy" in a or "__copy" in b,
-                **(
-                    {}
-                    if m is None
-                    else {
-                        **{f"global{side}": round(c, 4) for side, c in m.global_corr.items()},
-                        "inliers": m.inliers,
-                        "nest": round(m.nest, 4),
-                        "blocks": round(m.blocks, 4),
-                        "textured": round(m.textured, 4),
-                        "detail": round(m.detail, 4),
-                        "closer": m.closer,
-                    }
-                ),
-            }
-        )
-    return rows
+
+    def measured(m: Any) -> dict[str, Any]:
+        if m is None:
+            return {}
+        corr = {f"global{side}": round(c, 4) for side, c in m.global_corr.items()}
+        rounded = {k: round(getattr(m, k), 4) for k in ("nest", "blocks", "textured", "detail")}
+        return {**corr, "inliers": m.inliers, **rounded, "closer": m.closer}
+
+    return [
+        {
+            "a": a,
+            "b": b,
+            "score": round(pairs[(a, b)], 4),
+            "same": origin.get(a, a) == origin.get(b, b),
+            "copy": "__copy" in a or "__copy" in b,
+            **measured(m),
+        }
+        for (a, b), m in zip(keys, measures, strict=True)
+    ]
 
 
-def verified(row: dict[str, Any], th: dict[str, float]) -> bool:
+def verified(row: dict[str, Any]) -> bool:
     """The verifier's rule (dupes/verify.py) applied to a measured pair."""
+    from imgsearch.dupes import verify as v
+
     if "inliers" not in row:
         return False
-    if row[f"global{th['side']}"] >= th["global"]:
+    if row[f"global{v.THUMB}"] >= v.GLOBAL_MIN:
         return True
-    aligned = row["inliers"] >= th["inliers"] and row["nest"] >= th["nest"] and row["blocks"] >= th["blocks"]
-    aligned = aligned and row["detail"] >= th["detail"] and not row.get("closer", False)
-    return aligned and row["textured"] >= th["textured"]
+    aligned = row["inliers"] >= v.MIN_INLIERS and row["nest"] >= v.NEST_MIN and row["blocks"] >= v.BLOCK_MIN
+    aligned = aligned and row["detail"] >= v.DETAIL_MIN and not row.get("closer", False)
+    return aligned and row["textured"] >= v.TEXTURED_MIN
 
 
 def pair_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Pair precision / recall of score floors alone and with verification; recall: of the candidate pairs
     that involve a planted copy and are the same picture, the share kept."""
-    from imgsearch.dupes import verify as v
-
-    th = {
-        "side": v.THUMB,
-        "global": v.GLOBAL_MIN,
-        "inliers": v.MIN_INLIERS,
-        "nest": v.NEST_MIN,
-        "blocks": v.BLOCK_MIN,
-        "textured": v.TEXTURED_MIN,
-        "detail": v.DETAIL_MIN,
-    }
     planted = sum(r["same"] and r["copy"] for r in rows)
     out = []
     for floor in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95):
         for verify in (False, True):
-            kept = [r for r in rows if r["score"] >= floor and (not verify or verified(r, th))]
+            kept = [r for r in rows if r["score"] >= floor and (not verify or verified(r))]
             good = sum(r["same"] for r in kept)
             found = sum(r["same"] and r["copy"] for r in kept)
             out.append(
@@ -335,7 +316,7 @@ def scale_run(work: Path, files: int, seed: int, sample: int) -> dict[str, Any]:
 
     build_scale_library(work, files, seed)
     store = ingest(work / "lib", work / "db")
-    before = os.getloadavg()
+    before = load_average()
     stats: dict[str, Any] = {"images": 0, "stored": store.count()}
     started = time.perf_counter()
     rows, pairs, _ = _candidates(store, None, FLOORS["copies"], NEIGHBOURS, stats, None)
@@ -352,7 +333,7 @@ def scale_run(work: Path, files: int, seed: int, sample: int) -> dict[str, Any]:
         started = time.perf_counter()
         same = list(pool.map(lambda ab: verifier.same_picture(rows[ab[0]].path, rows[ab[1]].path).same, chosen))
         compare = time.perf_counter() - started
-    after = os.getloadavg()
+    after = load_average()
     stored, n_pairs = stats["stored"], len(pairs)
     per_file, per_pair = prepare / len(touched), compare / len(chosen)
     growth = json.loads((REPO / "docs" / "dupes-scale.json").read_text())["fit"]["similar"]["b"]
@@ -362,8 +343,8 @@ def scale_run(work: Path, files: int, seed: int, sample: int) -> dict[str, Any]:
 
     return {
         "date": time.strftime("%Y-%m-%d"),
-        "cpus": len(os.sched_getaffinity(0)),
-        "load_average_1_5_15": {"before": [round(x, 1) for x in before], "after": [round(x, 1) for x in after]},
+        "cpus": cpus(),
+        "load_average_1_5_15": {"before": before, "after": after},
         "files": stored,
         "files_with_candidates": len(rows),
         "candidate_pairs": n_pairs,
@@ -429,18 +410,14 @@ def main() -> None:
     args = parser.parse_args()
     if not all(root.is_dir() for root in SETS.values()):
         raise SystemExit(f"the photo sets are not at {DATASETS} (see ../shared/datasets/README.md)")
-    work = (args.work or Path(tempfile.mkdtemp(prefix="imgsearch-dupes-"))).resolve()
     if args.scale:
-        try:
+        with work_folder(args.work, "imgsearch-dupes-") as work:
             scaled = scale_run(work, args.scale, args.seed, args.sample)
-        finally:
-            if args.work is None:
-                shutil.rmtree(work, ignore_errors=True)
         print(scale_markdown(scaled))
         if args.out:
-            args.out.write_text(json.dumps(scaled, indent=1) + "\n")
+            write_json(args.out, scaled, indent=1)
         return
-    try:
+    with work_folder(args.work, "imgsearch-dupes-") as work:
         origin = build_library(work, args.originals, args.dupes, args.seed)
         store = ingest(work / "lib", work / "db")
         started = time.perf_counter()
@@ -455,7 +432,7 @@ def main() -> None:
         copies = sum("__copy" in p for p in origin)
         result: dict[str, Any] = {
             "date": time.strftime("%Y-%m-%d"),
-            "cpus": len(os.sched_getaffinity(0)),
+            "cpus": cpus(),
             "library": {
                 "files": len(origin),
                 "photos": sum(p == o for p, o in origin.items()),
@@ -471,18 +448,14 @@ def main() -> None:
             "pairs": rows,
         }
         store.close()
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
     text = markdown(result)
     print(text)
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.out, result, indent=1)
     if args.md:
-        args.md.write_text(text)
-    by_level = defaultdict(dict, {g["level"]: g for g in result["levels"]})
-    copies_level = by_level["copies"]
-    if not copies_level:
+        write_text(args.md, text)
+    copies_level = next((g for g in result["levels"] if g["level"] == "copies"), None)
+    if copies_level is None:
         return
     met = copies_level["pair_precision"] >= 0.98 and (copies_level["planted_copy_recall"] or 0) >= 0.9
     sys.exit(0 if met and copies_level["groups_joining_two_originals"] == 0 else 1)

@@ -30,9 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,11 +38,28 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.memory import chroma_server, peak_rss  # noqa: E402  (the peak-RSS measure and server of bench/memory.py)
-from imgsearch.store import PAGE, Location, Store, image_id, path_fields  # noqa: E402
+from bench.report import (
+    REPO,
+    chroma_server,
+    cli,
+    cpus,
+    duration,
+    load_average,
+    log,
+    md_table,
+    peak_rss,
+    percentiles,
+    photo_metadata,
+    run_checked,
+    stop,
+    unit,
+    work_folder,
+    write_json,
+    write_text,
+)
+from imgsearch.store import PAGE, Location, Store, image_id
 
 LIBRARY = REPO / "examples" / "library"
 MODEL = "efficientnet-lite0"
@@ -64,17 +78,8 @@ TARGET = 1_000_000
 SEED = 15
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 def _percentiles(x: np.ndarray) -> dict[str, float]:
-    qs = {"min": 0, "p50": 50, "p90": 90, "p99": 99, "p99.9": 99.9, "max": 100}
-    return {k: round(float(np.percentile(x, q)), 4) for k, q in qs.items()}
+    return percentiles(x, {"min": 0, "p50": 50, "p90": 90, "p99": 99, "p99.9": 99.9, "max": 100})
 
 
 # -- the real base vectors ---------------------------------------------------------------------------
@@ -83,17 +88,14 @@ def base_vectors(work: Path, base_db: Path | None) -> dict[str, Any]:
     db = base_db or work / "base-db"
     if base_db is None and not (db / "chroma.sqlite3").exists():
         log(f"ingesting {LIBRARY} with {MODEL} (real embeddings, once) ...")
-        cmd = [sys.executable, "-m", "imgsearch.cli.main", "ingest", str(LIBRARY), "--db", str(db), "--model", MODEL]
-        done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"base ingest exited {done.returncode}:\n{done.stderr[-3000:]}")
+        run_checked(cli("ingest", LIBRARY, "--db", db, "--model", MODEL), "base ingest")
     store = Store(Location(db=db))
     rows = sorted((id_, m["_embedding"], str(m.get("category", ""))) for id_, m in store.scan(embeddings=True))
     fingerprint = store.fingerprint()
     store.close()
     if len(rows) < 50:
         raise SystemExit(f"{db}: {len(rows)} stored vectors; the base needs a few hundred real ones")
-    vectors = _unit(np.stack([v for _, v, _ in rows]))
+    vectors = unit(np.stack([v for _, v, _ in rows]))
     scores = vectors @ vectors.T
     np.fill_diagonal(scores, -1.0)
     return {
@@ -130,7 +132,7 @@ class Library:
             m = min(PAGE, self.n - start)
             a, b = rng.integers(0, len(real), m), rng.integers(0, len(real), m)
             w = rng.uniform(0.6, 1.0, (m, 1)).astype(np.float32)
-            photos = _unit(_unit(w * real[a] + (1 - w) * real[b]) + rng.standard_normal((m, dim)) * sigma)
+            photos = unit(unit(w * real[a] + (1 - w) * real[b]) + rng.standard_normal((m, dim)) * sigma)
             self._sample(start, photos)
             ids: list[str] = []
             vectors: list[np.ndarray] = []
@@ -161,7 +163,7 @@ class Library:
                     metas.append(cmeta)
                     self.origin[copy_id] = i
                     self.copies.append((photo_id, copy_id))
-                    self.copy_scores.append(float(_unit(copy[None])[0] @ photos[j]))
+                    self.copy_scores.append(float(unit(copy[None])[0] @ photos[j]))
                 elif i % EXACT_EVERY == EXACT_AT:  # an exact duplicate: same bytes and vector, another path
                     dpath = f"/backup/{cat}/IMG_{i:07d}.jpg"
                     dmeta = {**meta, **self._meta(dpath, cat, sha, meta["size"], wide, high, i * 600 + 90 * 86400)}
@@ -176,18 +178,7 @@ class Library:
 
     def _meta(self, path: str, cat: str, sha: str, size: int, width: int, height: int, k: int) -> dict[str, Any]:
         mtime_ns = (1_300_000_000 + k) * 1_000_000_000  # k: seconds after 2011-03-13
-        root = "/" + path.split("/")[1]
-        return {
-            **path_fields(path),
-            "root": root,
-            "category": cat,
-            "size": size,
-            "mtime": mtime_ns / 1e9,
-            "mtime_ns": mtime_ns,
-            "sha256": sha,
-            "width": width,
-            "height": height,
-        }
+        return photo_metadata(path, cat, size, mtime_ns, sha, width, height)
 
     def _sample(self, start: int, photos: np.ndarray) -> None:
         """Brute-force nearest other photo of the first SAMPLE photos, one page at a time."""
@@ -209,11 +200,11 @@ def derivation_scores(base: dict[str, Any], pairs: int = 2000, seed: int = SEED)
     rng = np.random.default_rng(seed)
     a, b, b2 = (rng.integers(0, len(real), pairs) for _ in range(3))
     w, w2 = (rng.uniform(0.6, 1.0, (pairs, 1)).astype(np.float32) for _ in range(2))
-    mix = _unit(w * real[a] + (1 - w) * real[b])
-    mix2 = _unit(w2 * real[a] + (1 - w2) * real[b2])
-    one = _unit(mix + rng.standard_normal(mix.shape) * sigma)
-    same_mix = _unit(mix + rng.standard_normal(mix.shape) * sigma)
-    same_first = _unit(mix2 + rng.standard_normal(mix.shape) * sigma)
+    mix = unit(w * real[a] + (1 - w) * real[b])
+    mix2 = unit(w2 * real[a] + (1 - w2) * real[b2])
+    one = unit(mix + rng.standard_normal(mix.shape) * sigma)
+    same_mix = unit(mix + rng.standard_normal(mix.shape) * sigma)
+    same_first = unit(mix2 + rng.standard_normal(mix.shape) * sigma)
     return {
         "same mix": _percentiles(np.sum(one * same_mix, axis=1)),
         "same first real vector": _percentiles(np.sum(one * same_first, axis=1)),
@@ -260,13 +251,8 @@ def measure(store_args: list[str], level: str, server_pid: int | None) -> dict[s
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", level, *store_args, "--result", str(result)]
         rss = peak_rss(cmd, f"find_duplicates({level})", server_pid)
         out = json.loads(result.read_text())
-    out.update(
-        wall_seconds=rss["seconds"],
-        peak_rss_mb=rss["peak_rss_mb"],
-        ru_maxrss_mb=rss["ru_maxrss_mb"],
-        server_rss_mb=rss["server_rss_mb"],
-    )
-    return out
+    keys = ("peak_rss_mb", "ru_maxrss_mb", "server_rss_mb")
+    return out | {"wall_seconds": rss["seconds"]} | {k: rss[k] for k in keys}
 
 
 def score(found: dict[str, Any], library: Library, level: str) -> dict[str, Any]:
@@ -355,8 +341,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 results.append(row)
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=60)
+            stop(server)
     fits = {level: fit([r for r in results if r["level"] == level]) for level in LEVELS}
     largest = max(r["rows"] for r in results)
     peak = max(r["peak_rss_mb"] for r in results if r["rows"] == largest)
@@ -366,8 +351,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {
         "model": MODEL,
         "store": "chroma server (`chroma run`)" if args.server else "embedded",
-        "cpus": len(os.sched_getaffinity(0)),
-        "load_average": [round(x, 1) for x in os.getloadavg()],  # 1/5/15 min, at the end: shared cores
+        "cpus": cpus(),
+        "load_average": load_average(),  # 1/5/15 min, at the end: shared cores
         "base": {k: v for k, v in base.items() if k in ("db", "nearest_real")} | {"vectors": len(base["vectors"])},
         "noise": NOISE,
         "derivations": derivations,
@@ -382,26 +367,16 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 # -- report ----------------------------------------------------------------------------------------------
 def table(result: dict[str, Any]) -> str:
     server = result["store"] != "embedded"
-    head = "| level | photos | stored rows | seconds | images/s | peak RSS MB |"
-    head += " server RSS MB |" if server else ""
-    head += " candidate pairs | planted-copy recall | exact groups found / planted | groups joining two photos |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    head = ["level", "photos", "stored rows", "seconds", "images/s", "peak RSS MB", *(["server RSS MB"] * server)]
+    head += ["candidate pairs", "planted-copy recall", "exact groups found / planted", "groups joining two photos"]
+    rows = []
     for r in result["rows"]:
         recall = "-" if r["level"] == "exact" else f"{r['copy_recall']:.3f} ({r['copies_planted']})"
         cells = [r["level"], f"{r['photos']:,}", f"{r['rows']:,}", f"{r['seconds']:.1f}", f"{r['images_per_s']:,.0f}"]
-        cells.append(f"{r['peak_rss_mb']:.0f}")
-        if server:
-            cells.append(f"{r['server_rss_mb']:.0f}")
-        cells += [f"{r['candidate_pairs']:,}", recall, f"{r['exact_found']} / {r['exact_planted']}"]
-        cells.append(str(r["groups_joining_two_photos"]))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+        server_rss = [f"{r['server_rss_mb']:.0f}"] if server else []
+        cells += [f"{r['peak_rss_mb']:.0f}", *server_rss, f"{r['candidate_pairs']:,}"]
+        rows.append([*cells, recall, f"{r['exact_found']} / {r['exact_planted']}", r["groups_joining_two_photos"]])
+    return "\n".join(md_table(head, rows))
 
 
 def estimate_lines(result: dict[str, Any]) -> list[str]:
@@ -412,7 +387,7 @@ def estimate_lines(result: dict[str, Any]) -> list[str]:
         sizes = ", ".join(f"{r['rows']:,}" for r in result["rows"] if r["level"] == level)
         out.append(
             f"- `{level}`: time ~ {f['a']:.3g} s x N^{f['b']:.2f} (least squares on log-log over {sizes} rows) "
-            f"gives **~{_duration(f['estimate_seconds_at_1m'])} at 1,000,000** stored vectors: an estimate "
+            f"gives **~{duration(f['estimate_seconds_at_1m'])} at 1,000,000** stored vectors: an estimate "
             "from the fit, not a measurement."
         )
     return out
@@ -531,24 +506,17 @@ def main() -> None:
     if args.quick:
         args.sizes = QUICK
     args.sizes = sorted(set(args.sizes))
-    work = (args.work or Path(tempfile.mkdtemp(prefix="imgsearch-dupes-scale-"))).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.work, "imgsearch-dupes-scale-") as work:
         result = run(args, work)
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
     print(table(result))
     print()
     print("\n".join(estimate_lines(result)))
     for name, c in result["checks"].items():
         print(f"{'met' if c['met'] else 'NOT MET'}: {name}: {c['value']}")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.out, result)
     if args.md is not None:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(markdown(result))
+        write_text(args.md, markdown(result))
     sys.exit(0 if result["all_met"] else 1)
 
 

@@ -34,9 +34,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -44,7 +41,24 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import (
+    REPO,
+    chroma_server,
+    cli,
+    free_port,
+    log,
+    md_table,
+    run_checked,
+    spawn,
+    status_kb,
+    stop,
+    wait_until,
+    write_json,
+    write_text,
+)
+
 LIBRARY = REPO / "examples" / "library"
 QUERIES = REPO / "examples" / "queries"
 CHEAP = ["--pooling", "avg", "--crop", "center", "--scales", "224"]
@@ -89,32 +103,6 @@ def build_library(root: Path, size: int, first_variant: int = 0) -> list[Path]:
                 derive(src, dest, variant)
             made.append(dest)
     return made
-
-
-def cli(*args: str | os.PathLike[str]) -> list[str]:
-    return [sys.executable, "-m", "imgsearch.cli.main", *map(str, args)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(what: str, check: Any, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise SystemExit(f"a process died while waiting for {what}")
-        try:
-            if check():
-                return
-        except (OSError, ValueError, KeyError, httpx.HTTPError):
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def watch_worker(status: Path, done: threading.Event, seen: Counter[str]) -> None:
@@ -237,10 +225,7 @@ def big_images(cache: Path, count: int) -> list[Path]:
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
     """A process's resident memory (``VmHWM``: its peak so far) in MB, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
+    return round(status_kb(pid, field + ":") / 1024, 1)
 
 
 def time_healthz(http: Any, stop: Any, every: float, seconds: list[float]) -> None:
@@ -278,14 +263,14 @@ def storm(url: str, pid: int, images: list[Path], clients: int, deadline_s: floa
     attempts: list[dict[str, Any]] = []
     refusal: list[str] = []
     lock = threading.Lock()
-    spawn = multiprocessing.get_context("spawn")
-    stop, (results, sink) = spawn.Event(), spawn.Pipe(duplex=False)
-    poller = spawn.Process(target=poll_health, args=(url, stop, sink))
+    ctx = multiprocessing.get_context("spawn")
+    done, (results, sink) = ctx.Event(), ctx.Pipe(duplex=False)
+    poller = ctx.Process(target=poll_health, args=(url, done, sink))
     before = rss_mb(pid)
     peak = [before]
 
     def sample_rss() -> None:
-        while not stop.wait(0.2):
+        while not done.wait(0.2):
             peak[0] = max(peak[0], rss_mb(pid))
 
     def client(i: int) -> None:
@@ -321,7 +306,7 @@ def storm(url: str, pid: int, images: list[Path], clients: int, deadline_s: floa
     for t in threads:
         t.join()
     wall = time.monotonic() - started
-    stop.set()
+    done.set()
     health: list[float] = results.recv()
     poller.join()
     sampler.join()
@@ -415,36 +400,25 @@ def run_storm(
     url = f"http://127.0.0.1:{port}"
     extra = [] if backend == "default" else ["--backend", backend]
     options = ["--max-upload-pixels", "100000000", "--max-upload-mb", "100"]
-    with open(logs_dir / f"web-storm-{backend}.log", "w") as log:
-        web = subprocess.Popen(
-            cli("serve", "--port", port, *store, "--status", status, *options, *extra),
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    with open(logs_dir / f"web-storm-{backend}.log", "w") as out:
+        web = spawn(cli("serve", "--port", port, *store, "--status", status, *options, *extra), out)
         try:
             wait_until("the storm's web server", lambda: httpx.get(f"{url}/readyz").is_success, 120, [web])
             images = big_images(args.workdir / "big", 6)
             result = storm(url, web.pid, images, args.storm_clients, args.storm_deadline)
             after = after_storm(url, queries)
         finally:
-            web.send_signal(signal.SIGTERM)
-            try:
-                web.wait(60)
-            except subprocess.TimeoutExpired:
-                web.kill()
+            stop(web)
     return {"backend": backend, "storm": result, "after": after}
 
 
 def markdown(result: dict[str, Any]) -> str:
-    rows = [
-        "| requests | kind | p50 ms | p95 ms | p99 ms | max ms |",
-        "|---|---|---|---|---|---|",
-        *(
-            f"| {s['requests']} | {kind} | {s['p50_ms']} | {s['p95_ms']} | {s['p99_ms']} | {s['max_ms']} |"
-            for kind, s in [*result["load"]["by_kind"].items(), ("all", result["load"]["overall"])]
-        ),
-    ]
+    kinds = [*result["load"]["by_kind"].items(), ("all", result["load"]["overall"])]
+    figures = ("p50_ms", "p95_ms", "p99_ms", "max_ms")
+    rows = md_table(
+        "requests | kind | p50 ms | p95 ms | p99 ms | max ms",
+        [[s["requests"], k, *map(s.get, figures)] for k, s in kinds],
+    )
     load, build = result["load"], result["build"]
     return (
         f"{load['requests']} requests from {result['clients']} clients in {load['seconds']} s: "
@@ -481,64 +455,29 @@ def main() -> int:
     lib, db = args.workdir / "library", args.workdir / "db"
     build_started = time.monotonic()
     build_library(lib, args.size)
-    print(f"library: {args.size} derived images in {lib} ({time.monotonic() - build_started:.0f} s)", file=sys.stderr)
+    log(f"library: {args.size} derived images in {lib} ({time.monotonic() - build_started:.0f} s)")
     shutil.rmtree(lib / "incoming", ignore_errors=True)
-    ingest = subprocess.run(
-        cli("ingest", lib, "--db", db, "--model", args.model, *CHEAP, "--prune", "--json"),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if ingest.returncode != 0:
-        raise SystemExit(f"ingest failed ({ingest.returncode}): {ingest.stderr[-2000:]}")
-    summary = json.loads(ingest.stdout)
+    ingest = cli("ingest", lib, "--db", db, "--model", args.model, *CHEAP, "--prune", "--json")
+    summary = json.loads(run_checked(ingest, "ingest"))
     build_file = args.workdir / "build.json"
     if summary["embedded"] or not build_file.exists():  # keep the figures of the run that embedded them
-        build_file.write_text(
-            json.dumps(
-                {
-                    "images": summary["added"] + summary["unchanged"],
-                    "seconds": summary["seconds"],
-                    "images_per_second": summary["images_per_second"],
-                    "features": f"{args.model}, {' '.join(CHEAP)}",
-                }
-            )
-        )
+        images, features = summary["added"] + summary["unchanged"], f"{args.model}, {' '.join(CHEAP)}"
+        figures = {k: summary[k] for k in ("seconds", "images_per_second")}
+        build_file.write_text(json.dumps({"images": images, **figures, "features": features}))
     build = json.loads(build_file.read_text())
-    print(f"store built: {build}", file=sys.stderr)
+    log(f"store built: {build}")
 
-    chroma_port, web_port = free_port(), free_port()
-    chroma_url, web_url = f"http://127.0.0.1:{chroma_port}", f"http://127.0.0.1:{web_port}"
+    web_port = free_port()
+    web_url = f"http://127.0.0.1:{web_port}"
     status = args.workdir / "worker-status.json"
-    store = ["--chroma-url", chroma_url]
-    chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
     logs = {name: open(args.workdir / f"{name}.log", "w") for name in ("chroma", "worker", "web")}  # noqa: SIM115
-    procs = [
-        subprocess.Popen(
-            [chroma, "run", "--path", str(db), "--host", "127.0.0.1", "--port", str(chroma_port)],
-            stdout=logs["chroma"],
-            stderr=subprocess.STDOUT,
-        )
-    ]
+    chroma, chroma_url = chroma_server(db, logs["chroma"])
+    store = ["--chroma-url", chroma_url]
+    procs = [chroma]
     try:
-        wait_until("chroma", lambda: httpx.get(f"{chroma_url}/api/v2/heartbeat").is_success, 60, procs)
-        procs.append(
-            subprocess.Popen(
-                cli("worker", lib, *store, "--interval", "1", "--settle", "1", "--status", status),
-                cwd=REPO,
-                stdout=logs["worker"],
-                stderr=subprocess.STDOUT,
-            )
-        )
-        procs.append(
-            subprocess.Popen(
-                cli("serve", "--port", web_port, *store, "--status", status),
-                cwd=REPO,
-                stdout=logs["web"],
-                stderr=subprocess.STDOUT,
-            )
-        )
+        worker = cli("worker", lib, *store, "--interval", "1", "--settle", "1", "--status", status)
+        procs.append(spawn(worker, logs["worker"]))
+        procs.append(spawn(cli("serve", "--port", web_port, *store, "--status", status), logs["web"]))
         wait_until("the web server", lambda: httpx.get(f"{web_url}/readyz").is_success, 120, procs)
         wait_until("the worker's first sync", lambda: json.loads(status.read_text())["last_sync"], 300, procs)
         before = httpx.get(f"{web_url}/api/stats", timeout=60).json()["count"]
@@ -573,13 +512,9 @@ def main() -> int:
         ]
     finally:
         for proc in reversed(procs):  # web and worker first: the worker stores its rows in chroma
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for log in logs.values():
-            log.close()
+            stop(proc, 120)
+        for fh in logs.values():
+            fh.close()
         shutil.rmtree(lib / "incoming", ignore_errors=True)  # the next run starts from the same store
     result = {
         "clients": args.clients,
@@ -596,9 +531,8 @@ def main() -> int:
     print(json.dumps(result, indent=1))
     print(markdown(result))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(result) + "\n")
+        write_json(args.out, result, indent=1)
+        write_text(args.out.with_suffix(".md"), markdown(result) + "\n")
     return 1 if result["load"]["5xx"] or result["load"]["failed"] or any(map(storm_failed, storms)) else 0
 
 

@@ -34,22 +34,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imgsearch.ingest.scan import scan  # noqa: E402
-from imgsearch.ingest.sync import file_metadata  # noqa: E402  (the metadata ingest writes, so rows match the files)
-from imgsearch.store import PAGE, Location, Store, image_id, stored_path  # noqa: E402
+from bench.report import REPO, chroma_server, cli, cpus, jpeg_with_comment, log, peak_rss, stop, work_folder, write_json
+from imgsearch.ingest.scan import scan
+from imgsearch.ingest.sync import file_metadata  # the metadata ingest writes, so rows match the files
+from imgsearch.store import PAGE, Location, Store, image_id, stored_path
 
 LIBRARY = REPO / "examples" / "library"
 MODEL = "efficientnet-lite0"
@@ -63,58 +59,10 @@ LIMIT_MB = 2048
 SEARCH_2000_LIMIT_MB = 3072
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _status_kb(pid: int, field: str) -> int:
-    """A ``/proc/PID/status`` figure in kB (``VmHWM:``, ``VmRSS:``); 0 once the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            return max([0] + [int(line.split()[1]) for line in fh if line.startswith(field)])
-    except (OSError, ValueError):
-        return 0
-
-
-def peak_rss(cmd: list[str], what: str, server_pid: int | None = None) -> dict[str, Any]:
-    """Run ``cmd`` in its own process: its peak RSS from /proc (VmHWM, polled until it exits) and from the
-    kernel (ru_maxrss), its wall seconds, and the largest VmRSS of ``server_pid`` (a store server) meanwhile."""
-    with tempfile.TemporaryFile("w+") as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
-        hwm_kb = server_kb = 0
-        while True:
-            hwm_kb = max(hwm_kb, _status_kb(proc.pid, "VmHWM:"))
-            if server_pid is not None:
-                server_kb = max(server_kb, _status_kb(server_pid, "VmRSS:"))
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            time.sleep(0.05)
-        seconds = time.perf_counter() - started
-        code = os.waitstatus_to_exitcode(status)
-        proc.returncode = code
-        if code != 0:
-            err.seek(0)
-            raise SystemExit(f"{what} exited {code}:\n{err.read()[-3000:]}")
-    return {
-        "peak_rss_mb": round(hwm_kb / 1024, 1),
-        "ru_maxrss_mb": round(usage.ru_maxrss / 1024, 1),
-        "seconds": seconds,
-        "server_rss_mb": round(server_kb / 1024, 1) if server_pid is not None else None,
-    }
-
-
 def measure(args: list[str], label: str) -> dict[str, Any]:
     """Run ``imgsearch ARGS`` in its own process; its peak RSS from /proc and from the kernel."""
-    m = peak_rss([sys.executable, "-m", "imgsearch.cli.main", *args], f"{label}: imgsearch {args[0]}")
+    m = peak_rss(cli(*args), f"{label}: imgsearch {args[0]}")
     return {"peak_rss_mb": m["peak_rss_mb"], "ru_maxrss_mb": m["ru_maxrss_mb"], "seconds": round(m["seconds"], 1)}
-
-
-def jpeg_with_comment(jpeg: bytes, comment: str) -> bytes:
-    """The same JPEG with a COM segment after SOI: a distinct file that decodes to the same pixels."""
-    body = comment.encode()
-    return jpeg[:2] + b"\xff\xfe" + (len(body) + 2).to_bytes(2, "big") + body + jpeg[2:]
 
 
 def query_files(folder: Path, sources: list[str], n: int) -> list[str]:
@@ -172,28 +120,6 @@ def synthetic_library(work: Path, n: int, base: dict[str, Any], url: str | None)
     return lib, args
 
 
-def chroma_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A real ``chroma run`` on 127.0.0.1 (as docker-compose runs it), and its URL."""
-    import socket
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
-    cmd = [chroma, "run", "--path", str(folder), "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("chroma run did not start")
-
-
 def demo_store(work: Path) -> dict[str, Any]:
     """The demo library embedded for real by ``imgsearch ingest``: its store, vectors and facts."""
     db = work / "demo-db"
@@ -246,7 +172,7 @@ def run(work: Path, scale: float, url: str | None, series: list[str], earlier: d
         "model": MODEL,
         "scale": scale,
         "store": "chroma server (eval, sync)" if url else "embedded",
-        "cpus": len(os.sched_getaffinity(0)),
+        "cpus": cpus(),
         "rows": rows,
         "checks": checks,
         "all_met": all(c["met"] for c in checks.values()),
@@ -289,21 +215,16 @@ def main() -> None:
         if old["scale"] != args.scale or (old["store"] != "embedded") != args.server:
             parser.error(f"{args.out} was measured at another --scale or store; re-run every series")
         earlier = old["rows"]
-    work = (args.work or Path(tempfile.mkdtemp(prefix="imgsearch-memory-"))).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    server, url = chroma_server(work / "server") if args.server else (None, None)
-    try:
-        result = run(work, args.scale, url, args.series, earlier)
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=60)
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
+    with work_folder(args.work, "imgsearch-memory-") as work:
+        server, url = chroma_server(work / "server") if args.server else (None, None)
+        try:
+            result = run(work, args.scale, url, args.series, earlier)
+        finally:
+            if server is not None:
+                stop(server)
     print(table(result))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.out, result)
     sys.exit(0 if result["all_met"] else 1)
 
 

@@ -55,13 +55,28 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.memory import chroma_server, log  # noqa: E402  (a real `chroma run` on 127.0.0.1; stderr lines)
-from imgsearch.store import HNSW, Location, Store, image_id, path_fields  # noqa: E402
+from bench.report import (
+    DATASETS,
+    REPO,
+    chroma_server,
+    cli,
+    free_port,
+    log,
+    ms,
+    photo_metadata,
+    photos,
+    run_checked,
+    stop,
+    unit,
+    wait_until,
+    write_json,
+    write_text,
+)
+from bench.report import tree_rss_mb as _rss_mb  # also bench/verify.py's
+from imgsearch.store import HNSW, Location, Store, image_id
 
-DATASETS = REPO.parent / "shared" / "datasets"
 MODEL = "efficientnet-lite0"
 SIZES = [100_000, 1_000_000]
 QUICK = [2_000, 5_000]
@@ -92,15 +107,6 @@ TARGETS = {  # issue 23, at 1M on this 2-core machine
 }
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def _ms(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values) * 1000
-    return {"p50": round(float(np.percentile(a, 50)), 1), "p99": round(float(np.percentile(a, 99)), 1)}
-
-
 def category(i: int, base: int) -> str:
     """Row ``i``'s category: planted by position at fixed shares, independent of the picture (a filter's
     worst case), or, for ALBUMS_SHARE of the rows, an album of the real photos its vector mostly is
@@ -113,23 +119,6 @@ def category(i: int, base: int) -> str:
     return f"album-{base // ALBUM_BASES:03d}" if r < ALBUMS_SHARE else "rest"
 
 
-def _rss_mb(pid: int) -> float:
-    """RSS of a process and its children (``chroma run`` may serve from a child)."""
-    total = 0
-    pids = [pid]
-    while pids:
-        p = pids.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            continue
-        pids += [int(c) for c in children]
-    return round(total / 1024, 1)
-
-
 def _disk_mb(folder: Path) -> float:
     return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6, 1)
 
@@ -140,10 +129,7 @@ def base_vectors(work: Path, base_db: Path | None, folders: list[Path]) -> dict[
     db = base_db or work / "base-db"
     if base_db is None and not (db / "chroma.sqlite3").exists():
         log(f"ingesting {', '.join(map(str, folders))} with {MODEL} (real embeddings, once) ...")
-        cmd = [sys.executable, "-m", "imgsearch.cli.main", "ingest", *map(str, folders), "--db", str(db)]
-        done = subprocess.run([*cmd, "--model", MODEL], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if done.returncode != 0:
-            raise SystemExit(f"base ingest exited {done.returncode}:\n{done.stderr.decode()[-3000:]}")
+        run_checked(cli("ingest", *folders, "--db", db, "--model", MODEL), "base ingest")
     store = Store(Location(db=db))
     # in path order: neighbouring bases are photos of one folder (a caltech class), so an album is one
     rows = sorted((m["path"], m["_embedding"]) for _, m in store.scan(embeddings=True))
@@ -151,7 +137,7 @@ def base_vectors(work: Path, base_db: Path | None, folders: list[Path]) -> dict[
     store.close()
     if len(rows) < 50 or fingerprint is None:
         raise SystemExit(f"{db}: {len(rows)} stored vectors; the base needs a few hundred real ones")
-    return {"db": str(db), "fingerprint": fingerprint, "vectors": _unit(np.stack([v for _, v in rows]))}
+    return {"db": str(db), "fingerprint": fingerprint, "vectors": unit(np.stack([v for _, v in rows]))}
 
 
 class Rows:
@@ -168,10 +154,10 @@ class Rows:
         rng = np.random.default_rng((self.seed, salt, start))
         a, b = rng.integers(0, len(self.real), m), rng.integers(0, len(self.real), m)
         w = rng.uniform(0.6, 1.0, (m, 1)).astype(np.float32)
-        mix = _unit(w * self.real[a] + (1 - w) * self.real[b])
+        mix = unit(w * self.real[a] + (1 - w) * self.real[b])
         sigma = np.sqrt(NOISE / self.real.shape[1])
-        out = _unit(mix + rng.standard_normal(mix.shape).astype(np.float32) * sigma)
-        return (out if self.project is None else _unit(out @ self.project.T)), a
+        out = unit(mix + rng.standard_normal(mix.shape).astype(np.float32) * sigma)
+        return (out if self.project is None else unit(out @ self.project.T)), a
 
     def pages(self, first: int = 0) -> Any:
         for start in range(first, self.n, PAGE):
@@ -184,19 +170,7 @@ class Rows:
                 mtime_ns = (1_300_000_000 + 600 * i) * 1_000_000_000
                 sha = hashlib.sha256(f"scale {self.seed} {i}".encode()).hexdigest()
                 ids.append(image_id(path))
-                metas.append(
-                    {
-                        **path_fields(path),
-                        "root": "/photos",
-                        "category": cat,
-                        "size": 1_500_000 + (i * 7919) % 4_500_000,
-                        "mtime": mtime_ns / 1e9,
-                        "mtime_ns": mtime_ns,
-                        "sha256": sha,
-                        "width": 4032,
-                        "height": 3024,
-                    }
-                )
+                metas.append(photo_metadata(path, cat, 1_500_000 + (i * 7919) % 4_500_000, mtime_ns, sha, 4032, 3024))
             yield start, ids, vectors, metas
 
 
@@ -248,8 +222,7 @@ def load(folder: Path, rows: Rows, fingerprint: dict[str, Any], collection: str)
             "server_rss_after_load_mb": _rss_mb(proc.pid),
         }
     finally:
-        proc.terminate()
-        proc.wait(timeout=120)
+        stop(proc, 120)
     facts["disk_mb"] = _disk_mb(folder)
     facts_file.write_text(json.dumps(facts, indent=2))
     return {**facts, "reused": False}
@@ -326,7 +299,7 @@ def run_queries(url: str, collection: str, queries: np.ndarray, f: str, clients:
         store.close()
     return {
         "clients": clients,
-        **_ms([s for s in seconds if s]),
+        **ms([s for s in seconds if s]),
         "qps": round(len(queries) / wall, 1),
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
@@ -349,7 +322,7 @@ def chroma_filter(url: str, collection: str, queries: np.ndarray, truth: dict[st
             (hits,) = store._nearest(col, q[None], K, where, True)
             seconds.append(time.perf_counter() - started)
             found.append([id_ for id_, _, _ in hits])
-        out[f] = {**_ms(seconds), "queries": len(queries), "recall@10": recall(found, truth[f][: len(queries)])}
+        out[f] = {**ms(seconds), "queries": len(queries), "recall@10": recall(found, truth[f][: len(queries)])}
         log(f"  chroma's own filter {f}: p50 {out[f]['p50']} ms")
     store.close()
     return out
@@ -392,48 +365,21 @@ def restart(folder: Path, collection: str, query: np.ndarray) -> tuple[subproces
     store.query(query[None], K)
     first = time.perf_counter() - started
     store.close()
-    return (
-        proc,
-        url,
-        {
-            "heartbeat_s": round(heartbeat, 2),
-            "first_query_s": round(first, 2),
-            "server_rss_after_first_query_mb": _rss_mb(proc.pid),
-        },
-    )
+    boot = {"heartbeat_s": round(heartbeat, 2), "first_query_s": round(first, 2)}
+    return proc, url, {**boot, "server_rss_after_first_query_mb": _rss_mb(proc.pid)}
 
 
 # -- the product on top: web and CLI ---------------------------------------------------------------------
-def _cli(*args: str | os.PathLike[str]) -> list[str]:
-    return [sys.executable, "-m", "imgsearch.cli.main", *map(str, args)]
-
-
 def web_search(url: str, collection: str, photos: list[Path], uploads: int) -> dict[str, Any]:
     """A warm ``imgsearch serve`` on the server: upload -> results (model included), per filter."""
-    import socket
-
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = _cli("serve", "--chroma-url", url, "--collection", collection, "--port", port, "--model", MODEL)
+    port = free_port()
+    cmd = cli("serve", "--chroma-url", url, "--collection", collection, "--port", port, "--model", MODEL)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=base, timeout=120) as http:
-            deadline = time.monotonic() + 300
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"imgsearch serve exited {proc.returncode}")
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("imgsearch serve was not ready in 300 s")
-                time.sleep(0.5)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
+            wait_until("imgsearch serve", lambda: http.get("/readyz").status_code == 200, 300, [proc])
             out: dict[str, Any] = {}
             for f in WEB_FILTERS:
                 exprs = FILTERS[f]
@@ -446,12 +392,11 @@ def web_search(url: str, collection: str, photos: list[Path], uploads: int) -> d
                     if n >= 2:
                         seconds.append(time.perf_counter() - started)
                         statuses.append(res.status_code)
-                out[f] = {**_ms(seconds), "uploads": len(seconds), "non_200": sum(s != 200 for s in statuses)}
+                out[f] = {**ms(seconds), "uploads": len(seconds), "non_200": sum(s != 200 for s in statuses)}
                 log(f"  web {f}: p50 {out[f]['p50']} ms")
             return out
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop(proc)
 
 
 def cli_search(url: str, collection: str, photo: Path, runs: int) -> dict[str, Any]:
@@ -459,12 +404,9 @@ def cli_search(url: str, collection: str, photo: Path, runs: int) -> dict[str, A
     seconds = []
     for _ in range(runs):
         started = time.perf_counter()
-        cmd = _cli("search", photo, "--chroma-url", url, "--collection", collection, "--model", MODEL, "--json")
-        done = subprocess.run(cmd, cwd=REPO, capture_output=True)
+        cmd = cli("search", photo, "--chroma-url", url, "--collection", collection, "--model", MODEL, "--json")
+        json.loads(run_checked(cmd, "imgsearch search"))
         seconds.append(time.perf_counter() - started)
-        if done.returncode != 0:
-            raise SystemExit(f"imgsearch search exited {done.returncode}: {done.stderr.decode()[-2000:]}")
-        json.loads(done.stdout)
     return {"runs": runs, "median_s": round(statistics.median(seconds), 2), "min_s": round(min(seconds), 2)}
 
 
@@ -500,12 +442,17 @@ def one_size(
         result["server_rss_after_web_mb"] = _rss_mb(proc.pid)
         result["cli_search"] = cli_search(url, collection, photos[0], args.cli_runs)
     finally:
-        proc.terminate()
-        proc.wait(timeout=120)
+        stop(proc, 120)
     served = max(result["server_rss_after_web_mb"], result["server_rss_after_queries_mb"])
-    result["server_kb_per_vector"] = round((served - facts["server_idle_mb"]) * 1024 / n, 2)
-    result["disk_kb_per_vector"] = round(facts["disk_mb"] * 1e3 / 1.024 / n, 2)
-    return result
+    return result | per_vector(facts, served, n)
+
+
+def per_vector(facts: dict[str, Any], served_mb: float, n: int) -> dict[str, float]:
+    """Server memory (over the idle server's) and disk per stored vector, KB."""
+    return {
+        "server_kb_per_vector": round((served_mb - facts["server_idle_mb"]) * 1024 / n, 2),
+        "disk_kb_per_vector": round(facts["disk_mb"] * 1e3 / 1.024 / n, 2),
+    }
 
 
 def resnet_width(args: argparse.Namespace, base: dict[str, Any], n: int) -> dict[str, Any]:
@@ -515,15 +462,8 @@ def resnet_width(args: argparse.Namespace, base: dict[str, Any], n: int) -> dict
     fingerprint = {**base["fingerprint"], "model": "resnet50 (projected rows: memory only)", "dim": RESNET_DIM}
     facts = load(folder, rows, fingerprint, f"scale-{n}-{RESNET_DIM}d")
     proc, _, boot = restart(folder, f"scale-{n}-{RESNET_DIM}d", rows.vectors(0, 1, salt=1)[0])
-    proc.terminate()
-    proc.wait(timeout=120)
-    served = boot["server_rss_after_first_query_mb"]
-    return {
-        **facts,
-        "restart": boot,
-        "server_kb_per_vector": round((served - facts["server_idle_mb"]) * 1024 / n, 2),
-        "disk_kb_per_vector": round(facts["disk_mb"] * 1e3 / 1.024 / n, 2),
-    }
+    stop(proc, 120)
+    return {**facts, "restart": boot, **per_vector(facts, boot["server_rss_after_first_query_mb"], n)}
 
 
 # -- the report -----------------------------------------------------------------------------------------
@@ -653,8 +593,8 @@ def main() -> None:
     base = base_vectors(args.work, args.base_db, folders)
     held_out = DATASETS / "holidays-dev" / "queries"
     folder = held_out if held_out.is_dir() else REPO / "examples" / "queries"
-    photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not photos:
+    queries = photos(folder)
+    if not queries:
         raise SystemExit(f"no query photos in {folder}")
     ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     result: dict[str, Any] = {
@@ -665,17 +605,16 @@ def main() -> None:
         "sizes": [],
     }
     for n in sizes:
-        result["sizes"].append(one_size(args, base, n, photos, queries_n))
+        result["sizes"].append(one_size(args, base, n, queries, queries_n))
     if not args.no_resnet_width:
         result["resnet_width"] = resnet_width(args, base, sizes[0])
     result["verdicts"] = verdicts(result)
-    text = json.dumps(result, indent=2)
     if args.out:
-        args.out.write_text(text + "\n")
+        write_json(args.out, result)
     else:
-        print(text)
+        print(json.dumps(result, indent=2))
     if args.md:
-        args.md.write_text(markdown(result))
+        write_text(args.md, markdown(result))
     log(markdown(result))
     if any(run["errors"] for r in result["sizes"] for runs in r["store"].values() for run in runs):
         raise SystemExit("some store queries failed (see first_error)")

@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imgsearch.presets import DEFAULT_PRESET, PRESETS  # noqa: E402
+from bench.report import DATASETS, REPO, cli, log, md_table, replace_section, run_checked, write_json
+from imgsearch.presets import DEFAULT_PRESET, PRESETS
 
 # name -> `imgsearch eval` options; the presets first, then single changes that explain them
 VARIANTS: dict[str, list[str]] = {
@@ -63,12 +62,23 @@ def datasets(root: Path) -> dict[str, list[str]]:
 
 
 def run(eval_args: list[str], model: str, extra: list[str], n_copies: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "imgsearch.cli.main", "eval", *eval_args, "--model", model, "--copies"]
-    cmd += ["--n-copies", str(n_copies), "--json", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout)
+    cmd = cli("eval", *eval_args, "--model", model, "--copies", "--n-copies", n_copies, "--json", *extra)
+    return json.loads(run_checked(cmd, " ".join(cmd)))
+
+
+def measure(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
+    """Run every variant (``--only``: those named) on every set found."""
+    sets = datasets(args.datasets)
+    if len(sets) < 3:
+        log(f"note: photo sets not found under {args.datasets}; measuring the demo library only")
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, extra in VARIANTS.items():
+        if args.only and not any(word in name for word in args.only):
+            continue
+        for set_name, eval_args in sets.items():
+            log(f"running: {name} on {set_name}")
+            results.setdefault(name, {})[set_name] = run(eval_args, args.model, extra, args.n_copies)
+    return results
 
 
 def _cost(r: dict[str, Any]) -> float:
@@ -82,10 +92,8 @@ def render(results: dict[str, dict[str, dict[str, Any]]], model: str, n_copies: 
     lines = [f"Model `{model}`; copy detection: {n_copies} library images x 10 edits per set.", ""]
     if cat in sets and inst in sets:
         base = results.get(HANDOUT)
-        lines += [
-            "| variant | category mAP | instance mAP | mean | copies rank-1 (photos) | ms / image | cost x handout |",
-            "|---|---|---|---|---|---|---|",
-        ]
+        head = "variant | category mAP | instance mAP | mean | copies rank-1 (photos) | ms / image | cost x handout"
+        lines += md_table(head)
         for name, r in results.items():
             copies = (r[cat]["copies"]["mean_rank1"] + r[inst]["copies"]["mean_rank1"]) / 2
             mean = (r[cat]["overall"]["mAP"] + r[inst]["overall"]["mAP"]) / 2
@@ -100,18 +108,14 @@ def render(results: dict[str, dict[str, dict[str, Any]]], model: str, n_copies: 
             lines += ["", verdict(results[DEFAULT], base, cat, inst)]
     if DEFAULT in results:
         lines += ["", "Scores with the default (10th / 50th / 90th percentile):", ""]
-        lines += [
-            "| set | copy vs its original | top-10 hit, relevant | top-10 hit, not relevant |",
-            "|---|---|---|---|",
-        ]
+        lines += md_table("set | copy vs its original | top-10 hit, relevant | top-10 hit, not relevant")
         for s in sets:
             r = results[DEFAULT][s]
             pct = r["score_percentiles_10_50_90"]
             cells = [r["copies"]["match_score_percentiles_10_50_90"], pct["same category"], pct["other category"]]
             lines.append(f"| {s} | " + " | ".join(" / ".join(f"{v:.2f}" for v in c) for c in cells) + " |")
     for s in sets:
-        lines += ["", f"**{s}**", "", "| variant | mAP | P@1 | P@5 | P@10 | copies rank-1 | worst edit |"]
-        lines.append("|---|---|---|---|---|---|---|")
+        lines += ["", f"**{s}**", "", *md_table("variant | mAP | P@1 | P@5 | P@10 | copies rank-1 | worst edit")]
         for name, r in results.items():
             o, c = r[s]["overall"], r[s]["copies"]
             worst = min(c["rank1"], key=c["rank1"].get)
@@ -143,19 +147,9 @@ def verdict(default: dict[str, Any], base: dict[str, Any], cat: str, inst: str) 
     )
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace what lies between the markers in ``path`` (a new file gets just the tables)."""
-    start, end = "<!-- variants -->", "<!-- /variants -->"
-    doc = path.read_text() if path.is_file() else f"{start}\n{end}\n"
-    if start not in doc or end not in doc:
-        raise SystemExit(f"{path} has no {start} ... {end} section to replace")
-    head, rest = doc.split(start, 1)
-    path.write_text(f"{head}{start}\n{text}{end}{rest.split(end, 1)[1]}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
+    parser.add_argument("--datasets", type=Path, default=DATASETS)
     parser.add_argument("--model", default="efficientnet-lite0")
     parser.add_argument("--n-copies", type=int, default=50)
     parser.add_argument("--only", nargs="*", help="run only the variants whose names contain these words")
@@ -177,23 +171,8 @@ def main() -> None:
     text = render(results, args.model, args.n_copies, note)
     print(text)
     if args.out:
-        write_section(args.out, text)
-        args.out.with_name("variants.json").write_text(json.dumps(results, indent=1) + "\n")
-
-
-def measure(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
-    """Run every variant (``--only``: those named) on every set found."""
-    sets = datasets(args.datasets)
-    if len(sets) < 3:
-        print(f"note: photo sets not found under {args.datasets}; measuring the demo library only", file=sys.stderr)
-    results: dict[str, dict[str, dict[str, Any]]] = {}
-    for name, extra in VARIANTS.items():
-        if args.only and not any(word in name for word in args.only):
-            continue
-        for set_name, eval_args in sets.items():
-            print(f"running: {name} on {set_name}", file=sys.stderr, flush=True)
-            results.setdefault(name, {})[set_name] = run(eval_args, args.model, extra, args.n_copies)
-    return results
+        replace_section(args.out, "variants", text)
+        write_json(args.out.with_name("variants.json"), results, indent=1)
 
 
 if __name__ == "__main__":

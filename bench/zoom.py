@@ -19,7 +19,6 @@ judged the same picture and the share the closer-exposure test turned down.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -31,8 +30,10 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import DATASETS, log, photos, write_json, write_text
+
 SETS = (DATASETS / "holidays-dev" / "library", DATASETS / "caltech101-dev")
 SMALL = 0.6  # the wide view's and the framed copies' reduction
 RESAMPLERS = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
@@ -119,29 +120,26 @@ def measure(photos: list[Path], work: Path, seed: int) -> dict[str, dict[str, An
             a.unlink()
             b.unlink()
         if (n + 1) % 20 == 0:
-            print(f"  {n + 1}/{len(photos)} photos", file=sys.stderr, flush=True)
+            log(f"  {n + 1}/{len(photos)} photos")
     return dict(tally)
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [
-        "# The closer-exposure test on photos (`bench/zoom.py`)",
-        "",
-        f"{result['photos']} photos (holidays-dev, caltech101-dev), {result['date']}, "
-        f"{result['seconds']:.0f} s. Each row: pairs made from each photo, the share `Verifier.same_picture` "
-        "judges the same picture, and the share the closer-exposure test turned down.",
-        "",
-        "| pair | should be | set | pairs | judged the same picture | turned down as a closer exposure |",
-        "|---|---|---|---:|---:|---:|",
-    ]
     expected = {name: same for name, (same, _) in kinds().items()}
-    for name, by_set in result["kinds"].items():
-        for source, row in sorted(by_set.items()):
-            lines.append(
-                f"| {name} | {'the same' if expected[name] else 'two exposures'} | {source} | {row['pairs']} | "
-                f"{row['same'] / row['pairs']:.3f} | {row['closer'] / row['pairs']:.3f} |"
-            )
-    return "\n".join(lines) + "\n"
+    rows = [
+        f"| {name} | {'the same' if expected[name] else 'two exposures'} | {source} | {row['pairs']} | "
+        f"{row['same'] / row['pairs']:.3f} | {row['closer'] / row['pairs']:.3f} |"
+        for name, by_set in result["kinds"].items()
+        for source, row in sorted(by_set.items())
+    ]
+    intro = (
+        f"{result['photos']} photos (holidays-dev, caltech101-dev), {result['date']}, {result['seconds']:.0f} s. "
+        "Each row: pairs made from each photo, the share `Verifier.same_picture` judges the same picture, and "
+        "the share the closer-exposure test turned down."
+    )
+    head = "| pair | should be | set | pairs | judged the same picture | turned down as a closer exposure |"
+    title = "# The closer-exposure test on photos (`bench/zoom.py`)"
+    return "\n".join([title, "", intro, "", head, "|---|---|---|---:|---:|---:|", *rows]) + "\n"
 
 
 def main() -> None:
@@ -153,25 +151,25 @@ def main() -> None:
     args = parser.parse_args()
     if not all(root.is_dir() for root in SETS):
         raise SystemExit(f"the photo sets are not at {DATASETS} (see ../shared/datasets/README.md)")
-    photos = []
+    sample = []
     for root in SETS:  # half from each set: Holidays is scenes, Caltech mostly objects on plain grounds
-        pool = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        photos += random.Random(args.seed).sample(pool, min(args.photos // 2, len(pool)))
+        pool = photos(root)
+        sample += random.Random(args.seed).sample(pool, min(args.photos // 2, len(pool)))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="imgsearch-zoom-") as work:
-        kinds_measured = measure(photos, Path(work), args.seed)
+        kinds_measured = measure(sample, Path(work), args.seed)
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "photos": len(photos),
+        "photos": len(sample),
         "seconds": round(time.perf_counter() - started, 1),
         "kinds": kinds_measured,
     }
     text = markdown(result)
     print(text)
     if args.md:
-        args.md.write_text(text)
+        write_text(args.md, text)
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.out, result, indent=1)
 
 
 if __name__ == "__main__":
