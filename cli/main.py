@@ -260,14 +260,10 @@ def stats(
 ) -> None:
     """How many images the store holds, per category, and which model made them (and the worker's state)."""
     with user_errors(), json_stdout(as_json) as emit:
-        from imgsearch.ingest.manage import stats as store_stats
-        from imgsearch.store import Store
+        from imgsearch.api import Library
 
-        store = Store(location)
-        try:
-            out = store_stats(store, status)
-        finally:
-            store.close()
+        with Library(location) as lib:
+            out = lib.stats(status).as_dict()
         counts, worker_status = out["categories"], out.get("worker")
         if as_json:
             emit(out)
@@ -306,14 +302,10 @@ def partition(
     Nothing is re-embedded: the vectors are copied from the store.
     """
     with user_errors(), json_stdout(as_json) as emit:
-        from imgsearch.store import Store
+        from imgsearch.api import Library
 
-        store = Store(location)
-        store.require()
-        with progress_bar("side collections", enabled=not as_json) as tick:
-            built = store.sides.build(key, progress=tick)
-        store.close()
-        out = built.as_dict()
+        with Library(location) as lib, progress_bar("side collections", enabled=not as_json) as tick:
+            out = lib.partition(key, progress=tick).as_dict()
         if as_json:
             emit(out)
         else:
@@ -333,14 +325,10 @@ def remove(
 ) -> None:
     """Delete the entries of these files (a folder: every entry under it). Files on disk are untouched."""
     with user_errors(), json_stdout(as_json) as emit:
-        from imgsearch.ingest.manage import remove as remove_entries
-        from imgsearch.store import Store
+        from imgsearch.api import Library
 
-        store = Store(location)
-        try:
-            removed = remove_entries(store, paths)
-        finally:
-            store.close()
+        with Library(location) as lib:
+            removed = lib.remove(paths)
         if as_json:
             emit({"removed": removed})
         else:

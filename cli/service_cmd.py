@@ -153,6 +153,11 @@ def worker(
         store.close()
 
 
+def _count(minimum: int, text: str) -> Any:
+    """An optional count (default: worked out at run time, so none shown)."""
+    return typer.Option(min=minimum, metavar="N", help=text, show_default=False)
+
+
 @store_options
 @model_options()
 def serve(
@@ -177,22 +182,11 @@ def serve(
         ),
     ] = 40_000_000,
     max_concurrent: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            metavar="N",
-            help="Query images decoded and embedded at once (default: half the CPUs, 2 to 4).",
-            show_default=False,
-        ),
+        int | None, _count(1, "Query images decoded and embedded at once (default: half the CPUs, 2 to 4).")
     ] = None,
     max_queue: Annotated[
         int | None,
-        typer.Option(
-            min=0,
-            metavar="N",
-            help="Uploads waiting for one of those; beyond it 503 with Retry-After (default: 4 x --max-concurrent).",
-            show_default=False,
-        ),
+        _count(0, "Uploads waiting for one of those; beyond it 503 with Retry-After (default: 4 x --max-concurrent)."),
     ] = None,
     read_timeout: Annotated[
         float,

@@ -41,6 +41,7 @@ from imgsearch.collection import (  # noqa: F401
 )
 from imgsearch.dupes.groups import Duplicates
 from imgsearch.ingest.sync import IngestReport
+from imgsearch.partitions import BuildReport
 from imgsearch.regions import BadBox, Box
 from imgsearch.search.filters import FilterError, parse_where  # noqa: F401
 from imgsearch.search.query import EmptyStore, Hit, UnusableQuery
@@ -390,6 +391,19 @@ class Library:
         from imgsearch.ingest.manage import stats
 
         return Stats(**stats(self.store, Path(status) if status is not None else None))
+
+    def partition(
+        self, keys: Sequence[str] | None = None, progress: Callable[[int, int], None] | None = None
+    ) -> BuildReport:
+        """Build or repair the side collections (:mod:`imgsearch.partitions`), as ``imgsearch partition``:
+        each value of the partition ``keys`` (default: the store's, else category and root) holding at most a
+        quarter of the images gets an index of its own, so a filter on it is exact and fast. Ingest keeps
+        them in step; nothing is re-embedded. ``progress(done, total)`` per side.
+
+            >>> lib.partition(["category"]).as_dict()["sides"]  # doctest: +SKIP
+        """
+        self.store.require()
+        return self.store.sides.build(keys, progress=progress)
 
     def remove(self, paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> int:
         """Delete the entries of these files (a folder: every entry under it), as ``imgsearch remove``; the

@@ -27,8 +27,11 @@ def _meta(i: int) -> dict[str, object]:
     return meta
 
 
+Filled = tuple[Store, np.ndarray, list[dict[str, object]]]  # the store, its vectors, their metadata
+
+
 @pytest.fixture(scope="module")
-def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, np.ndarray, list[dict[str, object]]]:
+def filled(tmp_path_factory: pytest.TempPathFactory) -> Filled:
     store = Store(Location(db=tmp_path_factory.mktemp("where") / "db"))
     store.create({"model": "test", "dim": DIM})
     rng = np.random.default_rng(7)
@@ -53,10 +56,11 @@ WHERES = [
 ]
 
 
-@pytest.mark.parametrize("exprs", WHERES, ids=[",".join(w) for w in WHERES])
-def test_client_filter_agrees_with_chroma(
-    filled: tuple[Store, np.ndarray, list[dict[str, object]]], exprs: list[str]
-) -> None:
+each_where = pytest.mark.parametrize("exprs", WHERES, ids=[",".join(w) for w in WHERES])
+
+
+@each_where
+def test_client_filter_agrees_with_chroma(filled: Filled, exprs: list[str]) -> None:
     store, _, metas = filled
     where = parse_where(exprs)
     assert where is not None and supported(where)
@@ -72,10 +76,8 @@ def test_typing_and_what_is_left_to_chroma() -> None:
     assert not supported({"$and": []}) and not supported({"$contains": "x"})
 
 
-@pytest.mark.parametrize("exprs", WHERES, ids=[",".join(w) for w in WHERES])
-def test_filtered_query_is_the_exact_filtered_top_k(
-    filled: tuple[Store, np.ndarray, list[dict[str, object]]], exprs: list[str]
-) -> None:
+@each_where
+def test_filtered_query_is_the_exact_filtered_top_k(filled: Filled, exprs: list[str]) -> None:
     store, vectors, metas = filled
     where = parse_where(exprs)
     assert where is not None
@@ -94,7 +96,7 @@ def test_filtered_query_is_the_exact_filtered_top_k(
     assert total == 0 or hits / total >= 0.98
 
 
-def test_filtered_query_without_metadata(filled: tuple[Store, np.ndarray, list[dict[str, object]]]) -> None:
+def test_filtered_query_without_metadata(filled: Filled) -> None:
     store, vectors, _ = filled
     (row,) = store.query(vectors[:1], 5, parse_where(["category=common"]), metadata=False)
     assert len(row) == 5 and all(m == {} for _, _, m in row)
