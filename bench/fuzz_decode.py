@@ -1,4 +1,4 @@
-"""Fuzz the decode + preprocess path (imgsearch.decode.load_views) with hypothesis.
+"""Fuzz the decode + preprocess path (imgsearch.prepare.load_views) with hypothesis.
 
 The contract under test: for ANY bytes in a file, ``load_views`` either returns one finite float32
 array of shape (3, s, s) per scale, or raises ImageError with a reason; never another exception,
@@ -42,8 +42,9 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import ARTIFACTS, REPO, log, write_json
 
 FORMATS = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
 MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"]
@@ -53,7 +54,6 @@ KINDS = ("image", "bytes", *SEEDED)
 PHOTOS = sorted((REPO / "imgsearch" / "calibration").glob("photo-*.jpg"))
 HEADER = 1024  # "header" edits land in a file's first bytes: ISOBMFF boxes, TIFF IFDs, PNG chunks
 STALL = 30.0  # seconds past --timeout without a new input: the child is stuck in C code and is killed
-ARTIFACTS = REPO / "test-artifacts"
 
 
 class Hang(Exception):
@@ -157,7 +157,8 @@ def _mutate(data: bytes, ops: list[tuple[str, int, int]], seed: int) -> bytes:
 def check(data: bytes, suffix: str, scales: tuple[int, ...], crop: str, workdir: Path, timeout: float) -> str:
     """One input (a file named ``input<suffix>``: RAW is found by extension) through load_views; returns
     "ok" or "ImageError"; anything else raises."""
-    from imgsearch.decode import ImageError, Views, load_views
+    from imgsearch.decode import ImageError
+    from imgsearch.prepare import Views, load_views
 
     path = workdir / f"input{suffix}"
     path.write_bytes(data)
@@ -326,7 +327,7 @@ def main() -> int:
             max_rss_mb = max(max_rss_mb, result.get("max_rss_mb", 0))
             for finding in result["findings"]:
                 findings.append(_keep(workdir, {"kind": kind, **finding}, len(findings) + 1))
-                print(f"finding {len(findings)}: {findings[-1]}", file=sys.stderr)
+                log(f"finding {len(findings)}: {findings[-1]}")
             rounds += 1
             if len(findings) >= 10 or (args.minutes and time.monotonic() > started + args.minutes * 60):
                 break
@@ -352,8 +353,7 @@ def main() -> int:
     }
     print(json.dumps(summary, indent=1))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+        write_json(args.out, summary, indent=1)
     return 1 if findings else 0
 
 

@@ -36,7 +36,6 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,12 +44,12 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imgsearch.decode import HANDOUT_VIEWS, MEAN, STD, Views, load_views  # noqa: E402
-from imgsearch.presets import DEFAULT_PRESET, PRESETS  # noqa: E402
-from imgsearch.runtime import BACKENDS, CALIBRATION, cache_dir, choose_backend, usable_cpus  # noqa: E402
+from bench.report import REPO, cli, jpeg_with_comment, log, peak_rss, write_json, write_text
+from imgsearch.prepare import HANDOUT_VIEWS, MEAN, STD, Views, load_views
+from imgsearch.presets import DEFAULT_PRESET, PRESETS
+from imgsearch.runtime import BACKENDS, CALIBRATION, cache_dir, choose_backend, usable_cpus
 
 HANDOUT_FEATURES = ["--features", "handout"]
 DEFAULT_FEATURES: list[str] = []  # what a user gets without flags
@@ -67,10 +66,6 @@ TARGETS = {  # issue 5's acceptance figures
     "fastest_model_only_vs_eager": 2.0,
     "fastest_end_to_end_vs_handout": 3.5,
 }
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- camera-sized images --------------------------------------------------------------------------
@@ -125,9 +120,7 @@ def camera_folder(n: int) -> Path:
         dest = folder / f"img{i:05d}.jpg"
         if not dest.exists():
             data = (base / f"img{i % DISTINCT:04d}.jpg").read_bytes()
-            comment = f"imgsearch bench copy {i}".encode()
-            segment = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
-            dest.write_bytes(data[:2] + segment + data[2:])  # a COM segment right after SOI
+            dest.write_bytes(jpeg_with_comment(data, f"imgsearch bench copy {i}"))
     return folder
 
 
@@ -280,47 +273,23 @@ def pipeline(files: list[Path], model: str, backend: str, device: str, weights: 
     return done / (time.perf_counter() - started)
 
 
-def _peak_rss_kb(pid: int) -> int:
-    """The kernel's high-water mark of the process's resident memory (VmHWM; its own, since exec).
-
-    Not wait4's ru_maxrss: Linux folds the forking parent's RSS (this benchmark, torch loaded) into it.
-    """
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
-
-
 def end_to_end(
     folder: Path, model: str, backend: str | None, device: str, weights: Path | None, features: list[str]
 ) -> dict[str, Any]:
     """`imgsearch ingest` as a user runs it, in its own process (``backend`` None: the default one);
     peak RSS from the kernel."""
     with tempfile.TemporaryDirectory(prefix="imgsearch-bench-") as tmp:
-        cmd = [sys.executable, "-m", "imgsearch.cli.main", "ingest", str(folder), "--db", f"{tmp}/db", "--json"]
-        cmd += ["--model", model, "--device", device, *features]
+        cmd = cli("ingest", folder, "--db", f"{tmp}/db", "--json", "--model", model, "--device", device, *features)
         cmd += ["--weights", str(weights)] if weights else []
         cmd += ["--backend", backend] if backend else []
-        with open(f"{tmp}/out", "w+") as out, open(f"{tmp}/err", "w+") as err:
-            started = time.perf_counter()
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err)
-            peak = 0
-            while proc.poll() is None:
-                peak = max(peak, _peak_rss_kb(proc.pid))
-                time.sleep(0.1)
-            wall = time.perf_counter() - started
-            out.seek(0)
-            err.seek(0)
-            if proc.returncode != 0:
-                raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.read()}")
-            report = json.loads(out.read())
+        run = peak_rss(cmd, " ".join(cmd), stdout=True)
+    report = json.loads(run["stdout"])
     return {
         "images": report["embedded"],
         "images_per_second": report["images_per_second"],
         "ingest_seconds": report["seconds"],
-        "wall_seconds": round(wall, 2),
-        "peak_rss_mb": round(peak / 1024),
+        "wall_seconds": round(run["seconds"], 2),
+        "peak_rss_mb": round(run["peak_rss_mb"]),
     }
 
 
@@ -351,6 +320,64 @@ def backend_agreement(backends: list[str], device: str) -> dict[str, Any]:
     return out
 
 
+def tables(r: dict[str, Any]) -> str:
+    lines: list[str] = []
+    out = lines.append
+    h = r["handout_way"]["images_per_second"]
+    eager = r["model_only_images_per_second"]["torch"]
+    img = r["images"]
+    out(f"{MODELS[r.get('model', 'resnet50')]}; {r['machine']['cpus']} CPUs")
+    out(f"shipped defaults: the {r.get('default_preset')!r} feature preset on the {r['default_backend']} backend")
+    out(f"{img['files']} camera-sized JPEGs, {img['megapixels_mean']} MP and {img['mb_mean']} MB on average\n")
+    out(f"{'row':58} {'img/s':>8} {'x handout':>10} {'x eager':>8} {'peak RSS':>9}")
+    rows = [("1. handout's way (1 at a time, full decode, eager fp32)", h, "")]
+    rows += [(f"2. model only: {b}", v, "") for b, v in r["model_only_images_per_second"].items()]
+    rows += [
+        (f"2. model only: {b}, default features", v, "")
+        for b, v in r["model_only_default_features_images_per_second"].items()
+    ]
+    rows += [
+        (f"3. decode+embed pipeline, no store: {b}", v, "")
+        for b, v in r["pipeline_without_store_images_per_second"].items()
+    ]
+    rows += [
+        (f"4. imgsearch ingest: {k}", v["images_per_second"], f"{v['peak_rss_mb']} MB")
+        for k, v in r["end_to_end"].items()
+    ]
+    rows += [
+        (f"5. imgsearch ingest: {n} images ({r['default_backend']})", v["images_per_second"], f"{v['peak_rss_mb']} MB")
+        for n, v in r["peak_rss"].items()
+    ]
+    for name, ips, rss in rows:
+        out(f"{name:58} {ips:8.2f} {ips / h:10.2f} {ips / eager:8.2f} {rss:>9}")
+    c = r["cpu_ms_per_image"]
+    out(
+        f"\nbesides the model, each image costs {c['decode_preprocess_ms']:.1f} ms of one core to decode (draft) and "
+        f"preprocess and {c['sha256_ms']:.1f} ms to hash"
+    )
+    out("so end to end / model-only is at most, with a perfect overlap on every core:")
+    for b, v in r["perfect_overlap_bound"].items():
+        ms = r["machine"]["cpus"] * 1000 / r["model_only_images_per_second"][b]
+        out(f"  {b:12} model {ms:6.1f} core-ms per image -> bound {v:.2f}")
+    if r["agreement"]:
+        out("\nagreement with eager fp32 (EfficientNet-Lite0 real weights, demo library + queries, default features)")
+        for b, a in r["agreement"].items():
+            out(
+                f"  {b:12} cosine min {a['cosine_min']:.4f}  mean {a['cosine_mean']:.4f}  "
+                f"top-10 overlap {a['top10_overlap']:.3f}"
+            )
+    out(f"\nratios (default backend here: {r['default_backend']}; fastest: {r['fastest_backend']})")
+    out(f"  handout's way, img/s per round {r['handout_way']['rounds']} (row 1: the median)")
+    out(f"  shipped defaults vs handout per round {r['headline_round_ratios']} (headline: the median)")
+    for k, v in r["ratios"].items():
+        target = r["targets"][k]
+        out(f"  {k:42} {v:6.2f}  (target >= {target}: {'met' if v >= target else 'NOT met'})")
+    shipped = r["end_to_end_default_vs_its_model_only_at_default_features"]
+    if shipped is not None:
+        out(f"  {'same, at the default features (no target)':42} {shipped:6.2f}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet50", choices=list(MODELS), help="backbone to measure")
@@ -366,6 +393,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the tables to OUT.md and the JSON to OUT.json")
     args = parser.parse_args()
     backends = [b for b in args.backends.split(",") if b]
+
+    def device_of(backend: str) -> str:  # only torch runs on --device; the exported backends on the CPU
+        return args.device if backend == "torch" else "cpu"
+
     default = choose_backend(None, args.device).backend  # what `imgsearch ingest` runs when not told
     if "torch" not in backends or default not in backends:
         raise SystemExit(f"--backends must include torch (the eager reference) and {default} (the default here)")
@@ -382,22 +413,22 @@ def main() -> None:
     model: dict[str, float] = {}
     handout_batches = sample_batches(files, HANDOUT_VIEWS)
     for b in backends:
-        dev = args.device if b == "torch" else "cpu"
+        dev = device_of(b)
         log(f"model only: {b} on {dev} ...")
         model[b] = model_only(args.model, b, dev, weights, handout_batches, args.seconds)
-    default_dev = args.device if default == "torch" else "cpu"
+    default_dev = device_of(default)
     log(f"model only: {default} on {default_dev}, default features ...")
     shipped_views = Views(SHIPPED.crop, SHIPPED.scales)
     shipped_batches = sample_batches(files, shipped_views)
     model_shipped = model_only(args.model, default, default_dev, weights, shipped_batches, args.seconds, shipped=True)
     stage: dict[str, float] = {}
     for b in backends:
-        dev = args.device if b == "torch" else "cpu"
+        dev = device_of(b)
         log(f"pipeline without store: {b} on {dev} ...")
         stage[b] = pipeline(files, args.model, b, dev, weights)
     e2e: dict[str, dict[str, Any]] = {}
     for b in backends if not args.no_store else []:
-        dev = args.device if b == "torch" else "cpu"
+        dev = device_of(b)
         for name, feats in (("handout features", HANDOUT_FEATURES), ("default features", DEFAULT_FEATURES)):
             log(f"end to end: imgsearch ingest ({b} on {dev}, {name}) of {len(files)} images ...")
             e2e[f"{b}, {name}"] = end_to_end(folder, args.model, b, dev, weights, feats)
@@ -462,67 +493,9 @@ def main() -> None:
     else:
         print(tables(result))
     if args.out:
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.out.with_suffix(".json"), result)
         command = "python bench/ingest.py " + " ".join(sys.argv[1:])
-        args.out.with_suffix(".md").write_text(f"Written by `{command}`:\n\n```\n{tables(result)}\n```\n")
-
-
-def tables(r: dict[str, Any]) -> str:
-    lines: list[str] = []
-    out = lines.append
-    h = r["handout_way"]["images_per_second"]
-    eager = r["model_only_images_per_second"]["torch"]
-    img = r["images"]
-    out(f"{MODELS[r.get('model', 'resnet50')]}; {r['machine']['cpus']} CPUs")
-    out(f"shipped defaults: the {r.get('default_preset')!r} feature preset on the {r['default_backend']} backend")
-    out(f"{img['files']} camera-sized JPEGs, {img['megapixels_mean']} MP and {img['mb_mean']} MB on average\n")
-    out(f"{'row':58} {'img/s':>8} {'x handout':>10} {'x eager':>8} {'peak RSS':>9}")
-    rows = [("1. handout's way (1 at a time, full decode, eager fp32)", h, "")]
-    rows += [(f"2. model only: {b}", v, "") for b, v in r["model_only_images_per_second"].items()]
-    rows += [
-        (f"2. model only: {b}, default features", v, "")
-        for b, v in r["model_only_default_features_images_per_second"].items()
-    ]
-    rows += [
-        (f"3. decode+embed pipeline, no store: {b}", v, "")
-        for b, v in r["pipeline_without_store_images_per_second"].items()
-    ]
-    rows += [
-        (f"4. imgsearch ingest: {k}", v["images_per_second"], f"{v['peak_rss_mb']} MB")
-        for k, v in r["end_to_end"].items()
-    ]
-    rows += [
-        (f"5. imgsearch ingest: {n} images ({r['default_backend']})", v["images_per_second"], f"{v['peak_rss_mb']} MB")
-        for n, v in r["peak_rss"].items()
-    ]
-    for name, ips, rss in rows:
-        out(f"{name:58} {ips:8.2f} {ips / h:10.2f} {ips / eager:8.2f} {rss:>9}")
-    c = r["cpu_ms_per_image"]
-    out(
-        f"\nbesides the model, each image costs {c['decode_preprocess_ms']:.1f} ms of one core to decode (draft) and "
-        f"preprocess and {c['sha256_ms']:.1f} ms to hash"
-    )
-    out("so end to end / model-only is at most, with a perfect overlap on every core:")
-    for b, v in r["perfect_overlap_bound"].items():
-        ms = r["machine"]["cpus"] * 1000 / r["model_only_images_per_second"][b]
-        out(f"  {b:12} model {ms:6.1f} core-ms per image -> bound {v:.2f}")
-    if r["agreement"]:
-        out("\nagreement with eager fp32 (EfficientNet-Lite0 real weights, demo library + queries, default features)")
-        for b, a in r["agreement"].items():
-            out(
-                f"  {b:12} cosine min {a['cosine_min']:.4f}  mean {a['cosine_mean']:.4f}  "
-                f"top-10 overlap {a['top10_overlap']:.3f}"
-            )
-    out(f"\nratios (default backend here: {r['default_backend']}; fastest: {r['fastest_backend']})")
-    out(f"  handout's way, img/s per round {r['handout_way']['rounds']} (row 1: the median)")
-    out(f"  shipped defaults vs handout per round {r['headline_round_ratios']} (headline: the median)")
-    for k, v in r["ratios"].items():
-        target = r["targets"][k]
-        out(f"  {k:42} {v:6.2f}  (target >= {target}: {'met' if v >= target else 'NOT met'})")
-    shipped = r["end_to_end_default_vs_its_model_only_at_default_features"]
-    if shipped is not None:
-        out(f"  {'same, at the default features (no target)':42} {shipped:6.2f}")
-    return "\n".join(lines)
+        write_text(args.out.with_suffix(".md"), f"Written by `{command}`:\n\n```\n{tables(result)}\n```\n")
 
 
 if __name__ == "__main__":

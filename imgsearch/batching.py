@@ -281,3 +281,13 @@ def embed_chunks(
             names, rows = [], []
     if rows:
         yield names, np.stack(rows)
+
+
+def embed_paths(paths: list[str], embedder: Embedder) -> np.ndarray:
+    """All of a few files' vectors (queries) as one (n, dim) array; raises ImageError for an unusable one.
+
+    Holds every vector it returns, so it is for a handful of files: many go through :func:`embed_files`,
+    which streams one record per file (a bad file's says why).
+    """
+    chunks = [vectors for _, vectors in embed_chunks(paths, embedder, chunk=max(1, len(paths)))]
+    return chunks[0] if chunks else np.zeros((0, embedder.dim), dtype=np.float32)

@@ -9,7 +9,7 @@ p (p = 1: the average pool, :data:`imgsearch.backbones.POOLINGS`),
 
 so cos(a, b) = Σ_i Σ_k c_aik · v_bk / (|v_a| |v_b|), and the same from b's side. A hot cell is where that
 picture holds what the other one has too; each grid sums to the cosine exactly. Both pictures are seen
-whole (:func:`imgsearch.decode.preprocess_whole`, one view), so the cosine is that of these views: close to,
+whole (:func:`imgsearch.prepare.preprocess_whole`, one view), so the cosine is that of these views: close to,
 but not, a result's score (made from the collection's views, perhaps with query expansion).
 """
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from imgsearch.backbones import POOLINGS, Embedder
-from imgsearch.decode import preprocess_whole
+from imgsearch.backbones import POOLINGS, Embedder, inference_mode
+from imgsearch.prepare import preprocess_whole
 
 FLOOR = 1e-6  # activations are clamped to this before a power, as Embedder.embed does
 
@@ -37,11 +37,10 @@ class Heat:
 
 def feature_map(embedder: Embedder, image: Image.Image) -> np.ndarray:
     """The last conv map (C, h, w) of the whole of ``image`` (RGB), as float64."""
-    import torch
-
-    with torch.inference_mode():
-        fmap = embedder.run(preprocess_whole(image)[None])
-    return fmap[0].double().cpu().numpy()
+    run = embedder.run
+    with inference_mode():
+        fmap = run(preprocess_whole(image)[None])
+    return fmap[0].astype(np.float64) if isinstance(fmap, np.ndarray) else fmap[0].double().cpu().numpy()
 
 
 def pooled(fmap: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-CROP = 224  # the model's input side (the lab handout's CenterCrop(224)); defined here so --help needs no numpy
+# the model's input: Resize(RESIZE) then CenterCrop(CROP), as the lab handout; here so --help needs no numpy
+RESIZE = 256
+CROP = 224
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ normalises it, so all backends share one pooling path and differ only in the tru
   at 8 bits EfficientNet-Lite0's vectors fell to cosine 0.97 of fp32 on some images; at 16 bits
   ≥ 0.98), and they are a few percent of its arithmetic.
 
-The exported and quantised models are cached under :func:`cache_dir`, keyed by the weights digest.
+The exported and quantised models are cached under :func:`cache_dir`, keyed by the weights digest; once
+cached, :func:`cached_runner` runs one with neither torch nor onnx imported.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgsearch.decode import Views, load_views
+from imgsearch.prepare import Views, load_views
 from imgsearch.presets import DEFAULT_PRESET, PRESETS
 
 if TYPE_CHECKING:
@@ -47,7 +48,8 @@ EXPORT_VERSION = "4"  # bump when the export or quantisation recipe changes: old
 CALIBRATION = Path(__file__).with_name("calibration")
 WIDE_CONVS = 4
 
-Runner = Callable[[np.ndarray], "torch.Tensor"]
+# a batch → its feature map: a torch.Tensor from eager torch, a numpy array from ONNX Runtime (no torch)
+Runner = Callable[[np.ndarray], "torch.Tensor | np.ndarray"]
 
 
 class BackendUnavailable(Exception):
@@ -86,10 +88,9 @@ def choose_backend(
     default preset's; ``auto``. ``auto`` → torch on CUDA when torch sees a GPU, else onnx, with eager
     torch as the fallback when onnx cannot be built here (no onnx package, cache not writable).
     ``device`` ``auto`` → ``cuda`` for torch when torch sees a GPU, else ``cpu``; ``cuda`` is refused
-    for the ONNX Runtime backends and when torch sees no GPU (:class:`BackendUnavailable`).
+    for the ONNX Runtime backends and when torch sees no GPU (:class:`BackendUnavailable`). torch is
+    imported only to ask about a GPU, and not at all on a machine with no GPU driver (:func:`cuda_available`).
     """
-    import torch
-
     requested = (
         backend
         or preset_backend
@@ -104,17 +105,31 @@ def choose_backend(
     fallback = "torch" if requested == "auto" else None
     chosen = "torch" if requested == "auto" else requested  # auto: torch decides the device first
     if device == "auto":
-        device = "cuda" if chosen == "torch" and torch.cuda.is_available() else "cpu"
+        device = "cuda" if chosen == "torch" and cuda_available() else "cpu"
     elif device.startswith("cuda"):
         if chosen != "torch":
             raise BackendUnavailable(
                 f"--backend {chosen} runs on the CPU only: use --device cpu, or --backend torch with --device {device}"
             )
-        if not torch.cuda.is_available():
+        if not cuda_available():
             raise BackendUnavailable(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
     if requested == "auto" and device == "cpu":
         chosen = "onnx"
     return Placement(chosen, device, fallback)
+
+
+# what a GPU driver leaves on a Linux machine (NVIDIA's, or AMD's for ROCm builds of torch): with none of
+# them torch cannot see a GPU, so it need not be imported (~2 s) to be asked
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+def cuda_available() -> bool:
+    """``torch.cuda.is_available()``, without importing torch where no GPU driver is installed (Linux)."""
+    if sys.platform.startswith("linux") and not any(os.path.exists(f) for f in GPU_DRIVER_FILES):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def cache_dir() -> Path:
@@ -125,7 +140,8 @@ def cache_dir() -> Path:
 
 
 def make_runner(trunk: Any, backend: str, device: str, fingerprint: dict[str, Any], views: Views) -> Runner:
-    """A function from a (n, 3, s, s) float32 batch to the trunk's (n, C, h, w) float32 feature map.
+    """A function from a (n, 3, s, s) float32 batch to the trunk's (n, C, h, w) float32 feature map (a
+    torch.Tensor for ``torch``, a numpy array for the ONNX Runtime backends).
 
     ``backend`` and ``device`` are what :func:`choose_backend` placed (the user's input is checked there).
     """
@@ -144,21 +160,39 @@ def make_runner(trunk: Any, backend: str, device: str, fingerprint: dict[str, An
 
         return run_torch
 
-    import onnxruntime as ort
+    return cached_runner(backend, fingerprint, views) or _onnx_runner(
+        _ort_session(_onnx_model(trunk, fingerprint, views, int8=backend == "int8"))
+    )
 
-    ort.set_default_logger_severity(3)  # errors only: its graph-cleanup notes would flood the terminal
-    path = _onnx_model(trunk, fingerprint, views, int8=backend == "int8")
+
+def cached_runner(backend: str, fingerprint: dict[str, Any], views: Views) -> Runner | None:
+    """The ONNX Runtime runner of the model file cached for ``fingerprint`` (``onnx`` or ``int8``), without
+    torch or onnx; None when it is not cached yet, or is damaged (then it is deleted, to be built again)."""
+    path = _model_path(fingerprint, views, int8=backend == "int8")
+    if not path.is_file():
+        return None
     try:
-        ort_session = _ort_session(path)
+        return _onnx_runner(_ort_session(path))
     except Exception as err:  # a damaged cache file (ORT has its own exception types): build it again
         print(f"cannot load {path} ({err}); building it again", file=sys.stderr)
         path.unlink(missing_ok=True)
-        ort_session = _ort_session(_onnx_model(trunk, fingerprint, views, int8=backend == "int8"))
+        return None
 
-    def run_onnx(batch: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(ort_session.run(None, {"x": batch})[0])
+
+def _onnx_runner(ort_session: Any) -> Runner:
+    def run_onnx(batch: np.ndarray) -> np.ndarray:
+        return ort_session.run(None, {"x": batch})[0]
 
     return run_onnx
+
+
+def _model_path(fingerprint: dict[str, Any], views: Views, int8: bool) -> Path:
+    """Where the exported (fp32) or quantised (int8) model of these weights is cached."""
+    stem = f"{fingerprint['model']}-{fingerprint['weights_digest']}-v{EXPORT_VERSION}"
+    if not int8:
+        return cache_dir() / f"{stem}.onnx"
+    # the calibration views depend on the scales, so the int8 file does too
+    return cache_dir() / f"{stem}-int8-{'+'.join(map(str, views.scales))}-{views.crop}.onnx"
 
 
 def _onnx_model(trunk: Any, fingerprint: dict[str, Any], views: Views, int8: bool) -> Path:
@@ -169,15 +203,13 @@ def _onnx_model(trunk: Any, fingerprint: dict[str, Any], views: Views, int8: boo
         raise BackendUnavailable(
             "the onnx package is not installed (it exports the model for ONNX Runtime): pip install onnx"
         ) from None
-    stem = f"{fingerprint['model']}-{fingerprint['weights_digest']}-v{EXPORT_VERSION}"
-    fp32 = cache_dir() / f"{stem}.onnx"
+    fp32 = _model_path(fingerprint, views, int8=False)
     if not fp32.is_file():
         print(f"exporting {fingerprint['model']} to ONNX → {fp32} (once) ...", file=sys.stderr)
         _atomic(fp32, lambda tmp: _export(trunk, tmp))
     if not int8:
         return fp32
-    # the calibration views depend on the scales, so the int8 file does too
-    q = cache_dir() / f"{stem}-int8-{'+'.join(map(str, views.scales))}-{views.crop}.onnx"
+    q = _model_path(fingerprint, views, int8=True)
     if not q.is_file():
         print(f"quantising {fingerprint['model']} to int8 → {q} (once) ...", file=sys.stderr)
         _atomic(q, lambda tmp: _quantise(fp32, tmp, views))
@@ -266,6 +298,7 @@ def _ort_session(path: Path) -> Any:
     """An ONNX Runtime InferenceSession for the model file, on this process's CPUs."""
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # errors only: its graph-cleanup notes would flood the terminal
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = usable_cpus()
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgsearch.backbones import DEFAULT_MODEL, Embedder, ModelUnavailable, fingerprint_mismatch, load_embedder
-from imgsearch.decode import HANDOUT_VIEWS, Views
+from imgsearch.prepare import HANDOUT_VIEWS, Views
 from imgsearch.presets import DEFAULT_PRESET, get_preset, matching_preset
 from imgsearch.store import Store
 
@@ -33,8 +33,13 @@ class ModelChoice:
     preset: str | None = None
 
 
-def open_embedder(store: Store, choice: ModelChoice | None = None) -> Embedder:
-    """Load the embedder that fits ``store`` (or, for a new store, the given or default settings)."""
+def open_embedder(store: Store, choice: ModelChoice | None = None, *, lazy: bool = True) -> Embedder:
+    """Load the embedder that fits ``store`` (or, for a new store, the given or default settings).
+
+    Its fingerprint is checked against the collection's here, before anything is written. ``lazy``: for a
+    store already made, the model itself is built by the first image embedded, so a sync with nothing to
+    embed never loads it (:func:`imgsearch.backbones.load_embedder`); a new store's is built at once.
+    """
     c = choice or ModelChoice()
     model, variant, weights = c.model, c.variant, c.weights
     pooling, crop, scales = c.pooling, c.crop, c.scales
@@ -70,6 +75,7 @@ def open_embedder(store: Store, choice: ModelChoice | None = None) -> Embedder:
         c.backend,  # with the preset's and the collection's: imgsearch.runtime.choose_backend decides
         preset_backend=named.backend if named else None,
         recorded_backend=recorded.get("backend") if recorded else None,
+        lazy=lazy and recorded is not None,  # a new collection records the backend that really runs
     )
     if recorded is None:  # a new collection records how it is searched as well as how vectors are made
         chosen = named or matching_preset(embedder.fingerprint)

@@ -57,8 +57,9 @@ from starlette.types import Scope
 
 from imgsearch.backbones import Embedder, ModelUnavailable, describe
 from imgsearch.batching import embed_files
-from imgsearch.decode import ImageError, load_image, pixel_size, preprocess_views
+from imgsearch.decode import ImageError, load_image, pixel_size
 from imgsearch.ingest.worker import Worker, default_status_path, read_status
+from imgsearch.prepare import preprocess_views
 from imgsearch.regions import BadBox, Box, crop, picture_box
 from imgsearch.runtime import usable_cpus
 from imgsearch.search.filters import FilterError, parse_where

@@ -13,9 +13,9 @@ import torch
 from conftest import LIBRARY, MODEL, QUERIES, copy_library, run_cli, run_json
 
 from imgsearch.backbones import ModelUnavailable, load_embedder
-from imgsearch.batching import embed_files
-from imgsearch.decode import Views
+from imgsearch.batching import embed_files, embed_paths
 from imgsearch.evaluation.evaluate import agreement
+from imgsearch.prepare import Views
 from imgsearch.presets import DEFAULT_PRESET, PRESETS
 from imgsearch.runtime import EXPORT_VERSION
 
@@ -109,7 +109,7 @@ def test_a_damaged_cached_model_is_rebuilt(model_cache: Path) -> None:
     (cached,) = model_cache.glob(f"efficientnet-lite0-*-v{EXPORT_VERSION}.onnx")
     cached.write_bytes(cached.read_bytes()[:1000])  # e.g. a disk that filled up
     embedder = load_embedder(MODEL, backend="onnx")
-    vec = embedder.embed_paths([str(sorted(QUERIES.iterdir())[0])])
+    vec = embed_paths([str(sorted(QUERIES.iterdir())[0])], embedder)
     assert vec.shape == (1, 1280) and cached.stat().st_size > 1_000_000
 
 

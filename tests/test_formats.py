@@ -20,7 +20,8 @@ import pytest
 from conftest import LIBRARY, MODEL, REPO
 from PIL import Image
 
-from imgsearch import decode
+from imgsearch import decode, prepare
+from imgsearch.batching import embed_paths
 from imgsearch.decode import RAW_EXTENSIONS, ImageError, load_image
 from imgsearch.presets import DEFAULT_PRESET, PRESETS
 
@@ -47,7 +48,7 @@ def heif_writer() -> None:
 
 
 def cosine(embedder: Any, a: Path, b: Path) -> float:
-    va, vb = embedder.embed_paths([str(a), str(b)])
+    va, vb = embed_paths([str(a), str(b)], embedder)
     return float(va @ vb)
 
 
@@ -75,7 +76,7 @@ def stored_turned(img: Image.Image, orientation: int) -> Image.Image:
 
 def same_picture(a: Image.Image, b: Image.Image) -> float:
     """Mean absolute difference of the model inputs (0 = identical; a turned copy is ~0.5 and up)."""
-    return float(np.abs(decode.preprocess(a.convert("RGB")) - decode.preprocess(b.convert("RGB"))).mean())
+    return float(np.abs(prepare.preprocess(a.convert("RGB")) - prepare.preprocess(b.convert("RGB"))).mean())
 
 
 # -- HEIC and AVIF ---------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ def test_heic_decode_time_and_thumbnail_draft(tmp_path: Path) -> None:
     big.save(tmp_path / "big.heic", quality=90, thumbnails=[1024], enc_params={"preset": "ultrafast"})
     seconds = {}
     default = PRESETS[DEFAULT_PRESET]
-    shipped = decode.Views(default.crop, default.scales).min_side  # what ingest asks for
+    shipped = prepare.Views(default.crop, default.scales).min_side  # what ingest asks for
     for label, name, min_side in [
         ("JPEG", "big.jpg", shipped),
         ("HEIC full", "big.heic", 0),
@@ -180,7 +181,7 @@ def test_heic_decode_time_and_thumbnail_draft(tmp_path: Path) -> None:
     ]:
         start = time.perf_counter()
         decoded = load_image(tmp_path / name, min_side)
-        decode.preprocess(decoded.image, 320, "full")
+        prepare.preprocess(decoded.image, 320, "full")
         seconds[label] = time.perf_counter() - start
         assert (decoded.width, decoded.height) == (4032, 3024)  # the true size, whatever was decoded
         assert decoded.image.size == {"JPEG": (504, 378), "HEIC full": (4032, 3024), "HEIC+thumb": (1024, 768)}[label]

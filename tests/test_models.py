@@ -11,7 +11,7 @@ import torchvision
 from conftest import QUERIES, copy_library, run_cli, run_json
 
 from imgsearch.backbones import ModelUnavailable, load_embedder
-from imgsearch.decode import HANDOUT_VIEWS, load_views
+from imgsearch.prepare import HANDOUT_VIEWS, load_views
 
 
 @pytest.fixture(scope="module")

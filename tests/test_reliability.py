@@ -87,7 +87,7 @@ def ingest_json(*args: str | os.PathLike[str], ok: tuple[int, ...] = (0,)) -> di
 def embedder() -> Any:
     """The model as the CHEAP options configure it, loaded in this process to embed files afresh."""
     from imgsearch.backbones import load_embedder
-    from imgsearch.decode import Views
+    from imgsearch.prepare import Views
 
     return load_embedder(MODEL, pooling="avg", views=Views("center", (224,)))
 
@@ -281,6 +281,7 @@ def _mutate(lib: Path, rng: random.Random, trial: int) -> dict[str, int]:
 def _verify(lib: Path, store_args: list[str], embedder: Any, rng: random.Random) -> int:
     """Exactly one entry per file, metadata matching the file, and spot-checked vectors equal a
     fresh embedding of the file and find themselves first. Returns the entry count."""
+    from imgsearch.batching import embed_paths
     from imgsearch.store import Store, image_id
 
     files = {str(p) for p in lib.rglob("*.jpg")}
@@ -293,7 +294,7 @@ def _verify(lib: Path, store_args: list[str], embedder: Any, rng: random.Random)
         assert id_ == image_id(meta["path"]) and (meta["size"], meta["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
         assert meta["sha256"] == hashlib.sha256(Path(meta["path"]).read_bytes()).hexdigest()
     spot = rng.sample(sorted(rows), 4)
-    fresh = embedder.embed_paths([rows[i]["path"] for i in spot])
+    fresh = embed_paths([rows[i]["path"] for i in spot], embedder)
     store = Store(_location(store_args))
     try:
         hits = store.query(np.stack([rows[i]["_embedding"] for i in spot]), k=1)
@@ -486,7 +487,7 @@ def test_giant_thin_and_16_bit_images_decode_in_bounded_memory(tmp_path: Path) -
     code = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))\n"
-        "from imgsearch.decode import Views, load_views\n"
+        "from imgsearch.prepare import Views, load_views\n"
         "for path in sys.argv[1:]:\n"
         "    views, decoded = load_views(path, Views('full', (224, 320)))\n"
         "    print(decoded.width, decoded.height, [v.shape for v in views])\n"

@@ -18,8 +18,8 @@ from PIL import Image
 from test_service import Proc, chromium, needs_chromium, serving
 
 from imgsearch.backbones import POOLINGS, Embedder, load_embedder
-from imgsearch.decode import preprocess_whole
 from imgsearch.heat import heat
+from imgsearch.prepare import preprocess_whole
 from imgsearch.search.why import PAIRS, explain, picture
 from imgsearch.store import image_id
 
