@@ -10,8 +10,9 @@ both must give the same ranking and scores (the region is embedded exactly as th
         --work /tmp/regions-bench [--crops 200] [--verify N] [--out docs/regions-bench]
 
 A set without ``--db`` is ingested into ``--work/SET`` first (default settings, efficientnet-lite0).
-``--verify N`` passes ``verify=N`` to search() when it takes one (re-ranking by the query's pixels);
-each run is kept in OUT.json under its verify setting, and OUT.md shows every run kept there.
+``--verify N`` passes ``verify=N`` to search() when it takes one (re-ranking by the query's pixels; a crop is a
+region query, verified deeper until a candidate verifies: search/verify.py); each run is kept in OUT.json under
+its verify setting, and OUT.md shows every run kept there, and what was written by hand below its notes marker.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ AREAS = (0.25, 0.10)
 K = 100
 TOPS = (1, 5, 100)
 TOLERANCE = 1e-5  # score difference allowed between a crop file and the same box
+NOTES = "<!-- notes: kept below by each run -->"
 
 
 def library(root: Path) -> list[Path]:
@@ -126,7 +128,10 @@ def markdown(runs: dict[str, Any]) -> str:
         "Made by `python bench/regions.py` (see its docstring): seeded random crops of library photos covering",
         "25 % and 10 % of the picture, searched for as PNG files and as `--box` on the source photo; the share",
         "whose source comes back at rank 1, in the top 5, in the top 100. *same* is the share of crops whose",
-        "file and box rankings are identical; *gap* the largest score difference between the two.",
+        "file and box rankings are identical; *gap* the largest score difference between the two. With verify > 0",
+        "a crop (file or box) is a region query: its candidates are compared by their pixels 20 at a time until one",
+        "is verified, 100 at most (search/verify.py). *ms/query*: the crop file's search, with the process's cache of",
+        "256 files' keypoints kept between queries as in a service (all 255 holiday photos fit it, 3,000 do not).",
         "",
     ]
     for run, result in runs.items():
@@ -180,7 +185,9 @@ def main() -> None:
     runs = json.loads(saved.read_text()) if saved.exists() else {}
     runs[run] = result
     saved.write_text(json.dumps(runs, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(runs))
+    page = args.out.with_suffix(".md")
+    notes = page.read_text().partition(NOTES)[2] if page.exists() else ""  # written by hand: kept
+    page.write_text(markdown(runs) + (NOTES + notes if notes else ""))
     print(markdown({run: result}))
 
 

@@ -12,18 +12,19 @@ Failures are typed (:class:`UnusableQuery`, :class:`EmptyStore`, the store's ``S
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imgsearch.backbones import Embedder, describe_feature
-from imgsearch.decode import ImageError, probe
+from imgsearch.decode import ImageError, load_image, probe
+from imgsearch.local import MIN_SIDE as FEATURE_SIDE
 from imgsearch.local import extract
-from imgsearch.local import read as read_features
-from imgsearch.search.verify import MAX_VERIFY, MIN_INLIERS, VERIFY, rerank
+from imgsearch.search.hit import Hit
+from imgsearch.search.verify import MAX_VERIFY, MIN_INLIERS, REGION_VERIFY, VERIFY, is_region, rerank
 from imgsearch.store import Location, Store, StoreError, stored_path
 
 if TYPE_CHECKING:
@@ -47,35 +48,6 @@ class UnusableQuery(ImageError):
 
 class EmptyStore(StoreError):
     """The store holds no images yet: nothing to search."""
-
-
-@dataclass(frozen=True)
-class Hit:
-    rank: int
-    id: str
-    score: float
-    distance: float
-    path: str
-    category: str
-    metadata: dict[str, Any]
-    offline: bool = False  # its folder was offline at the last sync: kept and searchable, maybe not openable
-    inliers: int | None = None  # keypoint matches agreeing with the query on one transform; None: not looked at
-    verified: bool = False  # its pixels show the query's place or object (enough inliers): ranked first
-
-    def as_dict(self) -> dict[str, Any]:
-        return (
-            {
-                "rank": self.rank,
-                "id": self.id,
-                "score": round(self.score, 6),
-                "distance": round(self.distance, 6),
-                "path": self.path,
-                "category": self.category,
-                "metadata": self.metadata,
-            }
-            | ({"offline": True} if self.offline else {})
-            | ({} if self.inliers is None else {"inliers": self.inliers, "verified": self.verified})
-        )
 
 
 def check_queries(paths: Iterable[str]) -> None:
@@ -141,7 +113,9 @@ def search(
     (:mod:`imgsearch.search.verify`; 0: ranked by the vectors alone). Vector queries are verified against
     ``sources``, the file each vector was made from (None where there is none).
     ``box``: search by that region of every query file (:mod:`imgsearch.regions`), exactly as by the region
-    cut out and saved losslessly; raises BadBox for a box off a picture.
+    cut out and saved losslessly; raises BadBox for a box off a picture. A region query (a box, or a query
+    file with at most half the pixels of the pictures it resembles: a crop) is verified deeper, ``verify`` at a
+    time until a candidate verifies, :data:`~imgsearch.search.verify.REGION_VERIFY` at most.
     """
     offline = frozenset(store.offline_roots()) if metadata or online_only else frozenset()
     if online_only and offline:
@@ -162,23 +136,43 @@ def search(
         raise ValueError("query files need the embedder that made the store's vectors")
     from imgsearch.batching import UnusableFile, embed_chunks
 
+    deep = (max(k, REGION_VERIFY) if verify else k, *options[1:])  # a region query's candidates
     try:
         for names, vectors in embed_chunks(queries, embedder, QUERY_CHUNK, QUERY_BATCH, skip_unusable, box):
-            for name, hits in zip(names, _rank(store, vectors, [None] * len(names), *options), strict=True):
-                yield name, _verified(name, hits, verify, k, box)
+            ranked = _rank(store, vectors, [None] * len(names), *(options if box is None else deep))
+            for row, (name, hits) in enumerate(zip(names, ranked, strict=True)):
+                deeper = partial(_rank, store, vectors[row : row + 1], [None], *deep)
+                yield name, _verified(name, hits, verify, k, box, deeper)
     except UnusableFile as err:
         raise UnusableQuery(err.path, str(err)) from None
 
 
-def _verified(source: str | None, hits: list[Hit], n: int, k: int, box: Box | None = None) -> list[Hit]:
+def _verified(
+    source: str | None,
+    hits: list[Hit],
+    n: int,
+    k: int,
+    box: Box | None = None,
+    deeper: Callable[[], list[list[Hit]]] | None = None,
+) -> list[Hit]:
     """The top ``k`` of ``hits`` after the first ``n`` are compared with the pixels of ``source``, the query's
-    file (its ``box`` region); a file that cannot be read again (gone since it was embedded) leaves the order."""
+    file (its ``box`` region); a file that cannot be read again (gone since it was embedded) leaves the order.
+    A region query (a box, or a file small beside its hits: :func:`~imgsearch.search.verify.is_region`) is
+    compared deeper until a candidate verifies (:func:`~imgsearch.search.verify.rerank`'s ``deepen``), its hits
+    ranked again :data:`~imgsearch.search.verify.REGION_VERIFY` deep by ``deeper`` when fewer were fetched."""
     if n and source is not None and hits:
         from imgsearch.regions import open_query
 
         with suppress(ImageError):  # a region is cut from the full picture; a whole one is read small
-            query = read_features(source) if box is None else extract(open_query(source, box))
-            hits = rerank(query, hits, n)
+            if box is None:
+                decoded = load_image(source, min_side=FEATURE_SIDE)
+                query = extract(decoded.image)  # a vector query (evaluation, more-like-this) is a whole picture
+                region = deeper is not None and is_region(decoded.width * decoded.height, hits)
+            else:
+                query, region = extract(open_query(source, box)), True
+            if region and deeper is not None and len(hits) < REGION_VERIFY:  # a crop file: its hits again, deeper
+                hits = deeper()[0]
+            hits = rerank(query, hits, n, deepen=REGION_VERIFY if region else 0)
     return hits[:k]
 
 

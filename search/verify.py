@@ -16,32 +16,57 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 from imgsearch.local import FeatureCache, Features, match
-
-if TYPE_CHECKING:  # query.py calls this module: the type only, no import cycle
-    from imgsearch.search.query import Hit
+from imgsearch.search.hit import Hit
 
 VERIFY = 20  # candidates compared by default: past the 20th, second shots are rare and the cost grows
 MAX_VERIFY = 100  # the most a caller may ask for: each costs a decode and a match
 MIN_INLIERS = 10  # agreeing matches that make a candidate verified
+# A region query (a box, or a query picture with at most REGION_AREA of the pixels of the pictures it resembles:
+# a crop, a cut-out) is compared deeper, VERIFY at a time until one is verified, REGION_VERIFY at most: a piece
+# of a photo ranks its source lower by its vector than a whole photo does (docs/regions-bench.md)
+REGION_VERIFY = MAX_VERIFY
+REGION_AREA = 0.5
 WORKERS = 2  # candidates read and matched at once (OpenCV runs without the GIL)
 
 CACHE = FeatureCache()  # this process's: a search service meets the same candidates again
 
 
-def rerank(query: Features, hits: Sequence[Hit], n: int = VERIFY, cache: FeatureCache = CACHE) -> list[Hit]:
+def is_region(pixels: int, hits: Sequence[Hit], n: int = VERIFY) -> bool:
+    """Whether a query picture of ``pixels`` (its full size) looks like a piece of the pictures it resembles: at
+    most :data:`REGION_AREA` of the median size of the first ``n`` hits that record theirs."""
+    sizes = sorted(
+        int(w) * int(h)
+        for hit in hits[:n]
+        if isinstance(w := hit.metadata.get("width"), int) and isinstance(h := hit.metadata.get("height"), int)
+    )
+    return bool(sizes) and pixels <= REGION_AREA * sizes[len(sizes) // 2]
+
+
+def rerank(
+    query: Features, hits: Sequence[Hit], n: int = VERIFY, cache: FeatureCache = CACHE, deepen: int = 0
+) -> list[Hit]:
     """``hits`` (best first) with the first ``n`` compared with ``query``: verified ones first, most
-    inliers first; ranks renumbered. Every compared hit carries its inlier count."""
-    n = max(0, min(n, MAX_VERIFY, len(hits)))
+    inliers first; ranks renumbered. Every compared hit carries its inlier count.
+
+    ``deepen`` > ``n`` (a region query): while none of those compared is verified, the next ``n`` are compared
+    too, up to ``deepen``: a crop's source often ranks past the 20th by its vector, and once one candidate shows
+    the region, it is nearly always the source (docs/regions-bench.md)."""
+    step = n = max(0, min(n, MAX_VERIFY, len(hits)))
+    limit = max(n, min(deepen, MAX_VERIFY, len(hits)))
 
     def inliers(hit: Hit) -> int | None:
         found = cache.get(hit.path) if hit.path else "no path"
         return None if isinstance(found, str) else match(query, found).inliers
 
+    counts: list[int | None] = []
     with ThreadPoolExecutor(WORKERS) as pool:
-        counts = list(pool.map(inliers, hits[:n]))
+        while True:
+            counts += pool.map(inliers, hits[len(counts) : n])
+            if not step or n >= limit or any(c is not None and c >= MIN_INLIERS for c in counts):
+                break
+            n = min(n + step, limit)
     looked = [
         dataclasses.replace(h, inliers=c, verified=c is not None and c >= MIN_INLIERS)
         for h, c in zip(hits[:n], counts, strict=True)

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import MODEL, _free_port, copy_library, run_cli, run_json
+from conftest import LIBRARY, MODEL, _free_port, copy_library, run_cli, run_json
 from test_service import Proc, chromium, needs_chromium, wait_for
 
+from imgsearch.local import FeatureCache, extract
 from imgsearch.regions import BadBox, Box, open_query
+from imgsearch.search.query import Hit
+from imgsearch.search.verify import REGION_AREA, is_region, rerank
 
 
 @pytest.mark.parametrize(
@@ -58,6 +61,35 @@ def test_a_box_off_the_picture_or_too_small_is_refused(text: str, says: str) -> 
     with pytest.raises(BadBox, match=says):
         Box.parse(text).pixels(200, 100)
     assert issubclass(BadBox, ValueError)
+
+
+def _hits(paths: list[Path], size: tuple[int, int] | None = (400, 300)) -> list[Hit]:
+    """Hits in this order, each with its picture's size recorded as ingest records it (or none)."""
+    meta = {} if size is None else {"width": size[0], "height": size[1]}
+    return [Hit(r, f"id{r}", 1 - r / 100, r / 100, str(p), "", meta) for r, p in enumerate(paths, 1)]
+
+
+def test_a_query_picture_much_smaller_than_its_hits_is_a_region_of_them() -> None:
+    hits = _hits([Path("a.jpg")] * 5)
+    assert is_region(int(REGION_AREA * 400 * 300), hits)  # a crop of half the picture or less
+    assert not is_region(int(0.6 * 400 * 300), hits) and not is_region(4000 * 3000, hits)
+    assert not is_region(10, _hits([Path("a.jpg")] * 5, None))  # sizes not recorded: not a region
+
+
+def test_a_region_query_is_verified_deeper_until_a_candidate_shows_it() -> None:
+    """The crop's source lies 6th by its vector: the first 4 compared show nothing, the next 4 find the source,
+    and the rest are left alone; a whole-picture query (no ``deepen``) stops at its 4."""
+    firsts = [sorted(c.iterdir())[0] for c in sorted(p for p in LIBRARY.iterdir() if p.is_dir())]
+    source = LIBRARY / "fruit" / "fruit_000.jpg"  # a textured photo: ~300 keypoints in the region
+    others = [p for p in firsts if p != source]
+    photos = [*others[:5], source, *others[5:11]]
+    query = extract(open_query(source, Box.parse("0.1,0.2,0.6,0.6")))
+    plain = rerank(query, _hits(photos), 4, cache=FeatureCache())
+    assert [h.inliers is not None for h in plain] == [True] * 4 + [False] * 8
+    assert not any(h.verified for h in plain) and plain[5].path == str(source)
+    deep = rerank(query, _hits(photos), 4, cache=FeatureCache(), deepen=12)
+    assert [h.inliers is not None for h in deep] == [True] * 8 + [False] * 4
+    assert deep[0].path == str(source) and deep[0].verified and not any(h.verified for h in deep[1:])
 
 
 @pytest.fixture(scope="module")
