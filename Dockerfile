@@ -18,6 +18,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 t
 
 COPY pyproject.toml README.md ./
 COPY imgsearch ./imgsearch
+COPY core ./core
 COPY ingest ./ingest
 COPY search ./search
 COPY dupes ./dupes
@@ -32,9 +33,9 @@ RUN if [ "$RESNET50" = download ]; then \
       python -c "from torchvision.models import ResNet50_Weights as W; W.IMAGENET1K_V1.get_state_dict(check_hash=True)"; \
     fi
 # Prove the offline start now rather than at 3 a.m.: build the models with the network switched off.
-RUN --network=none python -c "from imgsearch.backbones import load_embedder; load_embedder('efficientnet-lite0')" \
+RUN --network=none python -c "from imgsearch.core.backbones import load_embedder; load_embedder('efficientnet-lite0')" \
  && if [ "$RESNET50" = download ]; then \
-      python -c "from imgsearch.backbones import load_embedder; load_embedder('resnet50')"; \
+      python -c "from imgsearch.core.backbones import load_embedder; load_embedder('resnet50')"; \
     fi
 
 RUN useradd --create-home --uid 10001 imgsearch && mkdir /status && chown imgsearch /status

@@ -115,9 +115,9 @@ def build_scale_library(work: Path, files: int, seed: int) -> dict[str, str]:
 
 
 def ingest(lib: Path, db: Path) -> Any:
+    from imgsearch.core.session import ModelChoice, open_embedder
+    from imgsearch.core.store import Location, Store
     from imgsearch.ingest.sync import ingest as run_ingest
-    from imgsearch.session import ModelChoice, open_embedder
-    from imgsearch.store import Location, Store
 
     store = Store(Location(db=db))
     if store.fingerprint() is None or store.count() == 0:
@@ -132,10 +132,10 @@ def candidate_measures(store: Any, origin: dict[str, str], neighbours: int) -> l
     """Every candidate pair of distinct contents (score >= FLOOR_MIN) with the verifier's measures."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from imgsearch.core.runtime import usable_cpus
+    from imgsearch.core.store import stored_path
     from imgsearch.dupes.find import _pages
     from imgsearch.dupes.verify import Verifier
-    from imgsearch.runtime import usable_cpus
-    from imgsearch.store import stored_path
 
     verifier = Verifier(cache_bytes=1 << 40)  # every file prepared once: a bench, not a bounded run
     pairs: dict[tuple[str, str], float] = {}
@@ -310,9 +310,9 @@ def scale_run(work: Path, files: int, seed: int, sample: int) -> dict[str, Any]:
     does. The whole run, 100k and 1M photos are extrapolated from those parts."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from imgsearch.core.runtime import usable_cpus
     from imgsearch.dupes.find import FLOORS, NEIGHBOURS, _candidates, _locality_order
     from imgsearch.dupes.verify import Verifier
-    from imgsearch.runtime import usable_cpus
 
     build_scale_library(work, files, seed)
     store = ingest(work / "lib", work / "db")

@@ -59,7 +59,7 @@ from bench.report import (
     write_json,
     write_text,
 )
-from imgsearch.store import PAGE, Location, Store, image_id
+from imgsearch.core.store import PAGE, Location, Store, image_id
 
 LIBRARY = REPO / "examples" / "library"
 MODEL = "efficientnet-lite0"

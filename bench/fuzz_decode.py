@@ -1,4 +1,4 @@
-"""Fuzz the decode + preprocess path (imgsearch.prepare.load_views) with hypothesis.
+"""Fuzz the decode + preprocess path (imgsearch.core.prepare.load_views) with hypothesis.
 
 The contract under test: for ANY bytes in a file, ``load_views`` either returns one finite float32
 array of shape (3, s, s) per scale, or raises ImageError with a reason; never another exception,
@@ -103,7 +103,7 @@ def seeds(kind: str) -> list[bytes]:
     RAW's orientation), a bitmap preview and none."""
     from PIL import Image
 
-    from imgsearch.decode import _register_heif
+    from imgsearch.core.decode import _register_heif
 
     sys.path.insert(0, str(REPO / "tests"))
     from test_formats import dng  # the format tests' DNG writer: one layout, tested against LibRaw
@@ -157,8 +157,8 @@ def _mutate(data: bytes, ops: list[tuple[str, int, int]], seed: int) -> bytes:
 def check(data: bytes, suffix: str, scales: tuple[int, ...], crop: str, workdir: Path, timeout: float) -> str:
     """One input (a file named ``input<suffix>``: RAW is found by extension) through load_views; returns
     "ok" or "ImageError"; anything else raises."""
-    from imgsearch.decode import ImageError
-    from imgsearch.prepare import Views, load_views
+    from imgsearch.core.decode import ImageError
+    from imgsearch.core.prepare import Views, load_views
 
     path = workdir / f"input{suffix}"
     path.write_bytes(data)

@@ -47,9 +47,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import REPO, cli, jpeg_with_comment, log, peak_rss, write_json, write_text
-from imgsearch.prepare import HANDOUT_VIEWS, MEAN, STD, Views, load_views
-from imgsearch.presets import DEFAULT_PRESET, PRESETS
-from imgsearch.runtime import BACKENDS, CALIBRATION, cache_dir, choose_backend, usable_cpus
+from imgsearch.core.prepare import HANDOUT_VIEWS, MEAN, STD, Views, load_views
+from imgsearch.core.presets import DEFAULT_PRESET, PRESETS
+from imgsearch.core.runtime import BACKENDS, CALIBRATION, cache_dir, choose_backend, usable_cpus
 
 HANDOUT_FEATURES = ["--features", "handout"]
 DEFAULT_FEATURES: list[str] = []  # what a user gets without flags
@@ -175,7 +175,7 @@ def _handout_loop(files: list[Path], model: str, weights: Path | None, seconds: 
     from PIL import Image
     from torchvision import transforms
 
-    from imgsearch.backbones import BACKBONES
+    from imgsearch.core.backbones import BACKBONES
 
     torch.set_num_threads(usable_cpus())
     backbone = BACKBONES[model]
@@ -223,7 +223,7 @@ def model_only(
 ) -> float:
     """Images/s of the embedder alone (trunk + pooling) on pre-made tensors of 8 images: the
     handout's features, or with ``shipped`` the default preset's."""
-    from imgsearch.backbones import load_embedder
+    from imgsearch.core.backbones import load_embedder
 
     views, pooling = (Views(SHIPPED.crop, SHIPPED.scales), SHIPPED.pooling) if shipped else (HANDOUT_VIEWS, "avg")
     embedder = load_embedder(model, weights=weights, device=device, pooling=pooling, views=views, backend=backend)
@@ -264,8 +264,8 @@ def bound(model_ips: float, costs: dict[str, float]) -> float:
 
 def pipeline(files: list[Path], model: str, backend: str, device: str, weights: Path | None) -> float:
     """Images/s of ingest's decode → preprocess → embed stage alone, in this process (no store)."""
-    from imgsearch.backbones import load_embedder
-    from imgsearch.batching import embed_files
+    from imgsearch.core.backbones import load_embedder
+    from imgsearch.core.batching import embed_files
 
     embedder = load_embedder(model, weights=weights, device=device, pooling="avg", views=HANDOUT_VIEWS, backend=backend)
     started = time.perf_counter()
@@ -296,8 +296,8 @@ def end_to_end(
 def backend_agreement(backends: list[str], device: str) -> dict[str, Any]:
     """Each backend's vectors against eager fp32 on CPU, with EfficientNet-Lite0's real weights on the
     demo library and its queries, at the shipped default features (the ingest pipeline embeds)."""
-    from imgsearch.backbones import load_embedder
-    from imgsearch.batching import embed_files
+    from imgsearch.core.backbones import load_embedder
+    from imgsearch.core.batching import embed_files
     from imgsearch.evaluation.evaluate import agreement
 
     examples = REPO / "examples"

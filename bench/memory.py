@@ -43,9 +43,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import REPO, chroma_server, cli, cpus, jpeg_with_comment, log, peak_rss, stop, work_folder, write_json
+from imgsearch.core.store import PAGE, Location, Store, image_id, stored_path
 from imgsearch.ingest.scan import scan
 from imgsearch.ingest.sync import file_metadata  # the metadata ingest writes, so rows match the files
-from imgsearch.store import PAGE, Location, Store, image_id, stored_path
 
 LIBRARY = REPO / "examples" / "library"
 MODEL = "efficientnet-lite0"

@@ -31,11 +31,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from imgsearch.core.regions import Box, crop  # noqa: E402
+from imgsearch.core.session import ModelChoice  # noqa: E402
+from imgsearch.core.store import Location  # noqa: E402
 from imgsearch.ingest.scan import is_image_name  # noqa: E402
-from imgsearch.regions import Box, crop  # noqa: E402
 from imgsearch.search.query import open_search, search  # noqa: E402
-from imgsearch.session import ModelChoice  # noqa: E402
-from imgsearch.store import Location  # noqa: E402
 
 SETS = {"caltech101-dev": "caltech101-dev", "holidays-dev": "holidays-dev/library"}
 AREAS = (0.25, 0.10)
@@ -51,7 +51,7 @@ def library(root: Path) -> list[Path]:
 
 def make_crops(photos: list[Path], area: float, n: int, rng: random.Random, out: Path) -> list[dict[str, Any]]:
     """``n`` crops of distinct photos, each ``area`` of its picture, saved as PNG under ``out``."""
-    from imgsearch.decode import load_image
+    from imgsearch.core.decode import load_image
 
     out.mkdir(parents=True, exist_ok=True)
     crops = []
@@ -108,9 +108,9 @@ def measure_set(db: Path, crops: dict[float, list[dict[str, Any]]], options: dic
 
 def ingested(name: str, root: Path, work: Path) -> Path:
     """A store of ``root`` made by the product's ingest with the default settings (reused when present)."""
+    from imgsearch.core.session import open_embedder
+    from imgsearch.core.store import Store
     from imgsearch.ingest.sync import ingest
-    from imgsearch.session import open_embedder
-    from imgsearch.store import Store
 
     db = work / f"db-{name}"
     store = Store(Location(db=db))

@@ -99,7 +99,7 @@ per store; default 10, so at least 20 in all; a 30-kill run of the embedded stor
 
 FUZZ = """## 4. Fuzzing decode + preprocess
 
-`bench/fuzz_decode.py` (hypothesis) feeds `imgsearch.prepare.load_views` real images in every mode we
+`bench/fuzz_decode.py` (hypothesis) feeds `imgsearch.core.prepare.load_views` real images in every mode we
 decode (1, L, LA, P, RGB, RGBA, CMYK, I;16, I, F), as PNG/JPEG/GIF (animated too)/WebP/TIFF/BMP,
 ordinary sizes and long thin strips up to 70000 px, EXIF orientation tags valid and invalid, then
 mutated (truncated, bits flipped, bytes inserted, repeated or deleted, 32-bit header fields
@@ -185,7 +185,7 @@ A named pipe in a library used to hang `imgsearch ingest` for good (the hashing 
 files are read: the scan classifies each entry with the `stat` it already makes and reports FIFOs,
 sockets and device nodes (`not a regular file: a named pipe (FIFO)`, `...: a socket`, `...: a
 character device`) without opening them; every open (hashing, decoding, camera RAW previews, which
-LibRaw reads through `/dev/fd/N`) goes through `imgsearch.files.open_regular`: `O_NONBLOCK |
+LibRaw reads through `/dev/fd/N`) goes through `imgsearch.core.files.open_regular`: `O_NONBLOCK |
 O_NOCTTY`, then `fstat` on the descriptor, so a file swapped for a FIFO after the scan is refused too.
 A symlink whose target leaves the ingested folders (`passwd.jpg -> /etc/passwd`, a link to a folder
 elsewhere) is skipped with `symlink points outside the ingested folders (--follow-outside reads it)`.
@@ -204,7 +204,7 @@ seconds of SIGTERM. Every subprocess has a deadline that fails the test: none ca
 MEMORY = """## 7. Memory flat in the number of inputs
 
 `imgsearch search` once decoded and embedded every query file in one batch (550 query photos: 19 GB).
-Queries now go through the same windowed mapper as ingest (`imgsearch.batching`: decode threads, at
+Queries now go through the same windowed mapper as ingest (`imgsearch.core.batching`: decode threads, at
 most a window of images in flight, batched model calls) and are ranked 64 at a time, results printed
 as they come; `report` writes its HTML piece by piece; leave-one-out `eval` ranks in chunks and keeps
 only running metric sums (its hits carry ids, not metadata, which also made it ~2x faster);

@@ -192,7 +192,7 @@ def photo_metadata(
     path: str, category: str, size: int, mtime_ns: int, sha256: str, width: int, height: int
 ) -> dict[str, Any]:
     """A stored row's metadata as ingest writes it, for a photo that exists only in a synthetic store."""
-    from imgsearch.store import path_fields
+    from imgsearch.core.store import path_fields
 
     return {
         **path_fields(path),

@@ -20,7 +20,7 @@ Measured per size, all in this one run:
 - ``Store.query`` (k=10, with metadata, as search does) p50/p99 unfiltered and with each category
   filter, for 1, 4 and 16 concurrent clients (threads, each its own HTTP client), and queries/s;
 - first, the planted categories through Chroma's own filter (``where`` passed to the index), for
-  comparison; then the migration to side collections (imgsearch/partitions.py, what ``imgsearch
+  comparison; then the migration to side collections (core/partitions.py, what ``imgsearch
   partition`` runs): its time, extra rows, disk and server RSS; the queries above use the sides;
 - recall@10 of every filter against exact filtered search (brute force over the regenerated rows) on
   the queries, which are derived like the rows but are not stored, and how many queries got fewer
@@ -75,7 +75,7 @@ from bench.report import (
     write_text,
 )
 from bench.report import tree_rss_mb as _rss_mb  # also bench/verify.py's
-from imgsearch.store import HNSW, Location, Store, image_id
+from imgsearch.core.store import HNSW, Location, Store, image_id
 
 MODEL = "efficientnet-lite0"
 SIZES = [100_000, 1_000_000]
@@ -231,7 +231,7 @@ def load(folder: Path, rows: Rows, fingerprint: dict[str, Any], collection: str)
 # -- exact truth ------------------------------------------------------------------------------------
 def exact_truth(rows: Rows, queries: np.ndarray) -> dict[str, list[list[str]]]:
     """Exact top-K ids per query, unfiltered and under each category filter, one page at a time."""
-    from imgsearch.where import matches
+    from imgsearch.core.where import matches
 
     nq = len(queries)
     best = {f: (np.full((nq, K), -9.0, np.float32), np.zeros((nq, K), np.int64)) for f in FILTERS}
@@ -309,7 +309,7 @@ def run_queries(url: str, collection: str, queries: np.ndarray, f: str, clients:
 
 def chroma_filter(url: str, collection: str, queries: np.ndarray, truth: dict[str, list[list[str]]]) -> dict[str, Any]:
     """Chroma's own filtered search (``where`` passed to the index, as before imgsearch filtered nearest
-    rows itself: imgsearch/where.py), one client, for comparison."""
+    rows itself: core/where.py), one client, for comparison."""
     store = Store(Location(url=url, collection=collection))
     col = store.require()
     out = {}

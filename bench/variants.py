@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import DATASETS, REPO, cli, log, md_table, replace_section, run_checked, write_json
-from imgsearch.presets import DEFAULT_PRESET, PRESETS
+from imgsearch.core.presets import DEFAULT_PRESET, PRESETS
 
 # name -> `imgsearch eval` options; the presets first, then single changes that explain them
 VARIANTS: dict[str, list[str]] = {

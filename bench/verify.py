@@ -37,9 +37,9 @@ LOSS = 0.005  # category mAP or copy rank-1 it may cost
 
 def _store(library: Path, db: Path) -> Any:
     """The store of ``library`` with the default settings, ingested once into ``db`` by the product's ingest."""
+    from imgsearch.core.session import ModelChoice, open_embedder
+    from imgsearch.core.store import Location, Store
     from imgsearch.ingest.sync import ingest
-    from imgsearch.session import ModelChoice, open_embedder
-    from imgsearch.store import Location, Store
 
     store = Store(Location(db=db))
     embedder = open_embedder(store, ModelChoice(model=MODEL))
@@ -73,8 +73,8 @@ def at_scale(root: Path, n: int, verify: int, work: Path) -> dict[str, Any]:
     real photos they mostly are, so every candidate verified is a real file decoded and matched."""
     from bench.memory import chroma_server
     from bench.scale import PAGE, Rows, _rss_mb
-    from imgsearch.session import ModelChoice, open_embedder
-    from imgsearch.store import CollectionMissing, Location, Store, image_id
+    from imgsearch.core.session import ModelChoice, open_embedder
+    from imgsearch.core.store import CollectionMissing, Location, Store, image_id
 
     real = [Store(Location(db=work / name)) for name in ("holidays", "caltech")]
     rows = sorted(

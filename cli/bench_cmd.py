@@ -13,7 +13,7 @@ from imgsearch.cli.options import JsonOpt, fail, store_options, user_errors
 from imgsearch.cli.output import json_stdout, say
 
 if TYPE_CHECKING:
-    from imgsearch.store import Location
+    from imgsearch.core.store import Location
 
 
 @store_options
@@ -41,9 +41,9 @@ def bench_index(
     with user_errors(), json_stdout(as_json) as emit:
         import numpy as np
 
+        from imgsearch.core.store import Store
         from imgsearch.evaluation.index_bench import bench, markdown, perturbed
         from imgsearch.evaluation.index_bench import plot as draw
-        from imgsearch.store import Store
 
         try:
             configs = [

@@ -12,7 +12,7 @@ from imgsearch.cli.options import JsonOpt, WhereOpt, store_options, user_errors
 from imgsearch.cli.output import json_stdout, progress_bar, say, table
 
 if TYPE_CHECKING:
-    from imgsearch.store import Location
+    from imgsearch.core.store import Location
 
 
 class Level(StrEnum):

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from imgsearch.backbones import describe
 from imgsearch.cli.options import (
     CollectionOpt,
     ExpandOpt,
@@ -22,11 +21,12 @@ from imgsearch.cli.options import (
     user_errors,
 )
 from imgsearch.cli.output import json_stdout, progress_bar, say, table
-from imgsearch.collection import DEFAULT_COLLECTION
+from imgsearch.core.backbones import describe
+from imgsearch.core.collection import DEFAULT_COLLECTION
 from imgsearch.search.verify import VERIFY
 
 if TYPE_CHECKING:
-    from imgsearch.session import ModelChoice
+    from imgsearch.core.session import ModelChoice
 
 
 def _held_out(qdir: Path) -> list[tuple[str, str]]:
@@ -90,10 +90,10 @@ def evaluate(
             fail(f"no such folder: {library}")
         if queries is not None and not queries.is_dir():
             fail(f"--queries {queries}: no such folder")
+        from imgsearch.core.session import open_embedder
+        from imgsearch.core.store import Location, Store
         from imgsearch.evaluation.evaluate import METRICS, copy_detection, evaluate, handout_baseline
         from imgsearch.ingest.sync import ingest
-        from imgsearch.session import open_embedder
-        from imgsearch.store import Location, Store
 
         with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as tmp:
             location = Location(

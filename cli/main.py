@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from imgsearch.backbones import describe
 from imgsearch.cli.bench_cmd import bench_index
 from imgsearch.cli.dupes_cmd import dupes
 from imgsearch.cli.eval_cmd import evaluate
@@ -41,12 +40,13 @@ from imgsearch.cli.options import (
 from imgsearch.cli.output import json_stdout, progress_bar, say, table
 from imgsearch.cli.report_cmd import report
 from imgsearch.cli.service_cmd import StatusOpt, serve, worker, worker_line
+from imgsearch.core.backbones import describe
 from imgsearch.search.verify import VERIFY
 
 if TYPE_CHECKING:
+    from imgsearch.core.session import ModelChoice
+    from imgsearch.core.store import Location
     from imgsearch.search.query import Hit
-    from imgsearch.session import ModelChoice
-    from imgsearch.store import Location
 
 EXIT_PARTIAL = 3
 OFFLINE = " (offline)"  # after the path of a hit whose folder was offline at the last sync
@@ -119,11 +119,11 @@ def ingest(
         missing = [str(d) for d in dirs if not os.path.exists(d)]
         if missing:
             fail(f"no such folder: {', '.join(missing)}")
+        from imgsearch.core.session import open_embedder
+        from imgsearch.core.store import Store
         from imgsearch.ingest.plan import ALL
         from imgsearch.ingest.sync import check_tags
         from imgsearch.ingest.sync import ingest as run_ingest
-        from imgsearch.session import open_embedder
-        from imgsearch.store import Store
 
         tags = _parse_tags(tag)
         check_tags(tags)

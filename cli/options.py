@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from imgsearch.cli.output import say
-from imgsearch.collection import DEFAULT_COLLECTION
-from imgsearch.collection import DEFAULT_DB as STORE_DB
-from imgsearch.presets import DEFAULT_PRESET, preset_help
+from imgsearch.core.collection import DEFAULT_COLLECTION
+from imgsearch.core.collection import DEFAULT_DB as STORE_DB
+from imgsearch.core.presets import DEFAULT_PRESET, preset_help
 
 if TYPE_CHECKING:
-    from imgsearch.regions import Box
+    from imgsearch.core.regions import Box
 
 EXIT_ERROR = 1
 
@@ -211,9 +211,9 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Known failures become one clear line on stderr and exit 1, never a traceback."""
-    from imgsearch.backbones import ModelUnavailable
-    from imgsearch.decode import ImageError
-    from imgsearch.store import StoreError
+    from imgsearch.core.backbones import ModelUnavailable
+    from imgsearch.core.decode import ImageError
+    from imgsearch.core.store import StoreError
 
     try:
         yield
@@ -228,7 +228,7 @@ def query_boxes(text: str | None, files: list[str]) -> tuple[Box | None, dict[st
     as fractions of that picture (what the output shows). Raises BadBox, naming the file."""
     if text is None:
         return None, {}
-    from imgsearch.regions import BadBox, Box, picture_box
+    from imgsearch.core.regions import BadBox, Box, picture_box
 
     box = Box.parse(text)
     shown = {}
@@ -290,7 +290,7 @@ def store_options(func: F) -> F:
     def location(
         db: Path, chroma_url: str | None, timeout: float | None, chroma_token: str | None, collection: str
     ) -> Any:
-        from imgsearch.store import Location
+        from imgsearch.core.store import Location
 
         return Location(db=db, url=chroma_url, collection=collection, timeout=timeout, token=chroma_token)
 
@@ -309,7 +309,7 @@ def model_options(features: bool = False) -> Callable[[F], F]:
     flags that make a new collection's vectors) in place of its ``choice`` parameter."""
 
     def choice(**given: Any) -> Any:
-        from imgsearch.session import ModelChoice
+        from imgsearch.core.session import ModelChoice
 
         scales = parse_scales(given.pop("scales", None))
         preset = given.pop("features", None)

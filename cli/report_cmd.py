@@ -15,8 +15,8 @@ from imgsearch.cli.options import fail, model_options, store_options, user_error
 from imgsearch.cli.output import say
 
 if TYPE_CHECKING:
-    from imgsearch.session import ModelChoice
-    from imgsearch.store import Location
+    from imgsearch.core.session import ModelChoice
+    from imgsearch.core.store import Location
 
 EXIT_USAGE = 2
 

@@ -19,8 +19,8 @@ import typer
 from imgsearch.cli.options import FollowOutsideOpt, ShardOpt, fail, model_options, store_options, user_errors
 
 if TYPE_CHECKING:
-    from imgsearch.session import ModelChoice
-    from imgsearch.store import Location
+    from imgsearch.core.session import ModelChoice
+    from imgsearch.core.store import Location
 
 StatusOpt = Annotated[
     Path | None,
@@ -111,7 +111,7 @@ def worker(
     With a Chroma server, N workers (one per machine) share a library with --shard 0/N ... N-1/N.
     --log-format json: those lines as JSON objects, one a line.
     """
-    from imgsearch.logs import configure, logger
+    from imgsearch.core.logs import configure, logger
 
     log = logger(log_format)
     configure(log_format)
@@ -126,11 +126,11 @@ def worker(
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        from imgsearch.backbones import describe
+        from imgsearch.core.backbones import describe
+        from imgsearch.core.session import open_embedder
+        from imgsearch.core.store import Store
         from imgsearch.ingest.plan import ALL
         from imgsearch.ingest.worker import Worker, default_status_path, wait_for_store
-        from imgsearch.session import open_embedder
-        from imgsearch.store import Store
 
         store = Store(location)
         if location.url and not wait_for_store(store, stop, log):
@@ -244,7 +244,7 @@ def serve(
     with --chroma-url run `imgsearch worker` separately (any number of web servers and workers).
     --metrics adds GET /metrics for Prometheus; --log-format json writes every log line as a JSON object.
     """
-    from imgsearch.logs import configure, logger, logging_config
+    from imgsearch.core.logs import configure, logger, logging_config
 
     log = logger(log_format)
     configure(log_format)

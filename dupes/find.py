@@ -30,8 +30,8 @@ from imgsearch.dupes.groups import Duplicates, Group, Member, Pair
 
 if TYPE_CHECKING:
     from imgsearch.dupes.verify import Verifier
-from imgsearch.runtime import usable_cpus
-from imgsearch.store import Store, stored_path
+from imgsearch.core.runtime import usable_cpus
+from imgsearch.core.store import Store, stored_path
 
 # score floors of candidate pairs per level (cosine similarity of the stored vectors); docs/dupes.md
 # has the precision and recall each gives on photos with planted copies

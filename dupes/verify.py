@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgsearch.decode import ImageError, capture_time, load_image
+from imgsearch.core.decode import ImageError, capture_time, load_image
 from imgsearch.dupes import align, zoom
 
 SIDE = 480  # pixels of the longer side both images are compared at

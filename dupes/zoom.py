@@ -19,7 +19,7 @@ import threading
 
 import numpy as np
 
-from imgsearch.decode import ImageError, load_image
+from imgsearch.core.decode import ImageError, load_image
 from imgsearch.dupes import align
 
 SCALE = (0.5, 0.95)  # closer-view pixels per wider-view pixel, as a length: the test's measured range

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from imgsearch.backbones import Embedder
-from imgsearch.batching import embed_chunks
+from imgsearch.core.backbones import Embedder
+from imgsearch.core.batching import embed_chunks
+from imgsearch.core.store import PAGE, Store, stored_path
 from imgsearch.evaluation.edits import TRANSFORMS
 from imgsearch.search.query import Hit, search
-from imgsearch.store import PAGE, Store, stored_path
 
 METRICS = ("mAP", "P@1", "P@5", "P@10", "recall@10")
 MAX_DEPTH = 1000  # ranks scored for mAP; libraries larger than this get mAP@1000
@@ -286,7 +286,7 @@ def copy_detection(
     verify: int = 0,
 ) -> CopyDetection:
     """Make transformed copies of ``n`` stored images and count how often the original ranks first."""
-    from imgsearch.decode import load_image
+    from imgsearch.core.decode import load_image
 
     rng = random.Random(seed)
     # ordered by content (ids hash the absolute path), so the same library samples the same

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from imgsearch.core.store import HNSW
 from imgsearch.evaluation.lsh import HyperplaneLSH
-from imgsearch.store import HNSW
 
 K = 10
 HNSW_CONFIGS = {  # name -> Chroma hnsw configuration

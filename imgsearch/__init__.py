@@ -9,9 +9,9 @@ The public face is the Python API (:mod:`imgsearch.api`), re-exported here::
         hits = lib.search("query.jpg", k=5, where="category=cats")
 
 It is imported on first use (``imgsearch.open``, ``imgsearch.Hit`` ...), so ``import imgsearch`` and the
-CLI's ``--help`` stay instant: no torch, no chromadb. The core (safe decoding and the one preprocessing
-function, the backbones, the store) lives beside it in this package; ``ingest``, ``search``, ``dupes`` ...
-install as ``imgsearch.ingest``, ``imgsearch.search`` ...
+CLI's ``--help`` stay instant: no torch, no chromadb. This folder holds only that public face; every other
+top-level source folder ``X/`` of the repository is the package ``imgsearch.X`` (``core/`` is
+``imgsearch.core``, ``search/`` is ``imgsearch.search`` ...).
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ session): the same functions the CLI and the web app call, so a search from Pyth
 ``imgsearch search`` does. The model is loaded on the first call that needs it (an ingest that embeds, a
 search by image), never for ``stats``, ``remove`` or ``dupes``.
 
-Errors are typed: the store's :class:`~imgsearch.store.StoreError` family (no store yet, a server not
-answering, :class:`~imgsearch.store.CollectionMissing`, :class:`~imgsearch.search.query.EmptyStore`); a query
+Errors are typed: the store's :class:`~imgsearch.core.store.StoreError` family (no store yet, a server not
+answering, :class:`~imgsearch.core.store.CollectionMissing`, :class:`~imgsearch.search.query.EmptyStore`); a query
 that cannot be used: :class:`BadQuery`; a filter that cannot be read: :class:`~imgsearch.search.filters.FilterError`;
-a model that cannot be had or does not fit the store: :class:`~imgsearch.backbones.ModelUnavailable`.
+a model that cannot be had or does not fit the store: :class:`~imgsearch.core.backbones.ModelUnavailable`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgsearch.backbones import ModelUnavailable  # noqa: F401  (re-exported by imgsearch/__init__.py, as below)
-from imgsearch.collection import (  # noqa: F401
+from imgsearch.core.backbones import ModelUnavailable  # noqa: F401  (re-exported by imgsearch/__init__.py, as below)
+from imgsearch.core.collection import (  # noqa: F401
     DEFAULT_COLLECTION,
     DEFAULT_DB,
     CollectionMissing,
@@ -39,20 +39,20 @@ from imgsearch.collection import (  # noqa: F401
     StoreTimeout,
     StoreUnavailable,
 )
+from imgsearch.core.partitions import BuildReport
+from imgsearch.core.regions import BadBox, Box
+from imgsearch.core.session import ModelChoice
+from imgsearch.core.store import Location, Store
 from imgsearch.dupes.groups import Duplicates
 from imgsearch.ingest.sync import IngestReport
-from imgsearch.partitions import BuildReport
-from imgsearch.regions import BadBox, Box
 from imgsearch.search.filters import FilterError, parse_where  # noqa: F401
 from imgsearch.search.query import EmptyStore, Hit, UnusableQuery
 from imgsearch.search.verify import VERIFY
-from imgsearch.session import ModelChoice
-from imgsearch.store import Location, Store
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from imgsearch.backbones import Embedder
+    from imgsearch.core.backbones import Embedder
 
 
 Where = str | Sequence[str] | Mapping[str, Any] | None
@@ -179,7 +179,7 @@ class Library:
     def _model(self) -> Embedder:
         """The model this store's vectors are made with, loaded once (checked against the collection)."""
         if self._embedder is None:
-            from imgsearch.session import open_embedder
+            from imgsearch.core.session import open_embedder
 
             self._embedder = open_embedder(self.store, self.choice)
         return self._embedder
@@ -395,7 +395,7 @@ class Library:
     def partition(
         self, keys: Sequence[str] | None = None, progress: Callable[[int, int], None] | None = None
     ) -> BuildReport:
-        """Build or repair the side collections (:mod:`imgsearch.partitions`), as ``imgsearch partition``:
+        """Build or repair the side collections (:mod:`imgsearch.core.partitions`), as ``imgsearch partition``:
         each value of the partition ``keys`` (default: the store's, else category and root) holding at most a
         quarter of the images gets an index of its own, so a filter on it is exact and fast. Ingest keeps
         them in step; nothing is re-embedded. ``progress(done, total)`` per side.
@@ -465,7 +465,7 @@ def _query_file(query: object) -> Iterator[tuple[str, str]]:
 
 def _check(name: str, path: str, box: Box | None) -> None:
     """The checks a query file gets before the model loads (header only), and its box on the picture."""
-    from imgsearch.regions import picture_box
+    from imgsearch.core.regions import picture_box
     from imgsearch.search.query import check_queries
 
     try:

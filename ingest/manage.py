@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from imgsearch.core.store import Store
 from imgsearch.ingest.worker import default_status_path, quarantined, read_status
-from imgsearch.store import Store
 
 
 def stats(store: Store, status: Path | None = None) -> dict[str, Any]:

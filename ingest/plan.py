@@ -33,8 +33,8 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from imgsearch.core.store import PAGE, stored_path
 from imgsearch.ingest.scan import Absence, Failure, FileInfo
-from imgsearch.store import PAGE, stored_path
 
 Meta = Mapping[str, Any]  # a stored row's metadata (read: path/path_b64, size, mtime_ns, sha256, width,
 # height, root, category and tag keys)
@@ -55,7 +55,7 @@ MAX_PRUNE_SHARE = 0.5  # of a root's rows: a prune deleting more is refused unle
 
 @dataclass(frozen=True, slots=True)
 class Shard:
-    """Shard ``index`` of ``count``: the ids (hex path hashes, :func:`imgsearch.store.image_id`) whose
+    """Shard ``index`` of ``count``: the ids (hex path hashes, :func:`imgsearch.core.store.image_id`) whose
     value modulo ``count`` is ``index``. ``Shard(0, 1)`` owns everything."""
 
     index: int = 0

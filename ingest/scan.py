@@ -18,9 +18,9 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from imgsearch.files import not_regular_reason
+from imgsearch.core.files import not_regular_reason
 
-# photos as cameras and phones write them; the RAW ones are imgsearch.decode.RAW_EXTENSIONS (not imported:
+# photos as cameras and phones write them; the RAW ones are imgsearch.core.decode.RAW_EXTENSIONS (not imported:
 # scanning stays free of numpy and Pillow)
 EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".hif", ".avif"}

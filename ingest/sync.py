@@ -3,7 +3,7 @@
 What is decided, and why, is the planner's (nothing is decoded to decide it): unchanged files are
 skipped, touched ones get their metadata refreshed, content already stored reuses that row's vector
 (a move when its file is gone, else a copy, counted as ``added``), the rest is embedded through the
-reader → mapper (:func:`imgsearch.batching.embed_files`) → :class:`Writer` stages, and rows whose files
+reader → mapper (:func:`imgsearch.core.batching.embed_files`) → :class:`Writer` stages, and rows whose files
 are proven gone are pruned (when asked; never under an offline folder, and not more than half of a
 folder's rows unless forced: :mod:`imgsearch.ingest.plan`). Every write is idempotent (rows keyed by
 path id, overwritten in place), so a killed ingest is finished by re-running, and no file is missing
@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from imgsearch.backbones import Embedder
-from imgsearch.batching import DecodeJournal, Embedded, embed_files
-from imgsearch.files import open_regular
+from imgsearch.core.backbones import Embedder
+from imgsearch.core.batching import DecodeJournal, Embedded, embed_files
+from imgsearch.core.files import open_regular
+from imgsearch.core.runtime import usable_cpus
+from imgsearch.core.store import DEFAULT_DB, RESERVED_KEYS, Location, Store, image_id, path_fields
 from imgsearch.ingest.plan import ALL, Action, FindTwins, Plan, Shard, plan, plan_prune
 from imgsearch.ingest.scan import OUTSIDE, Failure, FileInfo, root_problem, scan
-from imgsearch.runtime import usable_cpus
-from imgsearch.store import DEFAULT_DB, RESERVED_KEYS, Location, Store, image_id, path_fields
 
 WRITE_BATCH = 256  # rows buffered before a store write: a kill loses at most this much work
 HASH_CHUNK = 1 << 20
@@ -101,7 +101,7 @@ def state_path(location: Location, kind: str, suffix: str, shard: Shard = ALL) -
 
 
 def decode_journal(location: Location, shard: Shard = ALL) -> DecodeJournal:
-    """The decode journal of ingests and workers into ``location`` (:class:`imgsearch.batching.DecodeJournal`)."""
+    """The decode journal of ingests and workers into ``location`` (:class:`imgsearch.core.batching.DecodeJournal`)."""
     return DecodeJournal(
         state_path(location, "decoding", ".log", shard), state_path(location, "quarantine", ".json", shard)
     )
@@ -385,7 +385,7 @@ def ingest(
     ``shard``: only the files (and pruned rows) whose path id it owns; the other shards' files are
     neither stored nor pruned here (several workers sharing one library, :class:`ingest.plan.Shard`).
     A root that cannot be listed, or lists no image files while rows are stored under it, is offline:
-    its rows are kept and marked (:meth:`imgsearch.store.Store.offline_roots`), and unmarked by the
+    its rows are kept and marked (:meth:`imgsearch.core.store.Store.offline_roots`), and unmarked by the
     first sync that finds it back. ``force``: prune even more than half of a root's rows.
     """
     tags = dict(tags or {})

@@ -28,13 +28,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from imgsearch.backbones import Embedder
-from imgsearch.batching import read_quarantine
+from imgsearch.core.backbones import Embedder
+from imgsearch.core.batching import read_quarantine
+from imgsearch.core.logs import Event
+from imgsearch.core.store import CollectionMissing, Location, Store, StoreError, image_id
 from imgsearch.ingest.plan import ALL, Shard
 from imgsearch.ingest.scan import FileInfo, scan
 from imgsearch.ingest.sync import IngestReport, decode_journal, ingest, state_path
-from imgsearch.logs import Event
-from imgsearch.store import CollectionMissing, Location, Store, StoreError, image_id
 
 State = tuple[int, int]  # (size, mtime_ns): what a scan sees of a file
 STATUS_EVERY = 1.0  # seconds between status-file writes while a sync is running

@@ -4,7 +4,7 @@ Why: a table of scores says little until you see the pictures. The HTML embeds e
 base64 ``data:`` URI, so the single file opens offline, can be mailed, and never points at the library.
 Each result card carries ``data-rank``, ``data-score``, ``data-distance`` and ``data-id`` (and each
 query section ``data-query``), so tests and scripts can read the page back.
-Thumbnails go through :func:`imgsearch.decode.load_image`, so EXIF rotation and transparency look
+Thumbnails go through :func:`imgsearch.core.decode.load_image`, so EXIF rotation and transparency look
 the same as what the model saw.
 """
 
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 import numpy as np
 
-from imgsearch.backbones import describe, describe_feature
-from imgsearch.decode import ImageError, load_image
+from imgsearch.core.backbones import describe, describe_feature
+from imgsearch.core.decode import ImageError, load_image
 from imgsearch.reports.bands import HIGH, MID, band
 
 if TYPE_CHECKING:

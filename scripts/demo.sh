@@ -10,7 +10,7 @@ export IMGSEARCH_DB="${IMGSEARCH_DB:-./demo-db}"
 # torch's cache, or a download. Without them the demo uses the offline EfficientNet-Lite0.
 model=$(.venv/bin/python - <<'PY'
 import sys
-from imgsearch.backbones import ModelUnavailable, load_embedder
+from imgsearch.core.backbones import ModelUnavailable, load_embedder
 try:
     load_embedder("resnet50")
     print("resnet50")

@@ -4,7 +4,7 @@ score = 1 − cosine distance = cos(query, image) of the L2-normalised features:
 picture, ~0 unrelated. Chroma's HNSW index finds the nearest neighbours; results come best first.
 
 :func:`search` is what the CLI (``search``, ``report``), the web app and evaluation all call: query
-files go through the same windowed decode → model stage as ingest (:mod:`imgsearch.batching`),
+files go through the same windowed decode → model stage as ingest (:mod:`imgsearch.core.batching`),
 each decoded once, and are ranked a chunk at a time, so memory stays flat however many there are.
 Failures are typed (:class:`UnusableQuery`, :class:`EmptyStore`, the store's ``StoreError``).
 """
@@ -19,17 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgsearch.backbones import Embedder, describe_feature
-from imgsearch.decode import ImageError, load_image, probe
-from imgsearch.local import MIN_SIDE as FEATURE_SIDE
-from imgsearch.local import extract
+from imgsearch.core.backbones import Embedder, describe_feature
+from imgsearch.core.decode import ImageError, load_image, probe
+from imgsearch.core.local import MIN_SIDE as FEATURE_SIDE
+from imgsearch.core.local import extract
+from imgsearch.core.store import Location, Store, StoreError, stored_path
 from imgsearch.search.hit import Hit
 from imgsearch.search.verify import MAX_VERIFY, MIN_INLIERS, REGION_VERIFY, VERIFY, is_region, rerank
-from imgsearch.store import Location, Store, StoreError, stored_path
 
 if TYPE_CHECKING:
-    from imgsearch.regions import Box
-    from imgsearch.session import ModelChoice
+    from imgsearch.core.regions import Box
+    from imgsearch.core.session import ModelChoice
 
 QUERY_CHUNK = 64  # query vectors ranked per store round trip: memory stays flat, round trips stay few
 # images per model call for queries: on CPU as fast per image as ingest's 16 (1,000 queries: 18-23 s either
@@ -69,7 +69,7 @@ def open_search(location: Location, choice: ModelChoice) -> Iterator[tuple[Store
 
     Raises :class:`EmptyStore` before loading the model when there is nothing to search.
     """
-    from imgsearch.session import open_embedder
+    from imgsearch.core.session import open_embedder
 
     store = Store(location)
     try:
@@ -108,11 +108,11 @@ def search(
     ``skip_unusable``: leave out files that are not usable images instead of raising
     :class:`UnusableQuery` (an evaluation measures what it can; a search has no partial answer).
     A hit under a folder the last sync found offline is flagged ``offline``; ``online_only`` leaves such
-    hits out (:meth:`imgsearch.store.Store.offline_roots`).
+    hits out (:meth:`imgsearch.core.store.Store.offline_roots`).
     ``verify``: how many of the best candidates are compared with the query's pixels and re-ranked
     (:mod:`imgsearch.search.verify`; 0: ranked by the vectors alone). Vector queries are verified against
     ``sources``, the file each vector was made from (None where there is none).
-    ``box``: search by that region of every query file (:mod:`imgsearch.regions`), exactly as by the region
+    ``box``: search by that region of every query file (:mod:`imgsearch.core.regions`), exactly as by the region
     cut out and saved losslessly; raises BadBox for a box off a picture. A region query (a box, or a query
     file with at most half the pixels of the pictures it resembles: a crop) is verified deeper, ``verify`` at a
     time until a candidate verifies, :data:`~imgsearch.search.verify.REGION_VERIFY` at most.
@@ -134,7 +134,7 @@ def search(
         return
     if embedder is None:
         raise ValueError("query files need the embedder that made the store's vectors")
-    from imgsearch.batching import UnusableFile, embed_chunks
+    from imgsearch.core.batching import UnusableFile, embed_chunks
 
     deep = (max(k, REGION_VERIFY) if verify else k, *options[1:])  # a region query's candidates
     try:
@@ -161,7 +161,7 @@ def _verified(
     compared deeper until a candidate verifies (:func:`~imgsearch.search.verify.rerank`'s ``deepen``), its hits
     ranked again :data:`~imgsearch.search.verify.REGION_VERIFY` deep by ``deeper`` when fewer were fetched."""
     if n and source is not None and hits:
-        from imgsearch.regions import open_query
+        from imgsearch.core.regions import open_query
 
         with suppress(ImageError):  # a region is cut from the full picture; a whole one is read small
             if box is None:
@@ -196,7 +196,7 @@ def result_json(
     box: list[float] | None = None,
 ) -> dict[str, Any]:
     """The object ``search --json`` prints per query and ``POST /api/search`` answers; ``box``: the region
-    searched, as fractions [x, y, w, h] of the query picture (:meth:`imgsearch.regions.Box.relative`)."""
+    searched, as fractions [x, y, w, h] of the query picture (:meth:`imgsearch.core.regions.Box.relative`)."""
     found = {"query": query, "model": model, "k": k, "where": where, "results": [h.as_dict() for h in hits]}
     return found if box is None else found | {"box": box}
 

@@ -2,7 +2,7 @@
 
 A global vector ranks "looks alike"; a second shot of the same place or object can rank below look-alikes
 of the same kind. The query's keypoints are matched against each of the top candidates' and fitted by one
-homography (:mod:`imgsearch.local`); a candidate with at least :data:`MIN_INLIERS` agreeing matches shows
+homography (:mod:`imgsearch.core.local`); a candidate with at least :data:`MIN_INLIERS` agreeing matches shows
 the query's scene and moves up, the better verified first. The rest keep their global order, so a category
 search, whose results share no scene with the query, is left as it was. A candidate whose file cannot be
 read now (an offline folder, another machine's path) keeps its place, marked unverified: never an error.
@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from imgsearch.local import FeatureCache, Features, match
+from imgsearch.core.local import FeatureCache, Features, match
 from imgsearch.search.hit import Hit
 
 VERIFY = 20  # candidates compared by default: past the 20th, second shots are rare and the cost grows

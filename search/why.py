@@ -1,8 +1,8 @@
 """Why a result matched: where it and the query agree, computed on demand for one result.
 
 Two kinds of evidence (issue 24): the CNN's, for every result, as the cosine of the two pictures' vectors
-split over the cells of both feature maps (:mod:`imgsearch.heat`); and the pixels', as the keypoint matches
-that agree on one transform (:mod:`imgsearch.local`). With enough of them to verify the result
+split over the cells of both feature maps (:mod:`imgsearch.core.heat`); and the pixels', as the keypoint matches
+that agree on one transform (:mod:`imgsearch.core.local`). With enough of them to verify the result
 (:data:`imgsearch.search.verify.MIN_INLIERS`) the fitted frame of each picture is drawn into the other and
 the matched keypoints are given; below that the frame of chance matches would only mislead. Bounded: each
 picture is decoded only as large as the keypoints need and kept at most :data:`MAX_SIDE` px, and at most
@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imgsearch.backbones import Embedder
-from imgsearch.decode import ImageError, load_image
-from imgsearch.heat import heat
-from imgsearch.local import MIN_SIDE, Match, extract, match
-from imgsearch.regions import Box, crop
+from imgsearch.core.backbones import Embedder
+from imgsearch.core.decode import ImageError, load_image
+from imgsearch.core.heat import heat
+from imgsearch.core.local import MIN_SIDE, Match, extract, match
+from imgsearch.core.regions import Box, crop
 from imgsearch.search.query import UnusableQuery
 from imgsearch.search.verify import MIN_INLIERS
 
@@ -81,7 +81,7 @@ def explain(embedder: Embedder, query: Picture, result: Picture, box: Box | None
     """Where ``result`` agrees with ``query`` (or with its ``box``), for ``embedder``'s features.
 
     Files are decoded here: an unusable query raises :class:`UnusableQuery`, an unreadable result
-    :class:`UnreadableResult`, a box off the query :class:`imgsearch.regions.BadBox`; a caller that opens
+    :class:`UnreadableResult`, a box off the query :class:`imgsearch.core.regions.BadBox`; a caller that opens
     files its own way passes pictures (a query picture at its full size when a box is in pixels).
     """
     q = _open(query, UnusableQuery, box)

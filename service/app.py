@@ -7,7 +7,7 @@ Why it is shaped like this:
   :mod:`imgsearch.search.query` functions; uploads go through the one decode + preprocessing path.
 - Pictures are served only by store id (``/api/images/{id}/thumb``): the path comes from the
   store, never from the request, the file opened must lie under the folder it was ingested from
-  (:func:`imgsearch.files.confined`: a file swapped for a symlink after ingest is 404), and the bytes
+  (:func:`imgsearch.core.files.confined`: a file swapped for a symlink after ingest is 404), and the bytes
   are a re-encoded JPEG thumbnail, never the file; the last few MB of thumbnails are kept.
 - Request bodies are capped (413) and must arrive within ``Limits.read_timeout`` (408), headers too
   (:mod:`imgsearch.service.middleware`), so a huge or a slow upload holds neither disk nor a place.
@@ -55,13 +55,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 from PIL import Image
 from starlette.types import Scope
 
-from imgsearch.backbones import Embedder, ModelUnavailable, describe
-from imgsearch.batching import embed_files
-from imgsearch.decode import ImageError, load_image, pixel_size
+from imgsearch.core.backbones import Embedder, ModelUnavailable, describe
+from imgsearch.core.batching import embed_files
+from imgsearch.core.decode import ImageError, load_image, pixel_size
+from imgsearch.core.prepare import preprocess_views
+from imgsearch.core.regions import BadBox, Box, crop, picture_box
+from imgsearch.core.runtime import usable_cpus
+from imgsearch.core.session import ModelChoice, open_embedder
+from imgsearch.core.store import Location, Store, StoreError, StoreUnavailable, stored_path
 from imgsearch.ingest.worker import Worker, default_status_path, read_status
-from imgsearch.prepare import preprocess_views
-from imgsearch.regions import BadBox, Box, crop, picture_box
-from imgsearch.runtime import usable_cpus
 from imgsearch.search.filters import FilterError, parse_where
 from imgsearch.search.query import UnusableQuery, result_json, search
 from imgsearch.search.verify import MAX_VERIFY, VERIFY
@@ -84,10 +86,8 @@ from imgsearch.service.middleware import (
 from imgsearch.service.page import render_login_page, render_page
 from imgsearch.service.thumbs import SIDE as THUMB
 from imgsearch.service.thumbs import Thumbnails, confinement
-from imgsearch.session import ModelChoice, open_embedder
-from imgsearch.store import Location, Store, StoreError, StoreUnavailable, stored_path
 
-IMAGE_ID = re.compile(r"[0-9a-f]{32}")  # imgsearch.store.image_id: 32 hex digits
+IMAGE_ID = re.compile(r"[0-9a-f]{32}")  # imgsearch.core.store.image_id: 32 hex digits
 MAX_K = 100
 FORM_SLACK = 64 * 1024  # bytes allowed on top of the upload limit for the form fields and multipart framing
 RETRY = 3.0  # seconds between attempts to reach the store / find its collection

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from imgsearch.core.store import Location
 from imgsearch.service.app import create_app
-from imgsearch.store import Location
 
 COMMITTED = Path(__file__).resolve().parents[1] / "docs" / "openapi.json"
 

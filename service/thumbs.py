@@ -2,7 +2,7 @@
 
 Why like this: a stored path is whatever is at it now, so a file swapped for a symlink to a picture
 outside the library after ingest must not be served: each file is opened confined to the folder it was
-ingested from (:func:`imgsearch.files.confined`, checked on the open descriptor). A page of results
+ingested from (:func:`imgsearch.core.files.confined`, checked on the open descriptor). A page of results
 asks for the same thumbnails again and again, and each decode takes a slot of the upload gate, so the
 last few MB of them are kept, by id and the file's resolved path, mtime and size (a changed or
 swapped file is a new key).
@@ -18,9 +18,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from imgsearch.decode import ImageError, load_image
-from imgsearch.files import confined
-from imgsearch.store import stored_path
+from imgsearch.core.decode import ImageError, load_image
+from imgsearch.core.files import confined
+from imgsearch.core.store import stored_path
 
 SIDE = 256  # longest side of a thumbnail, pixels
 

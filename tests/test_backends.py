@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import LIBRARY, MODEL, QUERIES, copy_library, run_cli, run_json
 
-from imgsearch.backbones import ModelUnavailable, load_embedder
-from imgsearch.batching import embed_files, embed_paths
+from imgsearch.core.backbones import ModelUnavailable, load_embedder
+from imgsearch.core.batching import embed_files, embed_paths
+from imgsearch.core.prepare import Views
+from imgsearch.core.presets import DEFAULT_PRESET, PRESETS
+from imgsearch.core.runtime import EXPORT_VERSION
 from imgsearch.evaluation.evaluate import agreement
-from imgsearch.prepare import Views
-from imgsearch.presets import DEFAULT_PRESET, PRESETS
-from imgsearch.runtime import EXPORT_VERSION
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import LIBRARY, MODEL, QUERIES, REPO, _free_port, copy_library, run_cli
 
+from imgsearch.core.store import Location, Store, image_id
 from imgsearch.ingest.worker import read_status
-from imgsearch.store import Location, Store, image_id
 
 SERVER_START = 60.0  # seconds for `chroma run` to answer its heartbeat
 CLI_RUN = 300.0  # seconds for one CLI run on a few dozen images (model load + embedding, 2 busy cores)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from conftest import _free_port, run_cli
 
-from imgsearch.store import TOKEN_ENV, Location, Store, StoreError
+from imgsearch.core.store import TOKEN_ENV, Location, Store, StoreError
 
 TOKEN = "s3cret-Token_1"
 REFUSED = "the Chroma server refused the request: token missing or wrong"

@@ -13,7 +13,7 @@ import pytest
 from conftest import MODEL, copy_library, run_cli, run_json
 from PIL import Image
 
-from imgsearch.runtime import GPU_DRIVER_FILES
+from imgsearch.core.runtime import GPU_DRIVER_FILES
 
 # on a GPU machine, asking whether torch sees the GPU imports torch: pin the CPU there
 CPU = ["--device", "cpu"] if any(os.path.exists(f) for f in GPU_DRIVER_FILES) else []

@@ -10,8 +10,8 @@ from conftest import LIBRARY, QUERIES
 from PIL import Image
 from torchvision import transforms
 
-from imgsearch.decode import ImageError, load_image
-from imgsearch.prepare import CROP, load_views, preprocess
+from imgsearch.core.decode import ImageError, load_image
+from imgsearch.core.prepare import CROP, load_views, preprocess
 
 PHOTO = sorted((LIBRARY / "mammals").iterdir())[0]
 CLIPART = sorted(QUERIES.iterdir())[0]  # a PNG with transparency

@@ -121,9 +121,9 @@ def holidays_found(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, 
         pytest.skip(f"the photo sets are not at {HOLIDAYS.parent.parent}")
     sys.path.insert(0, str(REPO))
     from bench.dupes import build_library
+    from imgsearch.core.session import ModelChoice, open_embedder
+    from imgsearch.core.store import Location, Store
     from imgsearch.ingest.sync import ingest
-    from imgsearch.session import ModelChoice, open_embedder
-    from imgsearch.store import Location, Store
 
     tmp_path = tmp_path_factory.mktemp("holidays")
     origin = build_library(tmp_path, 20, 5, seed=1, sets={"holidays": HOLIDAYS})
@@ -233,7 +233,7 @@ def _with_capture_time(src: Path, dest: Path, when: str | None, sub: str = "", s
 def test_capture_times_tell_shots_from_copies(tmp_path: Path) -> None:
     """Two files that both say when they were taken, at different moments, are two shots (a burst) even
     when their pixels agree; a copy keeps the time (or has none) and is still found by its pixels."""
-    from imgsearch.decode import capture_time
+    from imgsearch.core.decode import capture_time
     from imgsearch.dupes.verify import Verifier
 
     src = sorted((REPO / "examples" / "library").rglob("*.jpg"))[0]

@@ -23,11 +23,11 @@ from PIL import Image
 from test_report import Parsed, decode_thumbnail
 from test_service import ARTIFACTS, TokenServer, chromium, needs_chromium
 
+from imgsearch.core.store import image_id
 from imgsearch.dupes.groups import Duplicates, Group, Member, Pair
 from imgsearch.reports import dupes as dupes_report
 from imgsearch.reports.bands import band
 from imgsearch.reports.html import THUMB
-from imgsearch.store import image_id
 
 # markup in a file name: shown as text everywhere, never run (no "/" in a name, so no closing tag)
 HOSTILE = "<script>window.pwned=1<img src=x onerror=window.pwned=2>.jpg"
@@ -303,9 +303,9 @@ def test_one_finder_at_a_time_and_answers_are_cached(monkeypatch: pytest.MonkeyP
     from fastapi import HTTPException
 
     import imgsearch.dupes.find
+    from imgsearch.core.session import ModelChoice
+    from imgsearch.core.store import Location
     from imgsearch.service.app import _Service
-    from imgsearch.session import ModelChoice
-    from imgsearch.store import Location
 
     running, release = threading.Event(), threading.Event()
     runs: list[tuple[str, Any]] = []

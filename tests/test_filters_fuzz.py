@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from imgsearch.core.where import matches
 from imgsearch.search.filters import MAX_CHARS, MAX_EXPRESSIONS, MAX_VALUES, FilterError, _split, parse_where
-from imgsearch.where import matches
 
 # the grammar before issue 22: quadratic on a long run of spaces, so only short inputs are compared with it
 OLD = re.compile(r"^\s*([A-Za-z_][\w.:-]*)\s*(!=|>=|<=|=|>|<)\s*(.*?)\s*$")

@@ -20,10 +20,10 @@ import pytest
 from conftest import LIBRARY, MODEL, REPO
 from PIL import Image
 
-from imgsearch import decode, prepare
-from imgsearch.batching import embed_paths
-from imgsearch.decode import RAW_EXTENSIONS, ImageError, load_image
-from imgsearch.presets import DEFAULT_PRESET, PRESETS
+from imgsearch.core import decode, prepare
+from imgsearch.core.batching import embed_paths
+from imgsearch.core.decode import RAW_EXTENSIONS, ImageError, load_image
+from imgsearch.core.presets import DEFAULT_PRESET, PRESETS
 
 CALIBRATION = REPO / "imgsearch" / "calibration"
 PHOTOS = [CALIBRATION / f"photo-{n}.jpg" for n in ("chelsea", "coffee", "rocket")] + [
@@ -36,7 +36,7 @@ TWIN = 0.98  # the issue's bar: a HEIC and its JPEG twin score at least this
 @pytest.fixture(scope="module")
 def embedder() -> Any:
     """The real EfficientNet-Lite0 with the shipped views and pooling, on eager torch (no ONNX export)."""
-    from imgsearch.backbones import load_embedder
+    from imgsearch.core.backbones import load_embedder
 
     return load_embedder(MODEL, backend="torch", device="cpu")
 
@@ -346,8 +346,8 @@ def test_raw_preview_cut_short_is_caught_whatever_memory_follows(tmp_path: Path)
 
 
 def test_ingest_stores_new_formats_and_reports_corrupt_ones(tmp_path: Path, embedder: Any) -> None:
+    from imgsearch.core.store import Location, Store, stored_path
     from imgsearch.ingest.sync import ingest
-    from imgsearch.store import Location, Store, stored_path
 
     lib = tmp_path / "lib" / "phone"
     lib.mkdir(parents=True)
@@ -396,7 +396,7 @@ def test_missing_codec_packages_give_an_install_hint(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "sys.modules['pillow_heif'] = sys.modules['rawpy'] = None\n"
-        "from imgsearch.decode import ImageError, load_image\n"
+        "from imgsearch.core.decode import ImageError, load_image\n"
         "print(load_image(sys.argv[1] + '/a.jpg').image.size)\n"
         "for name in ('a.heic', 'a.dng'):\n"
         "    try:\n"

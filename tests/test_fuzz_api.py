@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from test_service import TokenServer, _raw_get, poll_health
 
+from imgsearch.core.store import image_id
 from imgsearch.service.app import MAX_K
-from imgsearch.store import image_id
 
 MB = 1024 * 1024
 FUZZ = settings(

@@ -29,11 +29,11 @@ import pytest
 from conftest import LIBRARY, MODEL, REPO, copy_library, run_cli
 from PIL import Image
 
-from imgsearch.decode import ImageError, load_image
-from imgsearch.files import NotRegularFile, open_regular
+from imgsearch.core.decode import ImageError, load_image
+from imgsearch.core.files import NotRegularFile, open_regular
+from imgsearch.core.prepare import load_views
 from imgsearch.ingest.scan import OUTSIDE
 from imgsearch.ingest.sync import file_sha256
-from imgsearch.prepare import load_views
 
 CHEAP = ["--model", MODEL, "--pooling", "avg", "--crop", "center", "--scales", "224"]
 CLI_DEADLINE = 300  # seconds for one ingest of a dozen images, model load included
@@ -121,7 +121,7 @@ def _cli(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
 
 
 def _stored_paths(db: Path) -> list[str]:
-    from imgsearch.store import Location, Store, stored_path
+    from imgsearch.core.store import Location, Store, stored_path
 
     store = Store(Location(db=db))
     try:

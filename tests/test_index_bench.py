@@ -31,7 +31,7 @@ def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_lsh_finds_true_neighbours_and_trades_recall_for_candidates(small_store: Path) -> None:
-    from imgsearch.store import Location, Store
+    from imgsearch.core.store import Location, Store
 
     store = Store(Location(db=small_store))
     ids = [i for i, _ in store.scan()]

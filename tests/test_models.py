@@ -10,8 +10,8 @@ import torch
 import torchvision
 from conftest import QUERIES, copy_library, run_cli, run_json
 
-from imgsearch.backbones import ModelUnavailable, load_embedder
-from imgsearch.prepare import HANDOUT_VIEWS, load_views
+from imgsearch.core.backbones import ModelUnavailable, load_embedder
+from imgsearch.core.prepare import HANDOUT_VIEWS, load_views
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,11 @@ from conftest import MODEL, REPO, _free_port, copy_library
 from fastapi.testclient import TestClient
 from test_service import FAST, Proc, folders, queries, search_file, wait_for
 
+from imgsearch.core.store import Location
 from imgsearch.service.app import create_app
 from imgsearch.service.metrics import Metrics
 from imgsearch.service.middleware import Gate
 from imgsearch.service.openapi import COMMITTED, schema
-from imgsearch.store import Location
 
 SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)")
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)')

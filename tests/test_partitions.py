@@ -1,4 +1,4 @@
-"""Side collections (imgsearch/partitions.py): kept in step with the main collection by every ingest.
+"""Side collections (core/partitions.py): kept in step with the main collection by every ingest.
 
 Real everything: the CLI in subprocesses, real photos, real Chroma (embedded and the session's
 `chroma run`). After each change the sides are read back and compared with the main collection row by
@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from conftest import LIBRARY, MODEL, REPO, copy_library, run_cli, run_json
 
-from imgsearch.partitions import READY_KEY, SHARE, SIDE_KEY, STATE_KEY, BuildReport
+from imgsearch.core.partitions import READY_KEY, SHARE, SIDE_KEY, STATE_KEY, BuildReport
+from imgsearch.core.store import Location, Store, StoreError, image_id, path_fields
+from imgsearch.core.where import matches
 from imgsearch.search.filters import parse_where
-from imgsearch.store import Location, Store, StoreError, image_id, path_fields
-from imgsearch.where import matches
 
 Pair = tuple[str, str]
 TOL = 1e-4  # cosine distances: Chroma's float32 against numpy's
@@ -534,9 +534,9 @@ def test_relabelled_rows_move_between_sides(tmp_path: Path) -> None:
 def test_a_stopped_ingest_leaves_its_new_values_to_the_next(tmp_path: Path) -> None:
     """A worker stopped (SIGTERM) after writing a new category's rows but before its side was made: the
     next ingest builds it."""
+    from imgsearch.core.session import open_embedder
     from imgsearch.ingest.sync import ingest as sync
     from imgsearch.ingest.sync import state_path
-    from imgsearch.session import open_embedder
 
     lib = copy_library(tmp_path / "lib", categories=5, per_category=6)
     db = ["--db", tmp_path / "db"]

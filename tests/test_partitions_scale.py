@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from conftest import MODEL, copy_library, run_json
 
+from imgsearch.core.store import Location, Store, image_id, path_fields
+from imgsearch.core.where import matches
 from imgsearch.search.filters import parse_where
-from imgsearch.store import Location, Store, image_id, path_fields
-from imgsearch.where import matches
 
 ROWS = 50_000
 K = 10

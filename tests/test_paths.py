@@ -106,3 +106,14 @@ def test_no_import_cycles() -> None:
         if m not in state:
             visit(m)
     assert cycles == [], "import cycles:\n" + "\n".join(cycles)
+
+
+def test_every_source_folder_is_the_package_of_its_name() -> None:
+    """README's rule: each top-level folder holding Python modules (``X/__init__.py``) installs as
+    ``imgsearch.X``, from ``X/``; ``imgsearch/`` itself holds only the public face (``__init__.py``, ``api.py``)."""
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {p.parent.name for p in REPO.glob("*/__init__.py")} - {"imgsearch"}
+    assert {f"imgsearch.{f}" for f in folders} | {"imgsearch"} == set(tool["packages"])
+    assert tool["package-dir"] == {f"imgsearch.{f}": f for f in folders}
+    assert sorted(p.name for p in (REPO / "imgsearch").glob("*.py")) == ["__init__.py", "api.py"]
+    assert not any(p.is_dir() and p.name != "__pycache__" for p in (REPO / "imgsearch").iterdir())

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from conftest import LIBRARY
 
+from imgsearch.core.store import image_id
 from imgsearch.ingest.plan import ALL, Action, Plan, Shard, plan, plan_prune
 from imgsearch.ingest.scan import Absence, Failure, FileInfo, scan
 from imgsearch.ingest.sync import file_metadata, file_sha256
-from imgsearch.store import image_id
 
 ROOT = "/photos"
 

@@ -14,8 +14,8 @@ import pytest
 from conftest import LIBRARY, MODEL, _free_port, copy_library, run_cli, run_json
 from test_service import Proc, chromium, needs_chromium, wait_for
 
-from imgsearch.local import FeatureCache, extract
-from imgsearch.regions import BadBox, Box, open_query
+from imgsearch.core.local import FeatureCache, extract
+from imgsearch.core.regions import BadBox, Box, open_query
 from imgsearch.search.query import Hit
 from imgsearch.search.verify import REGION_AREA, is_region, rerank
 

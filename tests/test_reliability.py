@@ -44,7 +44,7 @@ def _write_table(key: str, text: str) -> None:
 
 
 def _location(store_args: list[str]) -> Any:
-    from imgsearch.store import Location
+    from imgsearch.core.store import Location
 
     opts = dict(zip(store_args[::2], store_args[1::2], strict=True))
     if "--db" in opts:
@@ -54,7 +54,7 @@ def _location(store_args: list[str]) -> Any:
 
 def stored(store_args: list[str], embeddings: bool = False) -> dict[str, dict[str, Any]]:
     """id -> metadata of every entry (vectors under ``_embedding``), read in this process."""
-    from imgsearch.store import Store
+    from imgsearch.core.store import Store
 
     store = Store(_location(store_args))
     try:
@@ -65,14 +65,14 @@ def stored(store_args: list[str], embeddings: bool = False) -> dict[str, dict[st
 
 
 def stored_paths(rows: dict[str, dict[str, Any]]) -> list[str]:
-    from imgsearch.store import stored_path
+    from imgsearch.core.store import stored_path
 
     return [stored_path(meta) for meta in rows.values()]
 
 
 def failure_path(entry: dict[str, str]) -> str:
     """The real path of an entry of the ingest summary's ``failures`` (non-UTF-8 names via path_b64)."""
-    from imgsearch.store import stored_path
+    from imgsearch.core.store import stored_path
 
     return stored_path(entry)
 
@@ -86,8 +86,8 @@ def ingest_json(*args: str | os.PathLike[str], ok: tuple[int, ...] = (0,)) -> di
 @pytest.fixture(scope="module")
 def embedder() -> Any:
     """The model as the CHEAP options configure it, loaded in this process to embed files afresh."""
-    from imgsearch.backbones import load_embedder
-    from imgsearch.prepare import Views
+    from imgsearch.core.backbones import load_embedder
+    from imgsearch.core.prepare import Views
 
     return load_embedder(MODEL, pooling="avg", views=Views("center", (224,)))
 
@@ -200,8 +200,8 @@ def test_search_with_a_bad_file_is_one_clear_line(tmp_path: Path) -> None:
 def test_files_deleted_or_rewritten_during_ingest(tmp_path: Path, embedder: Any) -> None:
     """Deterministic windows, in process: deleted between scan and hash, deleted or still being
     written between hash and decode, and a half-written file held open by its writer."""
+    from imgsearch.core.store import Location, Store
     from imgsearch.ingest.sync import ingest
-    from imgsearch.store import Location, Store
 
     lib = copy_library(tmp_path / "lib", categories=1, per_category=4)
     cat = next(lib.iterdir())
@@ -281,8 +281,8 @@ def _mutate(lib: Path, rng: random.Random, trial: int) -> dict[str, int]:
 def _verify(lib: Path, store_args: list[str], embedder: Any, rng: random.Random) -> int:
     """Exactly one entry per file, metadata matching the file, and spot-checked vectors equal a
     fresh embedding of the file and find themselves first. Returns the entry count."""
-    from imgsearch.batching import embed_paths
-    from imgsearch.store import Store, image_id
+    from imgsearch.core.batching import embed_paths
+    from imgsearch.core.store import Store, image_id
 
     files = {str(p) for p in lib.rglob("*.jpg")}
     rows = stored(store_args, embeddings=True)
@@ -327,9 +327,9 @@ def _kill_at(args: list[str], delay: float) -> tuple[bool, float]:
 def _rerun(lib: Path, store_args: list[str], embedder: Any) -> dict[str, Any]:
     """The re-run after a kill, in this process through the function the CLI's ingest calls (it
     takes the same store lock): the CLI's 3 s of start-up per trial would buy nothing more."""
-    from imgsearch.backbones import fingerprint_mismatch
+    from imgsearch.core.backbones import fingerprint_mismatch
+    from imgsearch.core.store import Store
     from imgsearch.ingest.sync import ingest
-    from imgsearch.store import Store
 
     store = Store(_location(store_args))
     try:
@@ -382,7 +382,7 @@ def test_sigkill_during_ingest_loses_nothing(tmp_path: Path, store_args: list[st
             # the re-run (the killed process's lock is gone with it); the last one through the CLI
             summary = ingest_json(*ingest[1:-1]) if kills == TRIALS else _rerun(lib, store_args, embedder)
             count = _verify(lib, store_args, embedder, rng)
-            assert_sides_in_step(_location(store_args))  # the side collections too (imgsearch/partitions.py)
+            assert_sides_in_step(_location(store_args))  # the side collections too (core/partitions.py)
             if trial % 5 == 4 or kills == TRIALS:
                 (stats,) = run_json("stats", *store_args)
                 assert stats["count"] == count and stats["model"]["model"] == MODEL
@@ -449,7 +449,7 @@ def test_heif_and_avif_refused_by_libheif_or_libavif_are_image_errors(
 ) -> None:
     """Found while fuzzing (bench/fuzz_decode.py): one byte changed in a real file's box made libheif or
     libavif raise RuntimeError, which escaped decoding instead of an ImageError with the reason."""
-    from imgsearch import decode
+    from imgsearch.core import decode
 
     assert decode._register_heif()
     buf = io.BytesIO()
@@ -469,7 +469,7 @@ def test_a_raw_preview_bitmap_shorter_than_its_header_says_is_an_error_not_a_cra
 
     rgb = Image.open(LIBRARY / "mammals" / sorted(os.listdir(LIBRARY / "mammals"))[0]).convert("RGB")
     (tmp_path / "short.dng").write_bytes(dng(rgb.resize((40, 30)).tobytes(), (4000, 30), compression=1))
-    code = "import sys\nfrom imgsearch.decode import ImageError, load_image\ntry:\n    load_image(sys.argv[1])\n"
+    code = "import sys\nfrom imgsearch.core.decode import ImageError, load_image\ntry:\n    load_image(sys.argv[1])\n"
     code += "except ImageError as err:\n    print(err)\n"
     proc = subprocess.run(
         [sys.executable, "-c", code, tmp_path / "short.dng"], capture_output=True, text=True, timeout=60
@@ -487,7 +487,7 @@ def test_giant_thin_and_16_bit_images_decode_in_bounded_memory(tmp_path: Path) -
     code = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))\n"
-        "from imgsearch.prepare import Views, load_views\n"
+        "from imgsearch.core.prepare import Views, load_views\n"
         "for path in sys.argv[1:]:\n"
         "    views, decoded = load_views(path, Views('full', (224, 320)))\n"
         "    print(decoded.width, decoded.height, [v.shape for v in views])\n"

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from conftest import MODEL, copy_library
 
+from imgsearch.core.session import ModelChoice
+from imgsearch.core.store import Location, Store
 from imgsearch.search.query import EmptyStore, UnusableQuery, check_queries, open_search, search
-from imgsearch.session import ModelChoice
-from imgsearch.store import Location, Store
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Location, list[Path]]]:
     """A real embedded store of 12 demo photos (2 categories), embedded with the real model."""
+    from imgsearch.core.session import open_embedder
     from imgsearch.ingest.sync import ingest
-    from imgsearch.session import open_embedder
 
     root = tmp_path_factory.mktemp("search")
     lib = copy_library(root / "lib", categories=2, per_category=6)

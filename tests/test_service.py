@@ -125,7 +125,7 @@ def top_path(client: httpx.Client, path: Path) -> tuple[str, float] | None:
 
 def store_rows(url: str, collection: str) -> list[tuple[str, str]]:
     """(id, path) of every entry, read straight from the Chroma server."""
-    from imgsearch.store import Location, Store, stored_path
+    from imgsearch.core.store import Location, Store, stored_path
 
     store = Store(Location(db=None, url=url, collection=collection))
     return [(id_, stored_path(meta)) for id_, meta in store.scan()]
@@ -723,7 +723,7 @@ def test_sigterm_mid_batch_leaves_a_consistent_store(service: Service) -> None:
     paths = [p for _, p in rows]
     assert len(rows) < len(on_disk)  # it really stopped part-way
     assert len(set(paths)) == len(paths) and set(paths) <= on_disk  # no duplicates, nothing half-written
-    from imgsearch.store import image_id
+    from imgsearch.core.store import image_id
 
     assert all(id_ == image_id(p) for id_, p in rows)
     partial = len(rows)

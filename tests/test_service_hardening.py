@@ -25,7 +25,7 @@ from conftest import LIBRARY, MODEL, _free_port, copy_library, run_cli
 from test_chroma_failures import Server
 from test_service import Figures, Proc, TokenServer, queries, search_file, serving, wait_for
 
-from imgsearch.store import image_id
+from imgsearch.core.store import image_id
 
 READ_TIMEOUT = 4  # the servers' --read-timeout, seconds
 _record = Figures("hardening-figures.json").record
@@ -273,8 +273,8 @@ def test_a_hung_chroma_server_fails_fast_and_recovers(tmp_path: Path) -> None:
 def test_a_model_load_that_fails_is_reported_and_retried(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Anything the model load raises is /readyz's reason and tried again, not "loading the model" forever."""
     import imgsearch.service.app as app_module
-    from imgsearch.session import ModelChoice
-    from imgsearch.store import Location
+    from imgsearch.core.session import ModelChoice
+    from imgsearch.core.store import Location
 
     calls: list[int] = []
     logged: list[str] = []
@@ -312,7 +312,7 @@ def test_the_store_breaker_opens_on_a_timeout_and_lets_one_probe_through(monkeyp
     probe after the cool-down, closed again by an answer."""
     import httpx as httpx_module
 
-    from imgsearch import store as store_module
+    from imgsearch.core import store as store_module
 
     store = store_module.Store(store_module.Location(db=None, url="http://127.0.0.1:9", timeout=0.1))
     monkeypatch.setattr(store_module, "BREAKER_S", (0.3, 0.3))

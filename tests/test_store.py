@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, copy_library, run_cli, run_json
 from test_chroma_failures import delete_collection
 
-from imgsearch.store import (
+from imgsearch.core.store import (
     TIMEOUT_ENV,
     CollectionMissing,
     Location,
@@ -28,7 +28,7 @@ from imgsearch.store import (
 
 HOLDER = """
 import sys, time
-from imgsearch.store import Location, Store
+from imgsearch.core.store import Location, Store
 s = Store(Location(db=sys.argv[1]))
 s.count()
 print("holding", flush=True)

@@ -1,5 +1,5 @@
 """Verified ranking on photos: the pixels of the best candidates decide between "looks alike" and "shows
-the query's place or object" (imgsearch.local, imgsearch.search.verify).
+the query's place or object" (imgsearch.core.local, imgsearch.search.verify).
 
 Real photos from the team's development sets (skipped with a message where they are absent), the real
 model, a real store, the CLI as a user runs it.
@@ -14,7 +14,7 @@ import pytest
 from conftest import MODEL, REPO, run_cli, run_json
 from PIL import Image
 
-from imgsearch import local
+from imgsearch.core import local
 from imgsearch.search.verify import MIN_INLIERS
 
 DATASETS = REPO.parent / "shared" / "datasets"

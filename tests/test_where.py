@@ -1,4 +1,4 @@
-"""Filters evaluated in the client (imgsearch/where.py) agree with Chroma's own, and a filtered
+"""Filters evaluated in the client (core/where.py) agree with Chroma's own, and a filtered
 ``Store.query`` (unfiltered nearest rows, filtered here, widened while too few pass) returns the exact
 filtered top-k, on a real embedded Chroma store."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from imgsearch.core.store import FILTER_SHARE, Location, Store
+from imgsearch.core.where import matches, supported
 from imgsearch.search.filters import parse_where
-from imgsearch.store import FILTER_SHARE, Location, Store
-from imgsearch.where import matches, supported
 
 ROWS = 4000  # enough that a filtered query is widened here rather than left to Chroma (FILTER_SHARE)
 DIM = 64

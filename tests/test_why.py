@@ -17,11 +17,11 @@ from conftest import LIBRARY, MODEL, _free_port, copy_library, run_cli
 from PIL import Image
 from test_service import Proc, chromium, needs_chromium, serving
 
-from imgsearch.backbones import POOLINGS, Embedder, load_embedder
-from imgsearch.heat import heat
-from imgsearch.prepare import preprocess_whole
+from imgsearch.core.backbones import POOLINGS, Embedder, load_embedder
+from imgsearch.core.heat import heat
+from imgsearch.core.prepare import preprocess_whole
+from imgsearch.core.store import image_id
 from imgsearch.search.why import PAIRS, explain, picture
-from imgsearch.store import image_id
 
 HOLIDAYS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "holidays-dev" / "library"
 # per "why" canvas: its card's classes, whether a frame is drawn, its painted pixels and all its pixels

@@ -21,7 +21,7 @@ from conftest import LIBRARY, MODEL, copy_library, run_cli, run_json
 from test_partitions import assert_sides_in_step
 from test_service import FAST, Proc, folders, images_under, store_rows, wait_for
 
-from imgsearch.store import Location, image_id
+from imgsearch.core.store import Location, image_id
 
 N = 3
 EMBEDDED = re.compile(r"\| (\d+) embedded in ")
@@ -189,7 +189,7 @@ def test_ingest_shards_split_a_library_and_prune_only_their_own_rows(tmp_path: P
         Path(owned[k][-1]).unlink()
     (one,) = run_json("ingest", lib, *db, "--shard", "1/2", "--prune")
     assert (one["added"], one["unchanged"], one["pruned"]) == (len(owned[1]) - 1, 0, 0)
-    from imgsearch.store import Location, Store, stored_path
+    from imgsearch.core.store import Location, Store, stored_path
 
     store = Store(Location(db=tmp_path / "db"))
     try:

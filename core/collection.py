@@ -1,5 +1,5 @@
 """What every imgsearch collection is in Chroma, shared by the store, its side collections
-(:mod:`imgsearch.partitions`) and the CLI (only the standard library here: ``--help`` stays fast): where
+(:mod:`imgsearch.core.partitions`) and the CLI (only the standard library here: ``--help`` stays fast): where
 it lives (:class:`Location`), the index settings it is made with, the rows one call may carry, and the
 errors a store call fails with."""
 

@@ -1,6 +1,6 @@
 """Safe image decoding: whatever file a user points at (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC, AVIF, a
 camera RAW's preview) → an upright RGB picture, or one :class:`ImageError` that says why; never a hang,
-a bomb or a traceback. What the model sees of the picture is :mod:`imgsearch.prepare`'s job.
+a bomb or a traceback. What the model sees of the picture is :mod:`imgsearch.core.prepare`'s job.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from imgsearch.files import NotRegularFile, open_regular
-from imgsearch.presets import RESIZE
+from imgsearch.core.files import NotRegularFile, open_regular
+from imgsearch.core.presets import RESIZE
 
 # Images above this many pixels are refused before decoding (decompression bombs): 100 MP covers
 # every camera sold today while bounding a decode to ~300 MB of RAM.
@@ -99,7 +99,7 @@ def load_image(path: str | os.PathLike[str], min_side: int = RESIZE) -> Decoded:
     HEIC/HEIF (pillow-heif) and AVIF (Pillow) take the same path; camera RAW files (by extension)
     give their embedded JPEG preview, decoded the same way (:func:`_load_raw`).
     Only regular files are read, through a descriptor opened so that nothing blocks (a FIFO, a
-    device: :func:`imgsearch.files.open_regular`), and only with the plugins of :data:`PIL_FORMATS`.
+    device: :func:`imgsearch.core.files.open_regular`), and only with the plugins of :data:`PIL_FORMATS`.
     Raises :class:`ImageError` with a specific reason for anything that is not a usable image.
     """
     with _image_errors():

@@ -3,13 +3,13 @@
 Why: a score says how alike two pictures are, not where. Pooling sums over the positions of the last conv
 map, so the cosine of two pooled vectors is itself a sum of one term per position of either picture
 (Stylianou et al. 2019, "Visualizing Deep Similarity Networks"). With generalised-mean pooling of exponent
-p (p = 1: the average pool, :data:`imgsearch.backbones.POOLINGS`),
+p (p = 1: the average pool, :data:`imgsearch.core.backbones.POOLINGS`),
 
     v_k = (1/HW · Σ_i f_ik^p)^(1/p) = Σ_i c_ik,   c_ik = f_ik^p / (HW · v_k^(p-1)),
 
 so cos(a, b) = Σ_i Σ_k c_aik · v_bk / (|v_a| |v_b|), and the same from b's side. A hot cell is where that
 picture holds what the other one has too; each grid sums to the cosine exactly. Both pictures are seen
-whole (:func:`imgsearch.prepare.preprocess_whole`, one view), so the cosine is that of these views: close to,
+whole (:func:`imgsearch.core.prepare.preprocess_whole`, one view), so the cosine is that of these views: close to,
 but not, a result's score (made from the collection's views, perhaps with query expansion).
 """
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from imgsearch.backbones import POOLINGS, Embedder, inference_mode
-from imgsearch.prepare import preprocess_whole
+from imgsearch.core.backbones import POOLINGS, Embedder, inference_mode
+from imgsearch.core.prepare import preprocess_whole
 
 FLOOR = 1e-6  # activations are clamped to this before a power, as Embedder.embed does
 

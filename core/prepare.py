@@ -3,7 +3,7 @@
 Why one function: a query only matches its library twin when both went through exactly the same
 pixels → tensor path. It mirrors torchvision's ``Resize(256) → CenterCrop(224) → ToTensor →
 Normalize(ImageNet)`` on PIL images (same bilinear resize, same crop rounding), written with PIL and
-numpy so that decode threads never touch torch. Reading the file safely is :mod:`imgsearch.decode`'s job.
+numpy so that decode threads never touch torch. Reading the file safely is :mod:`imgsearch.core.decode`'s job.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from imgsearch.decode import Decoded, ImageError, load_image
-from imgsearch.presets import CROP, RESIZE
-from imgsearch.regions import Box, open_query
+from imgsearch.core.decode import Decoded, ImageError, load_image
+from imgsearch.core.presets import CROP, RESIZE
+from imgsearch.core.regions import Box, open_query
 
 # Bumped whenever the pixels → tensor mapping changes; stored in every collection's fingerprint.
 PREPROCESS_VERSION = "v1:exif,rgb-on-white,resize256,crop224,imagenet-norm"
@@ -128,7 +128,7 @@ def load_views(
     """Decode + preprocess: the single path from a file to model input, for ingest and query alike.
 
     Returns one array per scale in ``views.scales``. ``box``: only that region of the picture, exactly as
-    if it had been cut out and saved losslessly (:func:`imgsearch.regions.open_query`).
+    if it had been cut out and saved losslessly (:func:`imgsearch.core.regions.open_query`).
     """
     views = views or Views()
     if box is None:

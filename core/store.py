@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from imgsearch.collection import (
+from imgsearch.core.collection import (
     DEFAULT_DB,
     HNSW,
     QUERY_ROWS,
@@ -42,8 +42,8 @@ from imgsearch.collection import (
     StoreTimeout,
     StoreUnavailable,
 )
-from imgsearch.partitions import Partitions
-from imgsearch.where import matches, supported
+from imgsearch.core.partitions import Partitions
+from imgsearch.core.where import matches, supported
 
 FINGERPRINT_KEY = "imgsearch_fingerprint"
 OFFLINE_KEY = "imgsearch_offline"  # collection metadata: the ingested folders found offline, their rows kept
@@ -220,7 +220,7 @@ class Store:
         self._asks: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._rows: tuple[float, int] | None = None
         self._asks_lock = threading.Lock()
-        self.sides = Partitions(self)  # side collections of selective filter values (imgsearch/partitions.py)
+        self.sides = Partitions(self)  # side collections of selective filter values (core/partitions.py)
 
     # -- connecting -------------------------------------------------------------------------
     def _timeout(self) -> float:
@@ -532,10 +532,10 @@ class Store:
         leaves the dicts empty: fetching them is two thirds of a 1,000-deep query (evaluation's).
 
         A filter naming selective categories (or other partition values) searches their side
-        collections (:mod:`imgsearch.partitions`). With any other filter, the nearest rows are asked for
-        unfiltered and filtered here (:mod:`imgsearch.where`), widening the ask while too few match.
+        collections (:mod:`imgsearch.core.partitions`). With any other filter, the nearest rows are asked for
+        unfiltered and filtered here (:mod:`imgsearch.core.where`), widening the ask while too few match.
         Chroma's filtered search, whose cost grows with the collection (docs/scaling.md), is left for a
-        filter too few of them pass, one only Chroma evaluates (:func:`imgsearch.where.supported`) and a
+        filter too few of them pass, one only Chroma evaluates (:func:`imgsearch.core.where.supported`) and a
         collection small enough for it to be cheap."""
         col = self.require()
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -575,7 +575,7 @@ class Store:
     def _from_sides(
         self, vectors: np.ndarray, k: int, where: dict[str, Any], metadata: bool
     ) -> list[list[tuple[str, float, dict[str, Any]]]] | None:
-        """The filtered search from side collections (:mod:`imgsearch.partitions`), exact over the rows of
+        """The filtered search from side collections (:mod:`imgsearch.core.partitions`), exact over the rows of
         the values ``where`` names; None where it cannot be (then the filter takes the path below)."""
         try:
             found = self.sides.search(vectors, k, where)
@@ -639,7 +639,7 @@ class Store:
 
     def add(self, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[dict[str, Any]]) -> None:
         """Insert new rows (Chroma silently ignores an id that is already stored: see :meth:`replace`);
-        into their side collections first (:mod:`imgsearch.partitions`)."""
+        into their side collections first (:mod:`imgsearch.core.partitions`)."""
         self.sides.put(ids, vectors, metadatas)
         self._write("add", ids, vectors, metadatas)
 
@@ -676,7 +676,7 @@ class Store:
         self.sides.take_out([ids[i] for i in present], [old[ids[i]] for i in present], [new[i] for i in present])
 
     def delete(self, ids: Sequence[str]) -> None:
-        """Delete rows: from the main collection first, then from their sides (:mod:`imgsearch.partitions`)."""
+        """Delete rows: from the main collection first, then from their sides (:mod:`imgsearch.core.partitions`)."""
         col = self.require()
         old = self.get(ids)
         step = self._batch()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imgsearch.decode import ImageError, load_image
+from imgsearch.core.decode import ImageError, load_image
 
 SIDE = 512  # longer side features are detected at: larger photos are reduced first (cost grows with pixels)
 MIN_SIDE = 256  # a smaller picture (a thumbnail, a cut-out) is enlarged to this shorter side to give keypoints

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from imgsearch.decode import Decoded, load_image
+from imgsearch.core.decode import Decoded, load_image
 
 MIN_SIDE = 8  # pixels a side of a box keeps after clamping: less is not a picture the model can read
 FORMAT = "X,Y,W,H"

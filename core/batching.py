@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgsearch.decode import ImageError
-from imgsearch.runtime import usable_cpus
+from imgsearch.core.decode import ImageError
+from imgsearch.core.runtime import usable_cpus
 
 if TYPE_CHECKING:
-    from imgsearch.backbones import Embedder
-    from imgsearch.regions import Box
+    from imgsearch.core.backbones import Embedder
+    from imgsearch.core.regions import Box
 
 
 @dataclass(frozen=True)

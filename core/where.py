@@ -5,7 +5,7 @@ bench/scale.py, docs/scaling.md: a filter matching 50 % of the rows took 306 ms 
 and 6.7 s at 1M, one matching 1 % 162 ms and 874 ms, against 10 ms unfiltered at both sizes).
 The store therefore asks the index for the nearest rows unfiltered and keeps those this module
 accepts, and only falls back to Chroma's filter when too few of them match
-(:meth:`imgsearch.store.Store.query`).
+(:meth:`imgsearch.core.store.Store.query`).
 
 Only what ``--where`` produces is evaluated here (``$eq``, ``$in``, ``$gt``/``$gte``/``$lt``/``$lte``,
 ``$and``, ``$or``, and a bare value for equality), with Chroma's typing: a text never equals a number,

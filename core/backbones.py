@@ -9,7 +9,7 @@ Preparing a model costs seconds (importing torch, reading and hashing the weight
 when a first image is embedded: once a weights file has been read, its digest is remembered by the
 file's path, size, mtime and inode (:func:`known_weights`), which gives the fingerprint, compared with the
 collection's before anything is written, without torch; and once the model is exported for ONNX
-Runtime, it runs from that file with neither torch nor onnx imported (:func:`imgsearch.runtime.cached_runner`).
+Runtime, it runs from that file with neither torch nor onnx imported (:func:`imgsearch.core.runtime.cached_runner`).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgsearch.decode import Decoded
-from imgsearch.prepare import HANDOUT_VIEWS, Views, load_views
-from imgsearch.presets import DEFAULT_PRESET, PRESETS
-from imgsearch.runtime import (
+from imgsearch.core.decode import Decoded
+from imgsearch.core.prepare import HANDOUT_VIEWS, Views, load_views
+from imgsearch.core.presets import DEFAULT_PRESET, PRESETS
+from imgsearch.core.runtime import (
     BackendUnavailable,
     Placement,
     Runner,
@@ -42,7 +42,7 @@ from imgsearch.runtime import (
 )
 
 if TYPE_CHECKING:
-    from imgsearch.regions import Box
+    from imgsearch.core.regions import Box
 
 DEFAULT_MODEL = "resnet50"
 # the fingerprint keys that must agree for two sets of vectors to be comparable
@@ -204,7 +204,7 @@ def _state_digest(state: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-DIGESTS = "weights-digests.json"  # under imgsearch.runtime.cache_dir(): weights file → digest of its tensors
+DIGESTS = "weights-digests.json"  # under imgsearch.core.runtime.cache_dir(): weights file → digest of its tensors
 
 
 def _weights_key(model: str, variant: str, weights: Path | None) -> str:
@@ -310,7 +310,7 @@ POOLINGS = {"avg": 1.0, "gem2": 2.0, "gem": 3.0}
 class Embedder:
     """A loaded backbone: image views in, unit-length float32 feature rows out.
 
-    ``run`` executes the conv trunk on the chosen backend and device (imgsearch.runtime).
+    ``run`` executes the conv trunk on the chosen backend and device (imgsearch.core.runtime).
     Pooling: ``avg`` is the handout's global average pool; ``gem2``/``gem`` are generalised-mean
     pooling with p=2/3 (:data:`POOLINGS`), which weight strong activations more. With several views
     (scales), the per-view features are L2-normalised, averaged and normalised again.
@@ -391,8 +391,8 @@ def load_embedder(
 ) -> Embedder:
     """Build ``model`` with its ImageNet weights (or ``weights``), in eval mode, ready to embed.
 
-    ``pooling`` and ``views`` default to the default feature preset's (imgsearch.presets);
-    :func:`imgsearch.runtime.choose_backend` decides from ``backend`` (None: not given, so ``auto``
+    ``pooling`` and ``views`` default to the default feature preset's (imgsearch.core.presets);
+    :func:`imgsearch.core.runtime.choose_backend` decides from ``backend`` (None: not given, so ``auto``
     unless a preset or the collection says otherwise), ``device``, ``preset_backend`` and
     ``recorded_backend`` where the model runs, and what takes over when that cannot be built here.
     ``lazy``: leave the model to be built (exported for ONNX Runtime, the first time) by the first image
@@ -473,7 +473,7 @@ def _fingerprint(
         "preprocess": views.version,
         "crop": views.crop,
         "scales": list(views.scales),
-        "backend": backend,  # informational: backends agree closely (docs in imgsearch/runtime.py)
+        "backend": backend,  # informational: backends agree closely (docs in core/runtime.py)
     }
     if weights is not None:
         fingerprint["weights_file"] = str(Path(weights).resolve())

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgsearch.backbones import DEFAULT_MODEL, Embedder, ModelUnavailable, fingerprint_mismatch, load_embedder
-from imgsearch.prepare import HANDOUT_VIEWS, Views
-from imgsearch.presets import DEFAULT_PRESET, get_preset, matching_preset
-from imgsearch.store import Store
+from imgsearch.core.backbones import DEFAULT_MODEL, Embedder, ModelUnavailable, fingerprint_mismatch, load_embedder
+from imgsearch.core.prepare import HANDOUT_VIEWS, Views
+from imgsearch.core.presets import DEFAULT_PRESET, get_preset, matching_preset
+from imgsearch.core.store import Store
 
 SEARCH_KEYS = ("preset", "expand", "alpha")  # recorded with a collection: how it is searched
 
@@ -38,7 +38,7 @@ def open_embedder(store: Store, choice: ModelChoice | None = None, *, lazy: bool
 
     Its fingerprint is checked against the collection's here, before anything is written. ``lazy``: for a
     store already made, the model itself is built by the first image embedded, so a sync with nothing to
-    embed never loads it (:func:`imgsearch.backbones.load_embedder`); a new store's is built at once.
+    embed never loads it (:func:`imgsearch.core.backbones.load_embedder`); a new store's is built at once.
     """
     c = choice or ModelChoice()
     model, variant, weights = c.model, c.variant, c.weights
@@ -72,7 +72,7 @@ def open_embedder(store: Store, choice: ModelChoice | None = None, *, lazy: bool
         c.device,
         pooling or default.pooling,
         views,
-        c.backend,  # with the preset's and the collection's: imgsearch.runtime.choose_backend decides
+        c.backend,  # with the preset's and the collection's: imgsearch.core.runtime.choose_backend decides
         preset_backend=named.backend if named else None,
         recorded_backend=recorded.get("backend") if recorded else None,
         lazy=lazy and recorded is not None,  # a new collection records the backend that really runs

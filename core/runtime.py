@@ -7,7 +7,7 @@ normalises it, so all backends share one pooling path and differ only in the tru
 - ``torch``: eager PyTorch, ``channels_last``; the reference (and the only one that uses a GPU).
 - ``onnx``: the same fp32 network exported to ONNX and run by ONNX Runtime (equal to 1e-4).
 - ``int8``: that ONNX model statically quantised: uint8 activations whose ranges come from fixed
-  images in ``imgsearch/calibration`` (so it is the same on every machine), per-channel weights in
+  images in ``core/calibration`` (so it is the same on every machine), per-channel weights in
   7 bits (``reduce_range``: on AVX2 CPUs without VNNI, 8-bit weights overflow ONNX Runtime's 16-bit
   partial sums and vectors fell to cosine 0.90 of fp32), except the first :data:`WIDE_CONVS`
   convolutions, which keep 16-bit weights: their error flows through the whole network (with them
@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgsearch.prepare import Views, load_views
-from imgsearch.presets import DEFAULT_PRESET, PRESETS
+from imgsearch.core.prepare import Views, load_views
+from imgsearch.core.presets import DEFAULT_PRESET, PRESETS
 
 if TYPE_CHECKING:
     import torch

@@ -30,8 +30,8 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from imgsearch.collection import HNSW, QUERY_ROWS, CollectionMissing, Location, StoreError
-from imgsearch.where import matches, supported
+from imgsearch.core.collection import HNSW, QUERY_ROWS, CollectionMissing, Location, StoreError
+from imgsearch.core.where import matches, supported
 
 KEYS = ("category", "root")  # partition keys of a store that declares none
 TEXT_KEYS = frozenset(KEYS)  # keys imgsearch always writes as text: ``category=2019`` cannot match a number there
@@ -107,7 +107,7 @@ T = TypeVar("T")
 
 
 class Owner(Protocol):
-    """What the sides use of the store they belong to (:class:`imgsearch.store.Store`, which makes them:
+    """What the sides use of the store they belong to (:class:`imgsearch.core.store.Store`, which makes them:
     named here rather than imported, so the store and its sides are no import cycle)."""
 
     location: Location
