@@ -18,6 +18,18 @@ def detector(features: int) -> Any:
     return cv2.ORB_create(nfeatures=features, fastThreshold=10, edgeThreshold=15, patchSize=15)
 
 
+def good_matches(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each ``query`` descriptor's nearest ``train`` descriptor (Hamming), kept when clearly nearer than the
+    second nearest (Lowe's ratio test, 0.8): (query rows, train rows). The same matches, in the same order,
+    as ``BFMatcher(NORM_HAMMING).knnMatch(query, train, k=2)`` gives (it calls this very function), without
+    making a Python object per match; ``train`` needs 2 rows or more."""
+    import cv2
+
+    distances, nearest = cv2.batchDistance(query, train, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2)
+    keep = np.flatnonzero(distances[:, 0] < 0.8 * distances[:, 1])
+    return keep, nearest[keep, 0]
+
+
 def fit(
     points_a: np.ndarray,
     found_a: np.ndarray | None,
@@ -29,16 +41,18 @@ def fit(
     """The transform taking ``b``'s keypoints onto ``a``'s (positions, descriptors) and how many matches
     agree with it within ``tolerance`` pixels; (None, 0) if none fits. ``need``: fewer matches passing the
     ratio test than this are not fitted (inliers are a subset of them: the fit could not reach ``need``)."""
-    import cv2
-
     if found_a is None or found_b is None or len(found_a) < 2 or len(found_b) < 2:
         return None, 0
-    matches = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(found_b, found_a, k=2)
-    good = [m[0] for m in matches if len(m) == 2 and m[0].distance < 0.8 * m[1].distance]
-    if len(good) < max(3, need):
+    query, train = good_matches(found_b, found_a)
+    return fit_matches(points_b[query], points_a[train], tolerance, need)
+
+
+def fit_matches(src: np.ndarray, dst: np.ndarray, tolerance: float, need: int = 3) -> tuple[np.ndarray | None, int]:
+    """:func:`fit` from matched positions (``src`` in b onto ``dst`` in a, in the order the matches came)."""
+    import cv2
+
+    if len(src) < max(3, need):
         return None, 0
-    src = points_b[[m.queryIdx for m in good]]
-    dst = points_a[[m.trainIdx for m in good]]
     cv2.setRNGSeed(0)  # RANSAC samples from this thread's RNG: seeded, a pair gets one verdict every run
     transform, inliers = cv2.estimateAffinePartial2D(
         src, dst, method=cv2.RANSAC, ransacReprojThreshold=tolerance, maxIters=2000

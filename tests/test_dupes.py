@@ -121,7 +121,8 @@ def holidays_found(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, 
         pytest.skip(f"the photo sets are not at {HOLIDAYS.parent.parent}")
     sys.path.insert(0, str(REPO))
     from bench.dupes import build_library
-    from imgsearch.core.session import ModelChoice, open_embedder
+    from imgsearch.core.config import ModelChoice
+    from imgsearch.core.session import open_embedder
     from imgsearch.core.store import Location, Store
     from imgsearch.ingest.sync import ingest
 
@@ -249,3 +250,73 @@ def test_capture_times_tell_shots_from_copies(tmp_path: Path) -> None:
         assert not verdict.same and "EXIF" in verdict.how
     for other in (copy, stripped):
         assert verifier.same_picture(str(shot), str(other)).same
+
+
+def test_the_verifiers_shortcuts_change_no_answer(tmp_path: Path) -> None:
+    """The shortcuts that make a pair cheap give the answers of the work they skip: a fit through the probe
+    is exactly the full fit (same transform, same inliers), the nest bound is never below the nest the warp
+    measures, and the blocks compared all at once agree with a block-by-block loop."""
+    import cv2
+    import numpy as np
+
+    from imgsearch.dupes import align, verify
+    from imgsearch.evaluation.edits import TRANSFORMS
+
+    photos = sorted((REPO / "examples" / "library").rglob("*.jpg"))[::60][:6]
+    verifier = verify.Verifier()
+    fitted = 0
+    for n, src in enumerate(photos):
+        with Image.open(src) as im:
+            image = im.convert("RGB")
+        for name in ("crop 50-90%", "rotate ±10°", "flip"):
+            transform, quality = TRANSFORMS[name]
+            copy = tmp_path / f"{n}-{name[:4]}.jpg"
+            transform(image, random.Random(f"{src.name}:{name}")).convert("RGB").save(copy, quality=quality)
+            a, b = verifier._prepared(str(src)), verifier._prepared(str(copy))
+            assert not isinstance(a, str) and not isinstance(b, str)
+            for m in (0, 1):
+                full = align.fit(a.keypoints[0], a.descriptors[0], b.keypoints[m], b.descriptors[m], 3.0, 15)
+                probed = verify._probed_fit(a.keypoints[0], a.descriptors[0], b.keypoints[m], b.descriptors[m])
+                if probed[0] is not None:
+                    fitted += 1
+                    assert probed[1] == full[1] and np.array_equal(probed[0], full[0]), (src.name, name, m)
+                else:  # turned down by the probe: only where the full fit is weak (an edit's is strong)
+                    assert full[1] < 3 * verify.MIN_INLIERS, (src.name, name, m, full[1])
+    assert fitted >= len(photos) * 2  # crops and rotations as they are, flips mirrored
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        h, w, hb, wb = (int(x) for x in rng.integers(60, 481, 4))
+        scale, angle = np.exp(rng.uniform(-2.3, 1.4)), rng.uniform(-np.pi, np.pi)
+        move = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0]]) * [[scale], [scale]]
+        move[:, 2] = rng.uniform(-0.5, 1.0, 2) * (w, h)
+        inside = cv2.warpAffine(np.full((hb, wb), 255, np.uint8), move, (w, h), flags=cv2.INTER_NEAREST)
+        nest = min(1.0, np.count_nonzero(inside) / min(hb * wb * scale * scale, h * w))
+        assert verify._nest_bound(move, (hb, wb), (h, w)) >= nest
+
+    def looped(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[float, float]:  # the loop it replaced
+        bh, bw = max(1, x.shape[0] // verify.BLOCK_GRID), max(1, x.shape[1] // verify.BLOCK_GRID)
+        scores, flat = [], 0
+        for r in range(0, x.shape[0] - bh + 1, bh):
+            for c in range(0, x.shape[1] - bw + 1, bw):
+                if inside[r : r + bh, c : c + bw].min() == 0:
+                    continue
+                pa, pb = (z[r : r + bh, c : c + bw].astype(np.float32) for z in (x, y))
+                if pa.std() < verify.FLAT and pb.std() < verify.FLAT:
+                    flat += 1
+                    continue
+                pa, pb = pa - pa.mean(), pb - pb.mean()
+                norm = float(np.linalg.norm(pa) * np.linalg.norm(pb))
+                scores.append(float((pa * pb).sum()) / norm if norm > 0 else 0.0)
+        if not scores:
+            return (1.0, 1.0) if flat else (0.0, 0.0)
+        return float(np.median(scores + [1.0] * flat)), float(np.median(scores))
+
+    for _ in range(60):
+        h, w = (int(x) for x in rng.integers(8, 481, 2))
+        x = rng.integers(0, 256, (h, w)).astype(np.uint8)
+        x[: int(rng.integers(0, h))] = 90  # flat blocks too
+        y = np.clip(x + rng.normal(0, rng.uniform(0, 60), (h, w)), 0, 255).astype(np.uint8)
+        inside = np.full((h, w), 255, np.uint8)
+        inside[: int(rng.integers(0, h // 2 + 1))] = 0
+        assert np.allclose(verify._block_agreement(x, y, inside), looped(x, y, inside), atol=1e-5)
