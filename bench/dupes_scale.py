@@ -59,6 +59,7 @@ from bench.report import (
     write_json,
     write_text,
 )
+from imgsearch.core.config import Fingerprint
 from imgsearch.core.store import PAGE, Location, Store, image_id
 
 LIBRARY = REPO / "examples" / "library"
@@ -211,7 +212,7 @@ def derivation_scores(base: dict[str, Any], pairs: int = 2000, seed: int = SEED)
     }
 
 
-def fill(location: Location, library: Library, fingerprint: dict[str, Any]) -> dict[str, Any]:
+def fill(location: Location, library: Library, fingerprint: Fingerprint) -> dict[str, Any]:
     """Store the library (or regenerate its truth only, when the store already holds it)."""
     store = Store(location)
     expected = library.n + len(range(COPY_AT, library.n, COPY_EVERY)) + len(range(EXACT_AT, library.n, EXACT_EVERY))

@@ -1,19 +1,10 @@
-"""Fuzz the decode + preprocess path (imgsearch.core.prepare.load_views) with hypothesis.
+"""Fuzz the decode + preprocess path (imgsearch.core.prepare.load_views) with hypothesis (docs/reliability.md,
+section 4): for ANY bytes, one finite float32 (3, s, s) array per scale or ImageError with a reason; never
+another exception, a hang (``--timeout``) or a memory blow-up (an address-space limit).
 
-The contract under test: for ANY bytes in a file, ``load_views`` either returns one finite float32
-array of shape (3, s, s) per scale, or raises ImageError with a reason; never another exception,
-never a hang (each input gets ``--timeout`` seconds), never a memory blow-up (the process runs under
-an address-space limit, and "not enough memory" counts as a finding).
-
-Inputs, by kind: ``image``: real images (random sizes, every Pillow mode we decode, PNG/JPEG/GIF/WebP/
-TIFF/BMP, EXIF orientation tags valid and not) encoded by Pillow; ``HEIC``, ``AVIF``, ``DNG``: real
-files made from the calibration photos by pillow-heif (x265), Pillow (libavif) and the DNG writer of
-tests/test_formats.py (a JPEG or bitmap preview, or none), read through the RAW preview path; each
-then mutated (truncated, bytes flipped, chunks inserted or repeated, header sizes rewritten); or
-``bytes``: raw random bytes.
-
-Each batch of inputs (one kind) runs in a child process, so a native crash or a hang in C code (libheif,
-libavif, LibRaw), which no Python handler can catch, is a finding too: the input it died on is kept.
+Inputs by kind: ``image`` (Pillow-encoded, every mode and format we decode), ``HEIC``/``AVIF``/``DNG`` (real
+files from the calibration photos), each mutated, or raw ``bytes``. Each batch runs in a child process, so a
+native crash or a hang in C code is a finding too: the input it died on is kept.
 
     python bench/fuzz_decode.py --minutes 5 [--out test-artifacts/fuzz-decode.json]
     python bench/fuzz_decode.py --examples 300      # a short run (tests/test_reliability.py)
@@ -45,13 +36,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import ARTIFACTS, REPO, log, write_json
+from imgsearch.core.runtime import CALIBRATION
 
 FORMATS = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
 MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"]
 MEMORY_LIMIT = 3 << 30  # bytes of address space: a decode that wants more is a finding
 SEEDED = {"HEIC": ".heic", "AVIF": ".avif", "DNG": ".dng"}  # real files of these kinds, mutated
 KINDS = ("image", "bytes", *SEEDED)
-PHOTOS = sorted((REPO / "imgsearch" / "calibration").glob("photo-*.jpg"))
+PHOTOS = sorted(CALIBRATION.glob("photo-*.jpg"))
 HEADER = 1024  # "header" edits land in a file's first bytes: ISOBMFF boxes, TIFF IFDs, PNG chunks
 STALL = 30.0  # seconds past --timeout without a new input: the child is stuck in C code and is killed
 
@@ -212,18 +204,10 @@ def build_test(kind: str, workdir: Path, timeout: float, outcomes: Counter[str],
         pool = seeds(kind)
         source = st.tuples(st.sampled_from(pool), ops, st.integers(0, 2**31))
     suffix = SEEDED.get(kind, ".img")
-    views = st.tuples(
-        st.sampled_from([(224,), (224, 320), (32,), (64, 96)]),
-        st.sampled_from(["center", "full"]),
-    )
+    views = st.tuples(st.sampled_from([(224,), (224, 320), (32,), (64, 96)]), st.sampled_from(["center", "full"]))
+    quiet = {"deadline": None, "database": None, "suppress_health_check": list(HealthCheck), "print_blob": True}
 
-    @settings(
-        max_examples=max_examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-        print_blob=True,
-    )
+    @settings(max_examples=max_examples, **quiet)
     @given(source=source, views=views)
     def fuzz(source: tuple[Any, list[tuple[str, int, int]], int], views: tuple[tuple[int, ...], str]) -> None:
         spec, edits, seed = source
@@ -248,12 +232,8 @@ def batch(kind: str, examples: int, timeout: float, workdir: Path) -> dict[str, 
         fuzz()
     except Exception as err:  # a finding: hypothesis ran its minimal input last
         where = traceback.extract_tb(err.__traceback__)[-1]
-        findings.append(
-            {
-                "error": f"{type(err).__name__}: {err}"[:500],
-                "raised_at": f"{where.filename}:{where.lineno} ({where.name})",
-            }
-        )
+        raised_at = f"{where.filename}:{where.lineno} ({where.name})"
+        findings.append({"error": f"{type(err).__name__}: {err}"[:500], "raised_at": raised_at})
     max_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"outcomes": dict(outcomes), "max_rss_mb": max_rss_mb, "findings": findings}
 
@@ -329,9 +309,8 @@ def main() -> int:
                 findings.append(_keep(workdir, {"kind": kind, **finding}, len(findings) + 1))
                 log(f"finding {len(findings)}: {findings[-1]}")
             rounds += 1
-            if len(findings) >= 10 or (args.minutes and time.monotonic() > started + args.minutes * 60):
-                break
-            if not args.minutes and rounds == len(kinds):
+            done = time.monotonic() > started + args.minutes * 60 if args.minutes else rounds == len(kinds)
+            if done or len(findings) >= 10:
                 break
     per_kind_figures = {
         k: {

@@ -1,27 +1,12 @@
-"""Ingest throughput, measured side by side in ONE run on this machine, printed as ratios.
+"""Ingest throughput, measured side by side in ONE run on this machine, printed as ratios (README, "Speed").
 
-Rows: (1) the lab handout's way: one image at a time, full-size decode, eager fp32; (2) model-only
-throughput on pre-made tensors for each backend, and for the default one at the shipped features;
-(3) ingest's decode → embed stage alone, in process; (4) the product's end-to-end ``imgsearch
-ingest`` (scan, hash, decode, preprocess, embed, Chroma writes) of a folder of camera-sized JPEGs,
-in its own process, with its peak RSS; (5) the same for 500 and 2,000 images, to show memory stays
-flat; then what each image costs besides the model (decode + preprocess, hash: ms of one core),
-which bounds end to end / model-only even with a perfect overlap; then how closely each fast
-backend's vectors follow eager fp32 (EfficientNet-Lite0's real weights on the demo library).
-
-Speed does not depend on weight values, so ResNet50 runs with random weights (a checkpoint saved
-once and passed with --weights, the product's own path); ``--model efficientnet-lite0`` measures
-the offline backbone with its real weights. Rows 2-3 use the handout's features (average pool,
-centre crop 224) so that every backend does the same arithmetic; row 4 runs ``imgsearch ingest``
-with the handout preset and with the shipped defaults (no feature flags: the default preset and
-the default backend), and the headline ratio is the shipped defaults against row 1: the median of
-``--rounds`` alternating runs of the two, so that a busy neighbour on a shared machine moves one
-round rather than the verdict.
-
-The camera-sized JPEGs (8-12 megapixels, quality 90) are mosaics of real images (the demo library
-and the calibration photos) with film grain, so they compress like photos; they are generated once
-into the cache folder (``$IMGSEARCH_CACHE/bench``). Folders larger than the number of distinct
-images repeat them with a unique JPEG comment, so every file is new to ingest and runs the model.
+Rows: (1) the lab handout's way (one image at a time, full decode, eager fp32, in a fresh process); (2) the
+model alone per backend, and the default one at the shipped features; (3) ingest's decode → embed stage in
+process; (4) ``imgsearch ingest`` end to end in its own process (handout features and shipped defaults), with
+its peak RSS; (5) the same at 500 and 2,000 images; then each image's cost besides the model, the bound it
+sets, and how closely each backend's vectors follow eager fp32. The headline (shipped defaults vs row 1) is
+the median of ``--rounds`` alternating runs. ResNet50 runs with random weights (speed does not depend on
+them), on camera-sized JPEGs (mosaics of real images with grain) made once into ``$IMGSEARCH_CACHE/bench``.
 
     python bench/ingest.py [--model resnet50|efficientnet-lite0] [--images 200] [--rss 500,2000]
                            [--device cpu|cuda] [--json] [--out docs/ingest-bench]
@@ -39,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import REPO, cli, jpeg_with_comment, log, peak_rss, write_json, write_text
+from bench.report import REPO, cli, jpeg_with_comment, log, peak_rss, write_report
+from imgsearch.core.config import resolve
 from imgsearch.core.prepare import HANDOUT_VIEWS, MEAN, STD, Views, load_views
 from imgsearch.core.presets import DEFAULT_PRESET, PRESETS
 from imgsearch.core.runtime import BACKENDS, CALIBRATION, cache_dir, choose_backend, usable_cpus
@@ -97,7 +84,8 @@ def _make_camera_image(args: tuple[int, str]) -> None:
 
 
 def camera_folder(n: int) -> Path:
-    """A folder of ``n`` camera-sized JPEGs, made once and cached."""
+    """A folder of ``n`` camera-sized JPEGs, made once and cached: hard links to the distinct images, or beyond
+    DISTINCT copies of them each with a unique JPEG comment."""
     from concurrent.futures import ProcessPoolExecutor
 
     base = cache_dir() / "bench" / "camera-distinct"
@@ -107,20 +95,17 @@ def camera_folder(n: int) -> Path:
         log(f"generating {len(todo)} camera-sized JPEGs in {base} (once) ...")
         with ProcessPoolExecutor(usable_cpus()) as pool:
             list(pool.map(_make_camera_image, todo))
-    if n <= DISTINCT:
-        folder = cache_dir() / "bench" / f"camera-{n}"
-        folder.mkdir(exist_ok=True)
-        for i in range(n):
-            if not (folder / f"img{i:04d}.jpg").exists():
-                os.link(base / f"img{i:04d}.jpg", folder / f"img{i:04d}.jpg")
-        return folder
     folder = cache_dir() / "bench" / f"camera-{n}"
     folder.mkdir(exist_ok=True)
     for i in range(n):
-        dest = folder / f"img{i:05d}.jpg"
-        if not dest.exists():
-            data = (base / f"img{i % DISTINCT:04d}.jpg").read_bytes()
-            dest.write_bytes(jpeg_with_comment(data, f"imgsearch bench copy {i}"))
+        src = base / f"img{i % DISTINCT:04d}.jpg"
+        dest = folder / (src.name if n <= DISTINCT else f"img{i:05d}.jpg")
+        if dest.exists():
+            continue
+        if n <= DISTINCT:
+            os.link(src, dest)
+        else:
+            dest.write_bytes(jpeg_with_comment(src.read_bytes(), f"imgsearch bench copy {i}"))
     return folder
 
 
@@ -153,11 +138,6 @@ def random_resnet50() -> Path:
     return path
 
 
-def model_weights(model: str) -> Path | None:
-    """The checkpoint the rows pass with --weights: random for ResNet50, none (shipped) otherwise."""
-    return random_resnet50() if model == "resnet50" else None
-
-
 def handout_way(files: list[Path], model: str, weights: Path | None, seconds: float) -> dict[str, Any]:
     """Row 1 in a fresh process, as a user runs it: in this one, the thread pools the other rows
     left behind (onnxruntime's, torch's) slowed later rounds of the eager loop tenfold."""
@@ -184,14 +164,8 @@ def _handout_loop(files: list[Path], model: str, weights: Path | None, seconds: 
     def features(x: torch.Tensor) -> torch.Tensor:
         return trunk(x).mean(dim=(2, 3))
 
-    tf = transforms.Compose(
-        [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN.tolist(), STD.tolist()),
-        ]
-    )
+    steps = [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()]
+    tf = transforms.Compose([*steps, transforms.Normalize(MEAN.tolist(), STD.tolist())])
     with torch.no_grad():
         for f in files[:2]:  # warm-up, as for every other row (first calls allocate and pick kernels)
             features(tf(Image.open(f).convert("RGB")).unsqueeze(0))
@@ -217,7 +191,7 @@ def model_only(
     backend: str,
     device: str,
     weights: Path | None,
-    batches: list[np.ndarray],
+    files: list[Path],
     seconds: float,
     shipped: bool = False,
 ) -> float:
@@ -225,7 +199,9 @@ def model_only(
     handout's features, or with ``shipped`` the default preset's."""
     from imgsearch.core.backbones import load_embedder
 
+    log(f"model only: {backend} on {device}{', default features' if shipped else ''} ...")
     views, pooling = (Views(SHIPPED.crop, SHIPPED.scales), SHIPPED.pooling) if shipped else (HANDOUT_VIEWS, "avg")
+    batches = sample_batches(files, views)
     embedder = load_embedder(model, weights=weights, device=device, pooling=pooling, views=views, backend=backend)
     embedder.embed(batches)
     embedder.embed(batches)  # warm-up (allocations, ORT's first run, cuDNN autotuning)
@@ -236,23 +212,23 @@ def model_only(
     return done / (time.perf_counter() - started)
 
 
+def ms_each(work: Callable[[Path], Any], files: list[Path]) -> float:
+    """Milliseconds per file of ``work``, to 0.01."""
+    started = time.perf_counter()
+    for f in files:
+        work(f)
+    return round((time.perf_counter() - started) / len(files) * 1000, 2)
+
+
 def cpu_costs(files: list[Path], limit: int = 60) -> dict[str, float]:
-    """Milliseconds of one core per image for the work that must run besides the model: the JPEG
-    draft decode + preprocessing (ingest's own load_views) and the content hash. Together with the
-    model's cost they bound what any pipeline on this machine can reach (see ``bound``)."""
+    """Milliseconds of one core per image besides the model: draft decode + preprocessing, and the hash."""
     from imgsearch.ingest.sync import file_sha256
 
-    sample = files[:limit]
-    load_views(sample[0], HANDOUT_VIEWS)  # warm-up
-    started = time.perf_counter()
-    for f in sample:
-        load_views(f, HANDOUT_VIEWS)
-    decode = (time.perf_counter() - started) / len(sample)
-    started = time.perf_counter()
-    for f in sample:
-        file_sha256(str(f))
-    digest = (time.perf_counter() - started) / len(sample)
-    return {"decode_preprocess_ms": round(decode * 1000, 2), "sha256_ms": round(digest * 1000, 2)}
+    load_views(files[0], HANDOUT_VIEWS)  # warm-up
+    return {
+        "decode_preprocess_ms": ms_each(lambda f: load_views(f, HANDOUT_VIEWS), files[:limit]),
+        "sha256_ms": ms_each(lambda f: file_sha256(str(f)), files[:limit]),
+    }
 
 
 def bound(model_ips: float, costs: dict[str, float]) -> float:
@@ -267,6 +243,7 @@ def pipeline(files: list[Path], model: str, backend: str, device: str, weights: 
     from imgsearch.core.backbones import load_embedder
     from imgsearch.core.batching import embed_files
 
+    log(f"pipeline without store: {backend} on {device} ...")
     embedder = load_embedder(model, weights=weights, device=device, pooling="avg", views=HANDOUT_VIEWS, backend=backend)
     started = time.perf_counter()
     done = sum(e.vector is not None for e in embed_files(list(map(str, files)), embedder))
@@ -330,24 +307,16 @@ def tables(r: dict[str, Any]) -> str:
     out(f"shipped defaults: the {r.get('default_preset')!r} feature preset on the {r['default_backend']} backend")
     out(f"{img['files']} camera-sized JPEGs, {img['megapixels_mean']} MP and {img['mb_mean']} MB on average\n")
     out(f"{'row':58} {'img/s':>8} {'x handout':>10} {'x eager':>8} {'peak RSS':>9}")
+    speeds = {
+        "2. model only: {}": r["model_only_images_per_second"],
+        "2. model only: {}, default features": r["model_only_default_features_images_per_second"],
+        "3. decode+embed pipeline, no store: {}": r["pipeline_without_store_images_per_second"],
+    }
     rows = [("1. handout's way (1 at a time, full decode, eager fp32)", h, "")]
-    rows += [(f"2. model only: {b}", v, "") for b, v in r["model_only_images_per_second"].items()]
-    rows += [
-        (f"2. model only: {b}, default features", v, "")
-        for b, v in r["model_only_default_features_images_per_second"].items()
-    ]
-    rows += [
-        (f"3. decode+embed pipeline, no store: {b}", v, "")
-        for b, v in r["pipeline_without_store_images_per_second"].items()
-    ]
-    rows += [
-        (f"4. imgsearch ingest: {k}", v["images_per_second"], f"{v['peak_rss_mb']} MB")
-        for k, v in r["end_to_end"].items()
-    ]
-    rows += [
-        (f"5. imgsearch ingest: {n} images ({r['default_backend']})", v["images_per_second"], f"{v['peak_rss_mb']} MB")
-        for n, v in r["peak_rss"].items()
-    ]
+    rows += [(label.format(b), v, "") for label, figures in speeds.items() for b, v in figures.items()]
+    runs = [(f"4. imgsearch ingest: {k}", v) for k, v in r["end_to_end"].items()]
+    runs += [(f"5. imgsearch ingest: {n} images ({r['default_backend']})", v) for n, v in r["peak_rss"].items()]
+    rows += [(name, v["images_per_second"], f"{v['peak_rss_mb']} MB") for name, v in runs]
     for name, ips, rss in rows:
         out(f"{name:58} {ips:8.2f} {ips / h:10.2f} {ips / eager:8.2f} {rss:>9}")
     c = r["cpu_ms_per_image"]
@@ -397,12 +366,12 @@ def main() -> None:
     def device_of(backend: str) -> str:  # only torch runs on --device; the exported backends on the CPU
         return args.device if backend == "torch" else "cpu"
 
-    default = choose_backend(None, args.device).backend  # what `imgsearch ingest` runs when not told
+    default = choose_backend(resolve().backend, args.device).backend  # what `imgsearch ingest` runs when not told
     if "torch" not in backends or default not in backends:
         raise SystemExit(f"--backends must include torch (the eager reference) and {default} (the default here)")
 
     folder = camera_folder(args.images)
-    weights = model_weights(args.model)
+    weights = random_resnet50() if args.model == "resnet50" else None
     files = sorted(folder.glob("*.jpg"))
     for f in files:
         f.read_bytes()  # every row reads from a warm page cache, not only those after the first
@@ -410,33 +379,18 @@ def main() -> None:
     handout = handout_way(files, args.model, weights, args.seconds)
     log("per-image CPU cost of decode + preprocess and of hashing ...")
     costs = cpu_costs(files)
-    model: dict[str, float] = {}
-    handout_batches = sample_batches(files, HANDOUT_VIEWS)
-    for b in backends:
-        dev = device_of(b)
-        log(f"model only: {b} on {dev} ...")
-        model[b] = model_only(args.model, b, dev, weights, handout_batches, args.seconds)
-    default_dev = device_of(default)
-    log(f"model only: {default} on {default_dev}, default features ...")
-    shipped_views = Views(SHIPPED.crop, SHIPPED.scales)
-    shipped_batches = sample_batches(files, shipped_views)
-    model_shipped = model_only(args.model, default, default_dev, weights, shipped_batches, args.seconds, shipped=True)
-    stage: dict[str, float] = {}
-    for b in backends:
-        dev = device_of(b)
-        log(f"pipeline without store: {b} on {dev} ...")
-        stage[b] = pipeline(files, args.model, b, dev, weights)
+    model = {b: model_only(args.model, b, device_of(b), weights, files, args.seconds) for b in backends}
+    model_shipped = model_only(args.model, default, device_of(default), weights, files, args.seconds, shipped=True)
+    stage = {b: pipeline(files, args.model, b, device_of(b), weights) for b in backends}
     e2e: dict[str, dict[str, Any]] = {}
     for b in backends if not args.no_store else []:
-        dev = device_of(b)
         for name, feats in (("handout features", HANDOUT_FEATURES), ("default features", DEFAULT_FEATURES)):
-            log(f"end to end: imgsearch ingest ({b} on {dev}, {name}) of {len(files)} images ...")
-            e2e[f"{b}, {name}"] = end_to_end(folder, args.model, b, dev, weights, feats)
+            log(f"end to end: imgsearch ingest ({b} on {device_of(b)}, {name}) of {len(files)} images ...")
+            e2e[f"{b}, {name}"] = end_to_end(folder, args.model, b, device_of(b), weights, feats)
     rss = {}
     for n in [int(x) for x in args.rss.split(",") if x and not args.no_store]:
-        big = camera_folder(n)
         log(f"peak RSS: imgsearch ingest (shipped defaults) of {n} images ...")
-        rss[str(n)] = end_to_end(big, args.model, None, args.device, weights, DEFAULT_FEATURES)
+        rss[str(n)] = end_to_end(camera_folder(n), args.model, None, args.device, weights, DEFAULT_FEATURES)
     agree = {} if args.no_agreement else backend_agreement(backends, args.device)
     # the headline pair again, alternating, so that a noisy neighbour moves one round, not the verdict
     rounds = [(handout["images_per_second"], e2e[f"{default}, default features"] if e2e else None)]
@@ -488,14 +442,10 @@ def main() -> None:
         "end_to_end_default_vs_its_model_only_at_default_features": round(shipped_ratio, 2) if e2e else None,
         "targets": TARGETS,
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(tables(result))
+    print(json.dumps(result) if args.json else tables(result))
     if args.out:
-        write_json(args.out.with_suffix(".json"), result)
         command = "python bench/ingest.py " + " ".join(sys.argv[1:])
-        write_text(args.out.with_suffix(".md"), f"Written by `{command}`:\n\n```\n{tables(result)}\n```\n")
+        write_report(args.out, f"Written by `{command}`:\n\n```\n{tables(result)}\n```\n", result)
 
 
 if __name__ == "__main__":

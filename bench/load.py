@@ -1,26 +1,9 @@
-"""Load test of the web API: concurrent clients against a store of >= 5,000 images while the worker ingests.
+"""Load test of the web API: concurrent clients against a store of >= 5,000 images while the worker ingests,
+then a storm of 64-100 MP uploads per backend (docs/reliability.md, section 5, says how and what).
 
-Topology (docker-compose's, as real processes): `chroma run` on the store, `imgsearch worker`
-watching the library, `imgsearch serve`. The library is derived from the demo library: each of its
-593 real images in up to 9 transformed copies (crops, mirror, resizes, turns, colour, JPEG quality),
-ingested once with the handout's cheap features (`--pooling avg --crop center --scales 224`); the
-build is kept in --workdir and reused by later runs. When the load starts, --incoming more derived
-images are copied into the library, so the worker is embedding them while the clients run.
-
-Clients: --clients threads share --requests requests, a seeded mix of POST /api/search (an image
-upload; 60 %), POST /api/search/by-id (15 %), GET /api/stats (15 %) and GET /api/images/ID/thumb
-(10 %). Reported: throughput, p50/p95/p99 latency per kind and overall, status codes, transport
-errors.
-
-Then the storm, once per --storm-backends entry: a fresh web server (default concurrency and queue,
-the upload cap raised to 100 MP so that every upload is really decoded) and --storm-clients clients
-at once, each uploading a real photo upscaled to 64-100 MP (half JPEG, half PNG; made once into
---workdir/big) and honouring 503 + Retry-After until it is served. Meanwhile /healthz is polled
-every 0.1 s and the server's RSS sampled. Reported: status codes, how many were served, the slowest
-/healthz, the server's RSS before and at its peak (VmHWM), and normal searches right afterwards.
-
-Exit code 1 if any request got a 5xx (503 in the storm excepted), failed, or a storm client was
-never served, or /healthz ever took 1 s or more.
+docker-compose's topology as processes (`chroma run`, `imgsearch worker`, `imgsearch serve`) on a library
+derived from the demo's (kept in --workdir). Exit code 1 if any request got a 5xx (503 in the storm
+excepted) or failed, a storm client was never served, or /healthz ever took 1 s or more.
 
     python bench/load.py [--size 5000] [--clients 8] [--requests 500] [--storm-clients 50]
                          [--storm-backends torch,default] [--out test-artifacts/load.json]
@@ -38,29 +21,17 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import (
-    REPO,
-    chroma_server,
-    cli,
-    free_port,
-    log,
-    md_table,
-    run_checked,
-    spawn,
-    status_kb,
-    stop,
-    wait_until,
-    write_json,
-    write_text,
-)
+from bench import report
+from bench.report import cli, in_threads, log, stop, wait_until, web_server
 
-LIBRARY = REPO / "examples" / "library"
-QUERIES = REPO / "examples" / "queries"
+LIBRARY = report.REPO / "examples" / "library"
+QUERIES = report.REPO / "examples" / "queries"
 CHEAP = ["--pooling", "avg", "--crop", "center", "--scales", "224"]
 MIX = {"search": 60, "by-id": 15, "stats": 15, "thumb": 10}
 TRANSFORMS = 9  # derived copies per original at most: 593 x 9 = 5,337
@@ -122,6 +93,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else 0.0
 
 
+def latency_ms(seconds: list[float], qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
+    """Percentiles ``qs`` (the nearest rank) and the largest of ``seconds``, in ms to 0.1."""
+    ms = [s * 1000 for s in seconds]
+    return {**{f"p{q}_ms": round(percentile(ms, q), 1) for q in qs}, "max_ms": round(max(ms, default=0), 1)}
+
+
 def run_clients(url: str, args: argparse.Namespace, queries: list[Path], ids: list[str]) -> list[dict[str, Any]]:
     """Fire ``args.requests`` requests from ``args.clients`` threads; one record per request."""
     import httpx
@@ -148,10 +125,8 @@ def run_clients(url: str, args: argparse.Namespace, queries: list[Path], ids: li
                         res = http.post("/api/search", files={"image": (query.name, query.read_bytes())}, data=data)
                     elif kind == "by-id":
                         res = http.post(f"/api/search/by-id/{id_}", data={"k": str(k)})
-                    elif kind == "stats":
-                        res = http.get("/api/stats")
                     else:
-                        res = http.get(f"/api/images/{id_}/thumb")
+                        res = http.get("/api/stats" if kind == "stats" else f"/api/images/{id_}/thumb")
                     status, error = res.status_code, ""
                 except httpx.HTTPError as err:
                     status, error = 0, f"{type(err).__name__}: {err}"
@@ -160,24 +135,13 @@ def run_clients(url: str, args: argparse.Namespace, queries: list[Path], ids: li
                         {"kind": kind, "status": status, "seconds": time.perf_counter() - started, "error": error}
                     )
 
-    threads = [threading.Thread(target=client) for _ in range(args.clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(lambda _: client(), args.clients)
     return records
 
 
 def summarise(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     def stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        lat = [r["seconds"] * 1000 for r in rows]
-        return {
-            "requests": len(rows),
-            "p50_ms": round(percentile(lat, 50), 1),
-            "p95_ms": round(percentile(lat, 95), 1),
-            "p99_ms": round(percentile(lat, 99), 1),
-            "max_ms": round(max(lat, default=0), 1),
-        }
+        return {"requests": len(rows), **latency_ms([r["seconds"] for r in rows])}
 
     by_kind = {kind: stats([r for r in records if r["kind"] == kind]) for kind in MIX}
     statuses = Counter(str(r["status"]) for r in records)
@@ -195,7 +159,7 @@ def summarise(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
 
 
 # real photos to upscale for the storm: the development photo set when present, else the demo library
-PHOTOS = REPO.parent / "shared" / "datasets" / "holidays-dev" / "queries"
+PHOTOS = report.DATASETS / "holidays-dev" / "queries"
 BIG_SIZES = [(9280, 6960), (10328, 7746), (11547, 8660)]  # 4:3 like the photos: 64.6, 80 and 99.997 MP
 HEALTH_LIMIT_S = 1.0
 
@@ -225,7 +189,7 @@ def big_images(cache: Path, count: int) -> list[Path]:
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
     """A process's resident memory (``VmHWM``: its peak so far) in MB, from /proc."""
-    return round(status_kb(pid, field + ":") / 1024, 1)
+    return round(report.status_kb(pid, field + ":") / 1024, 1)
 
 
 def time_healthz(http: Any, stop: Any, every: float, seconds: list[float]) -> None:
@@ -296,21 +260,16 @@ def storm(url: str, pid: int, images: list[Path], clients: int, deadline_s: floa
                 time.sleep(wait)
 
     sampler = threading.Thread(target=sample_rss)
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     started = time.monotonic()
     poller.start()
     results.recv()
     sampler.start()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(client, clients)
     wall = time.monotonic() - started
     done.set()
     health: list[float] = results.recv()
     poller.join()
     sampler.join()
-    served = {a["client"] for a in attempts if a["status"] == 200}
     first = [a for a in attempts if a["status"] == 200]
     return {
         "clients": clients,
@@ -319,16 +278,14 @@ def storm(url: str, pid: int, images: list[Path], clients: int, deadline_s: floa
         "uploads": len(attempts),
         "status_codes": dict(sorted(Counter(str(a["status"]) for a in attempts).items())),
         "first_503": refusal[0] if refusal else "",
-        "served": len(served),
+        "served": len({a["client"] for a in first}),
         "5xx_other_than_503": sum(1 for a in attempts if a["status"] >= 500 and a["status"] != 503),
         "transport_errors": sorted({a["error"] for a in attempts if a["error"]})[:10],
         "served_p50_s": round(percentile([a["seconds"] for a in first], 50), 2),
         "served_max_s": round(max((a["seconds"] for a in first), default=0), 2),
         "healthz": {
             "polls": len(health),
-            "p50_ms": round(percentile(health, 50) * 1000, 1),
-            "p99_ms": round(percentile(health, 99) * 1000, 1),
-            "max_ms": round(max(health, default=0) * 1000, 1),
+            **latency_ms(health, (50, 99)),
             "over_1s": sum(1 for h in health if h >= HEALTH_LIMIT_S),
             "failures": sum(1 for h in health if h == float("inf")),
         },
@@ -366,9 +323,10 @@ def storm_markdown(runs: list[dict[str, Any]]) -> str:
         return ""
     first = runs[0]["storm"]
     rows = [
-        "| backend | uploads | status codes | served | 5xx but 503 | transport errors | seconds | served p50 / max s "
-        "| /healthz p50 / p99 / max ms (polls ≥ 1 s of all) | server RSS MB before / peak | searches afterwards |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *report.md_table(
+            "backend | uploads | status codes | served | 5xx but 503 | transport errors | seconds | served p50 / max s "
+            "| /healthz p50 / p99 / max ms (polls ≥ 1 s of all) | server RSS MB before / peak | searches afterwards"
+        ),
         *(
             f"| {r['backend']} | {s['uploads']} | {s['status_codes']} | {s['served']}/{s['clients']} | "
             f"{s['5xx_other_than_503']} | {len(s['transport_errors'])} | {s['seconds']} | "
@@ -391,31 +349,21 @@ def storm_markdown(runs: list[dict[str, Any]]) -> str:
 
 
 def run_storm(
-    args: argparse.Namespace, store: list[str], status: Path, backend: str, logs_dir: Path, queries: list[Path]
+    args: argparse.Namespace, store: list[str], status: Path, backend: str, queries: list[Path]
 ) -> dict[str, Any]:
     """A fresh web server with ``backend`` (``default``: none given), the storm, searches afterwards."""
-    import httpx
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     extra = [] if backend == "default" else ["--backend", backend]
-    options = ["--max-upload-pixels", "100000000", "--max-upload-mb", "100"]
-    with open(logs_dir / f"web-storm-{backend}.log", "w") as out:
-        web = spawn(cli("serve", "--port", port, *store, "--status", status, *options, *extra), out)
-        try:
-            wait_until("the storm's web server", lambda: httpx.get(f"{url}/readyz").is_success, 120, [web])
-            images = big_images(args.workdir / "big", 6)
-            result = storm(url, web.pid, images, args.storm_clients, args.storm_deadline)
-            after = after_storm(url, queries)
-        finally:
-            stop(web)
-    return {"backend": backend, "storm": result, "after": after}
+    options = [*store, "--status", status, "--max-upload-pixels", "100000000", "--max-upload-mb", "100", *extra]
+    with open(args.workdir / f"web-storm-{backend}.log", "w") as out, web_server(options, out) as (web, url):
+        images = big_images(args.workdir / "big", 6)
+        result = storm(url, web.pid, images, args.storm_clients, args.storm_deadline)
+        return {"backend": backend, "storm": result, "after": after_storm(url, queries)}
 
 
 def markdown(result: dict[str, Any]) -> str:
     kinds = [*result["load"]["by_kind"].items(), ("all", result["load"]["overall"])]
     figures = ("p50_ms", "p95_ms", "p99_ms", "max_ms")
-    rows = md_table(
+    rows = report.md_table(
         "requests | kind | p50 ms | p95 ms | p99 ms | max ms",
         [[s["requests"], k, *map(s.get, figures)] for k, s in kinds],
     )
@@ -458,7 +406,7 @@ def main() -> int:
     log(f"library: {args.size} derived images in {lib} ({time.monotonic() - build_started:.0f} s)")
     shutil.rmtree(lib / "incoming", ignore_errors=True)
     ingest = cli("ingest", lib, "--db", db, "--model", args.model, *CHEAP, "--prune", "--json")
-    summary = json.loads(run_checked(ingest, "ingest"))
+    summary = json.loads(report.run_checked(ingest, "ingest"))
     build_file = args.workdir / "build.json"
     if summary["embedded"] or not build_file.exists():  # keep the figures of the run that embedded them
         images, features = summary["added"] + summary["unchanged"], f"{args.model}, {' '.join(CHEAP)}"
@@ -467,25 +415,32 @@ def main() -> int:
     build = json.loads(build_file.read_text())
     log(f"store built: {build}")
 
-    web_port = free_port()
-    web_url = f"http://127.0.0.1:{web_port}"
     status = args.workdir / "worker-status.json"
-    logs = {name: open(args.workdir / f"{name}.log", "w") for name in ("chroma", "worker", "web")}  # noqa: SIM115
-    chroma, chroma_url = chroma_server(db, logs["chroma"])
-    store = ["--chroma-url", chroma_url]
-    procs = [chroma]
-    try:
-        worker = cli("worker", lib, *store, "--interval", "1", "--settle", "1", "--status", status)
-        procs.append(spawn(worker, logs["worker"]))
-        procs.append(spawn(cli("serve", "--port", web_port, *store, "--status", status), logs["web"]))
-        wait_until("the web server", lambda: httpx.get(f"{web_url}/readyz").is_success, 120, procs)
+    with ExitStack() as stack:  # stopped in reverse: web and worker first, as the worker stores its rows in chroma
+        stack.callback(shutil.rmtree, lib / "incoming", ignore_errors=True)  # the next run starts from the same store
+        logs = {
+            name: stack.enter_context(open(args.workdir / f"{name}.log", "w")) for name in ("chroma", "worker", "web")
+        }
+        chroma, chroma_url = stack.enter_context(report.served(db, logs["chroma"]))
+        store = ["--chroma-url", chroma_url]
+        worker = report.spawn(
+            cli("worker", lib, *store, "--interval", "1", "--settle", "1", "--status", status), logs["worker"]
+        )
+        stack.callback(stop, worker, 120)
+        web, web_url = stack.enter_context(web_server([*store, "--status", status], logs["web"]))
+        http = stack.enter_context(httpx.Client(base_url=web_url, timeout=60))
+        procs = [chroma, worker, web]
+
+        def count() -> int:
+            return int(http.get("/api/stats").json()["count"])
+
         wait_until("the worker's first sync", lambda: json.loads(status.read_text())["last_sync"], 300, procs)
-        before = httpx.get(f"{web_url}/api/stats", timeout=60).json()["count"]
+        before = count()
         # ids for by-id and thumbnails: the top results of the example queries
         queries = sorted(QUERIES.glob("*.png"))
         ids = []
         for q in queries[:10]:
-            res = httpx.post(f"{web_url}/api/search", files={"image": (q.name, q.read_bytes())}, data={"k": "10"})
+            res = http.post("/api/search", files={"image": (q.name, q.read_bytes())}, data={"k": "10"})
             ids += [r["id"] for r in res.json()["results"]]
         incoming = build_library(lib / "incoming", args.incoming, first_variant=TRANSFORMS * 10)
         started = time.monotonic()
@@ -496,26 +451,12 @@ def main() -> int:
         wall = time.monotonic() - started
         watching.set()
         watcher.join()
-        after = httpx.get(f"{web_url}/api/stats", timeout=60).json()["count"]
+        after = count()
         # then how long the worker takes to store all that was copied in (it writes in batches)
-        wait_until(
-            "the worker to store the incoming images",
-            lambda: httpx.get(f"{web_url}/api/stats", timeout=60).json()["count"] >= before + args.incoming,
-            900,
-            procs,
-        )
+        wait_until("the worker to store the incoming images", lambda: count() >= before + args.incoming, 900, procs)
         stored_after = time.monotonic() - started
-        storms = [
-            run_storm(args, store, status, backend, args.workdir, queries)
-            for backend in args.storm_backends.split(",")
-            if backend
-        ]
-    finally:
-        for proc in reversed(procs):  # web and worker first: the worker stores its rows in chroma
-            stop(proc, 120)
-        for fh in logs.values():
-            fh.close()
-        shutil.rmtree(lib / "incoming", ignore_errors=True)  # the next run starts from the same store
+        backends = [b for b in args.storm_backends.split(",") if b]
+        storms = [run_storm(args, store, status, backend, queries) for backend in backends]
     result = {
         "clients": args.clients,
         "worker_states_during_load": dict(seen),
@@ -531,8 +472,7 @@ def main() -> int:
     print(json.dumps(result, indent=1))
     print(markdown(result))
     if args.out:
-        write_json(args.out, result, indent=1)
-        write_text(args.out.with_suffix(".md"), markdown(result) + "\n")
+        report.write_report(args.out, markdown(result) + "\n", result, indent=1)
     return 1 if result["load"]["5xx"] or result["load"]["failed"] or any(map(storm_failed, storms)) else 0
 
 

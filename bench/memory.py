@@ -1,40 +1,21 @@
-"""Peak memory of the real CLI as its inputs grow: flat in the number of inputs, or a regression.
+"""Peak memory (VmHWM) of the real CLI as its inputs grow: ``search`` with 10 to 10,000 query files,
+leave-one-out ``eval`` over 1,000 / 20,000 images, an unchanged ``ingest`` over 1,000 / 100,000 rows. Each
+series must stay within 1.2x of its smallest case and under 2 GB (docs/reliability.md, section 7).
 
-Why: one batch of 550 query photos once took `imgsearch search` to 19 GB. Each row here runs the
-real command in its own process and reads that process's peak RSS from /proc (VmHWM, polled until
-it exits; the kernel's ru_maxrss is recorded beside it as a cross-check):
+Large libraries are hard links to the demo files stored with real vectors plus noise, so nothing is embedded
+but the demo; ``--server`` runs eval and sync against a ``chroma run`` (as docker-compose deploys the worker),
+so that the figures are imgsearch's own and not Chroma's index in the same process.
 
-- ``search`` with 10 / 1,000 / 2,000 / 10,000 query files (real images of the demo library,
-  re-wrapped as JPEGs with a unique comment each, so every query is a distinct file);
-- leave-one-out ``eval`` over 1,000 / 20,000 library images;
-- an ``ingest`` re-run that finds every file unchanged (a worker's sync) over 1,000 / 100,000 rows.
-
-Targets: every row of a series within 1.2x of the series' smallest case and under 2 GB; the
-2,000-query search under 3 GB. The search rows search the demo library, embedded for real with
-``--model efficientnet-lite0`` (offline ImageNet weights). The large libraries are hard links to
-the demo library's files, stored directly through ``Store.add`` with the real vectors plus noise
-(cosine ~0.9 to the original) and metadata that matches the files, so that ingest finds them
-unchanged and nothing spends an hour embedding.
-
-    python bench/memory.py --out test-artifacts/memory.json     # full size: hours on 2 CPU cores
-    python bench/memory.py --scale 0.1 --server                  # every size / 10: ~15 min
-
-Time: on 2 shared CPU cores a leave-one-out query (1,000 deep, with its metadata) takes ~0.25 s, so
-the 20,000-image eval alone takes over an hour; 10,000 queries take ~15 min. ``--scale`` shrinks
-every size; ``--work DIR`` keeps the generated files and stores for a re-run.
-
-The store: with an embedded store (the default), Chroma loads the collection's HNSW index into the
-process that opens it, ~5 kB per stored row of 1280-d vectors (0.5 GB at 100,000 rows): memory of the
-data, not of imgsearch's code paths. ``--server`` runs eval and sync against a ``chroma run`` server,
-as docker-compose deploys the worker, so that the figures are those of imgsearch's own process.
+    python bench/memory.py --server --out test-artifacts/memory.json     # full size: hours on 2 CPU cores
+    python bench/memory.py --scale 0.1 --server                           # every size / 10: ~15 min
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import REPO, chroma_server, cli, cpus, jpeg_with_comment, log, peak_rss, stop, work_folder, write_json
+from bench.report import REPO, cli, cpus, jpeg_with_comment, log, peak_rss, served, work_folder, write_json
 from imgsearch.core.store import PAGE, Location, Store, image_id, stored_path
 from imgsearch.ingest.scan import scan
 from imgsearch.ingest.sync import file_metadata  # the metadata ingest writes, so rows match the files
@@ -59,9 +40,9 @@ LIMIT_MB = 2048
 SEARCH_2000_LIMIT_MB = 3072
 
 
-def measure(args: list[str], label: str) -> dict[str, Any]:
+def measure(args: list[str]) -> dict[str, Any]:
     """Run ``imgsearch ARGS`` in its own process; its peak RSS from /proc and from the kernel."""
-    m = peak_rss(cli(*args), f"{label}: imgsearch {args[0]}")
+    m = peak_rss(cli(*args), f"imgsearch {args[0]} ({len(args)} arguments)")
     return {"peak_rss_mb": m["peak_rss_mb"], "ru_maxrss_mb": m["ru_maxrss_mb"], "seconds": round(m["seconds"], 1)}
 
 
@@ -125,7 +106,7 @@ def demo_store(work: Path) -> dict[str, Any]:
     db = work / "demo-db"
     if not db.exists():
         log(f"ingesting {LIBRARY} with {MODEL} (real embeddings) ...")
-        measure(["ingest", str(LIBRARY), "--db", str(db), "--model", MODEL], "demo ingest")
+        measure(["ingest", str(LIBRARY), "--db", str(db), "--model", MODEL])
     store = Store(Location(db=db))
     rows = sorted((stored_path(m), m["_embedding"], m) for _, m in store.scan(embeddings=True))
     fingerprint = store.fingerprint()
@@ -139,35 +120,27 @@ def demo_store(work: Path) -> dict[str, Any]:
     }
 
 
-def run(work: Path, scale: float, url: str | None, series: list[str], earlier: dict[str, Any]) -> dict[str, Any]:
-    """Measure the named series; the others are taken from ``earlier`` (a previous result's rows)."""
+def run(work: Path, scale: float, url: str | None) -> dict[str, Any]:
     sizes = {name: [max(10, round(n * scale)) for n in ns] for name, ns in SERIES.items()}
     base = demo_store(work)
-    rows: dict[str, list[dict[str, Any]]] = {name: [] if name in series else earlier[name] for name in SERIES}
-    queries = query_files(work / "queries", base["paths"], max(sizes["search"]) if "search" in series else 0)
-    for n in sizes["search"] if "search" in series else []:
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in SERIES}
+    queries = query_files(work / "queries", base["paths"], max(sizes["search"]))
+    for n in sizes["search"]:
         log(f"search with {n} query files ...")
-        args = ["search", *queries[:n], "--db", str(base["db"]), "--json"]
-        rows["search"].append({"n": n, **measure(args, f"search {n}")})
-    for n in sizes["eval"] if "eval" in series else []:
-        lib, store = synthetic_library(work, n, base, url)
-        log(f"eval (leave-one-out) over {n} library images ...")
-        rows["eval"].append({"n": n, **measure(["eval", str(lib), *store, "--json"], f"eval {n}")})
-    for n in sizes["sync"] if "sync" in series else []:
-        lib, store = synthetic_library(work, n, base, url)
-        log(f"ingest re-run (all unchanged) over {n} stored rows ...")
-        rows["sync"].append({"n": n, **measure(["ingest", str(lib), *store, "--json"], f"sync {n}")})
+        rows["search"].append({"n": n, **measure(["search", *queries[:n], "--db", str(base["db"]), "--json"])})
+    for name, command in (("eval", "eval"), ("sync", "ingest")):  # eval: leave-one-out; sync: all unchanged
+        for n in sizes[name]:
+            lib, store = synthetic_library(work, n, base, url)
+            log(f"{command} over {n} stored rows ...")
+            rows[name].append({"n": n, **measure([command, str(lib), *store, "--json"])})
     checks = {}
     for name, measured in rows.items():
         low, high = min(r["peak_rss_mb"] for r in measured), max(r["peak_rss_mb"] for r in measured)
         checks[f"{name}: largest / smallest <= {FLAT}"] = {"value": round(high / low, 3), "met": high <= FLAT * low}
         checks[f"{name}: every case < {LIMIT_MB} MB"] = {"value": high, "met": high < LIMIT_MB}
-    for r in rows["search"]:
-        if r["n"] == sizes["search"][2]:
-            checks[f"search {r['n']} queries < {SEARCH_2000_LIMIT_MB} MB"] = {
-                "value": r["peak_rss_mb"],
-                "met": r["peak_rss_mb"] < SEARCH_2000_LIMIT_MB,
-            }
+    n = sizes["search"][2]  # the 2,000-query search
+    peak = [r["peak_rss_mb"] for r in rows["search"] if r["n"] == n][-1]
+    checks[f"search {n} queries < {SEARCH_2000_LIMIT_MB} MB"] = {"value": peak, "met": peak < SEARCH_2000_LIMIT_MB}
     return {
         "model": MODEL,
         "scale": scale,
@@ -199,29 +172,12 @@ def main() -> None:
     parser.add_argument(
         "--server", action="store_true", help="eval and sync against a `chroma run` server, as docker-compose runs"
     )
-    parser.add_argument(
-        "--series",
-        nargs="+",
-        choices=list(SERIES),
-        default=list(SERIES),
-        help="measure only these series; the others are kept from the existing --out file (same scale and store)",
-    )
     args = parser.parse_args()
-    earlier: dict[str, Any] = {}
-    if set(args.series) != set(SERIES):
-        if args.out is None or not args.out.exists():
-            parser.error("--series with a subset needs an existing --out file to take the other series from")
-        old = json.loads(args.out.read_text())
-        if old["scale"] != args.scale or (old["store"] != "embedded") != args.server:
-            parser.error(f"{args.out} was measured at another --scale or store; re-run every series")
-        earlier = old["rows"]
-    with work_folder(args.work, "imgsearch-memory-") as work:
-        server, url = chroma_server(work / "server") if args.server else (None, None)
-        try:
-            result = run(work, args.scale, url, args.series, earlier)
-        finally:
-            if server is not None:
-                stop(server)
+    with (
+        work_folder(args.work, "imgsearch-memory-") as work,
+        served(work / "server") if args.server else nullcontext((None, None)) as (_, url),
+    ):
+        result = run(work, args.scale, url)
     print(table(result))
     if args.out is not None:
         write_json(args.out, result)

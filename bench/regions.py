@@ -1,24 +1,17 @@
-"""Search by a region: does a piece of a library photo find the photo it came from?
+"""Search by a region: does a piece of a library photo find the photo it came from (docs/regions-bench.md)?
 
-For each photo set, seeded random crops of library photos covering 25 % and 10 % of the picture's area
-(aspect within ±10 % of the photo's) are written as PNG files and searched for with the product's own
-:func:`imgsearch.search.query.search`; the share whose source photo comes back at rank 1, in the top 5
-and in the top 100 is recorded. Each crop is searched for a second time as ``--box`` on its source file:
-both must give the same ranking and scores (the region is embedded exactly as the saved crop).
+Seeded random crops covering 25 % and 10 % of library photos (aspect within ±10 %), saved as PNG and searched
+for with the product's ``search()``, then again as ``box=`` on the source file (the same ranking expected).
+A set without ``--db`` is ingested into ``--work/db-SET`` first. Each run is kept in OUT.json under its
+``--verify N``; OUT.md shows every run kept, and keeps what was written by hand below its notes marker.
 
     python bench/regions.py --db caltech101-dev=/tmp/vdev/cal --db holidays-dev=/tmp/vdev/hol \
         --work /tmp/regions-bench [--crops 200] [--verify N] [--out docs/regions-bench]
-
-A set without ``--db`` is ingested into ``--work/SET`` first (default settings, efficientnet-lite0).
-``--verify N`` passes ``verify=N`` to search() when it takes one (re-ranking by the query's pixels; a crop is a
-region query, verified deeper until a candidate verifies: search/verify.py); each run is kept in OUT.json under
-its verify setting, and OUT.md shows every run kept there, and what was written by hand below its notes marker.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -28,14 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imgsearch.core.regions import Box, crop  # noqa: E402
-from imgsearch.core.session import ModelChoice  # noqa: E402
-from imgsearch.core.store import Location  # noqa: E402
-from imgsearch.ingest.scan import is_image_name  # noqa: E402
-from imgsearch.search.query import open_search, search  # noqa: E402
+from bench.report import DATASETS, REPO, ingested, log, md_table, write_json
+from imgsearch.core.regions import Box, crop
+from imgsearch.core.session import ModelChoice
+from imgsearch.core.store import Location
+from imgsearch.ingest.scan import is_image_name
+from imgsearch.search.query import open_search, search
 
 SETS = {"caltech101-dev": "caltech101-dev", "holidays-dev": "holidays-dev/library"}
 AREAS = (0.25, 0.10)
@@ -43,10 +36,6 @@ K = 100
 TOPS = (1, 5, 100)
 TOLERANCE = 1e-5  # score difference allowed between a crop file and the same box
 NOTES = "<!-- notes: kept below by each run -->"
-
-
-def library(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p.name))
 
 
 def make_crops(photos: list[Path], area: float, n: int, rng: random.Random, out: Path) -> list[dict[str, Any]]:
@@ -80,7 +69,7 @@ def measure_set(db: Path, crops: dict[float, list[dict[str, Any]]], options: dic
     """Per area: the shares found by crop file and by box, and how far the two rankings differ."""
     out: dict[str, Any] = {}
     with open_search(Location(db=db), ModelChoice()) as (store, embedder):
-        out["images"], out["model"] = store.count(), embedder.fingerprint["model"]
+        out["images"], out["model"] = store.count(), embedder.recipe.model
         for area, made in crops.items():
             start = time.perf_counter()
             by_file = [hits for _, hits in search(store, [c["file"] for c in made], embedder, k=K, **options)]
@@ -106,21 +95,6 @@ def measure_set(db: Path, crops: dict[float, list[dict[str, Any]]], options: dic
     return out
 
 
-def ingested(name: str, root: Path, work: Path) -> Path:
-    """A store of ``root`` made by the product's ingest with the default settings (reused when present)."""
-    from imgsearch.core.session import open_embedder
-    from imgsearch.core.store import Store
-    from imgsearch.ingest.sync import ingest
-
-    db = work / f"db-{name}"
-    store = Store(Location(db=db))
-    try:
-        ingest([str(root)], store, open_embedder(store, ModelChoice(model="efficientnet-lite0")))
-    finally:
-        store.close()
-    return db
-
-
 def markdown(runs: dict[str, Any]) -> str:
     lines = [
         "# Search by a region: crops of library photos",
@@ -137,10 +111,8 @@ def markdown(runs: dict[str, Any]) -> str:
     for run, result in runs.items():
         models = ", ".join(sorted({found["model"] for found in result["sets"].values()}))
         lines += [f"## {run}", "", f"model {models}, seed {result['seed']}, {result['when']}", ""]
-        lines += [
-            "| set | images | crop area | crops | rank 1 | top 5 | top 100 | box rank 1 | same | gap | ms/query |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
+        head = "set | images | crop area | crops | rank 1 | top 5 | top 100 | box rank 1 | same | gap | ms/query"
+        lines += md_table(head, align=["---", *["---:"] * 10])
         for name, found in result["sets"].items():
             for area in (f"{a:.0%}" for a in AREAS):
                 r = found[area]
@@ -156,35 +128,35 @@ def markdown(runs: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
+    ap.add_argument("--datasets", type=Path, default=DATASETS)
     ap.add_argument("--db", action="append", default=[], metavar="SET=PATH", help="an embedded store of that set")
     ap.add_argument("--work", type=Path, required=True, help="crops (and stores ingested here), kept for a re-run")
     ap.add_argument("--crops", type=int, default=200, help="crops per area per set")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--verify", type=int, default=0, metavar="N", help="search(verify=N) when search takes it")
+    ap.add_argument("--verify", type=int, default=0, metavar="N", help="search(verify=N)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "regions-bench", help="writes OUT.json and OUT.md")
     args = ap.parse_args()
 
     given = dict(d.split("=", 1) for d in args.db)
-    verifies = "verify" in inspect.signature(search).parameters
-    options = {"verify": args.verify} if verifies else {}
-    run = f"verify={args.verify}" if verifies else "vectors only (search() takes no verify)"
+    run, options = f"verify={args.verify}", {"verify": args.verify}
     result: dict[str, Any] = {"seed": args.seed, "when": time.strftime("%Y-%m-%d"), "sets": {}}
     for name, sub in SETS.items():
         root = args.datasets / sub
         if not root.is_dir():
-            print(f"{name}: {root} is absent, skipped", file=sys.stderr)
+            log(f"{name}: {root} is absent, skipped")
             continue
-        db = Path(given[name]) if name in given else ingested(name, root, args.work)
+        if name not in given:  # a store of the set made by the product's ingest (default settings; reused)
+            ingested(root, args.work / f"db-{name}")[0].close()
+        db = Path(given.get(name, args.work / f"db-{name}"))
         rng = random.Random(f"{args.seed}:{name}")
-        photos = library(root)
+        photos = sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p.name))
         crops = {a: make_crops(photos, a, args.crops, rng, args.work / "crops" / name / f"{a:.2f}") for a in AREAS}
         result["sets"][name] = measure_set(db, crops, options)
-        print(name, json.dumps(result["sets"][name]), file=sys.stderr)
+        log(f"{name} {json.dumps(result['sets'][name])}")
     saved = args.out.with_suffix(".json")
     runs = json.loads(saved.read_text()) if saved.exists() else {}
     runs[run] = result
-    saved.write_text(json.dumps(runs, indent=1) + "\n")
+    write_json(saved, runs, indent=1)
     page = args.out.with_suffix(".md")
     notes = page.read_text().partition(NOTES)[2] if page.exists() else ""  # written by hand: kept
     page.write_text(markdown(runs) + (NOTES + notes if notes else ""))

@@ -1,5 +1,6 @@
-"""What the benches share: the checkout's places, the machine, child processes and their memory, and the report
-(Markdown tables, the JSON written beside it, a doc section replaced between markers).
+"""What the benches share: the checkout's places, the machine, child processes (a `chroma run`, `imgsearch serve`,
+threads of clients) and their memory, a store as the product's ingest makes it, and the report (Markdown tables,
+the JSON written beside it, a doc section replaced between markers).
 
 A bench puts the repository root on ``sys.path`` (it runs as ``python bench/NAME.py``), then
 ``from bench.report import ...``.
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +50,15 @@ def work_folder(keep: Path | None, prefix: str) -> Iterator[Path]:
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def stat_all(root: Path) -> float:
+    """Seconds to walk ``root`` and ``os.stat`` every file in it: the floor of a sync that does nothing."""
+    started = time.perf_counter()
+    for folder, _, names in os.walk(root):
+        for name in names:
+            os.stat(os.path.join(folder, name))
+    return time.perf_counter() - started
 
 
 def cpus() -> int:
@@ -113,6 +124,45 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float, procs: Seque
     raise SystemExit(f"timed out waiting for {what}")
 
 
+def in_threads(target: Callable[[int], Any], n: int) -> float:
+    """``target(0)`` ... ``target(n - 1)``, each in a thread of its own; wall seconds until all have returned."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
+@contextmanager
+def web_server(
+    args: list[Any], output: Any = subprocess.DEVNULL, timeout: float = 120
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``imgsearch serve ARGS`` on a free port for the block (stopped after it), once /readyz answers: the
+    process and its URL."""
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = spawn(cli("serve", "--port", port, *args), output)
+    try:
+        wait_until(f"imgsearch serve {url}", lambda: httpx.get(f"{url}/readyz").is_success, timeout, [proc])
+        yield proc, url
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def served(folder: Path, output: Any = subprocess.DEVNULL) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``chroma_server`` for the block, stopped after it (two minutes to write its data)."""
+    proc, url = chroma_server(folder, output)
+    try:
+        yield proc, url
+    finally:
+        stop(proc, 120)
+
+
 def chroma_server(folder: Path, output: Any = subprocess.DEVNULL) -> tuple[subprocess.Popen[bytes], str]:
     """A real ``chroma run`` on 127.0.0.1 serving ``folder`` (as docker-compose runs it), and its URL."""
     import urllib.request
@@ -130,6 +180,19 @@ def chroma_server(folder: Path, output: Any = subprocess.DEVNULL) -> tuple[subpr
             time.sleep(0.3)
     proc.kill()
     raise SystemExit("chroma run did not start")
+
+
+def ingested(library: Path, db: Path, model: str = "efficientnet-lite0") -> tuple[Any, Any]:
+    """The store of ``library`` at ``db`` as the product's ingest makes it (in this process, default settings;
+    a store already there is brought up to date), and its embedder."""
+    from imgsearch.core.session import ModelChoice, open_embedder
+    from imgsearch.core.store import Location, Store
+    from imgsearch.ingest.sync import ingest
+
+    store = Store(Location(db=db))
+    embedder = open_embedder(store, ModelChoice(model=model))
+    ingest([str(library)], store, embedder)
+    return store, embedder
 
 
 # -- memory ---------------------------------------------------------------------------------------------
@@ -255,6 +318,12 @@ def row_line(cells: Sequence[Any]) -> str:
 def write_json(path: Path, result: Any, indent: int = 2) -> None:
     """``result`` as JSON at ``path`` (its folder made), with a final newline."""
     write_text(path, json.dumps(result, indent=indent) + "\n")
+
+
+def write_report(out: Path, text: str, result: Any, indent: int = 2) -> None:
+    """``text`` at OUT.md and ``result`` as JSON at OUT.json."""
+    write_text(out.with_suffix(".md"), text)
+    write_json(out.with_suffix(".json"), result, indent)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -1,25 +1,12 @@
-"""Feature variants and presets, measured on photos (and the clip-art demo), in one table.
+"""Feature variants and presets, measured on photos (and the clip-art demo), in one table (docs/quality.md).
 
-Runs `imgsearch eval --copies --json` once per variant and set (each ingests into its own temporary
-store through the real ingest path) on:
-
-- caltech101-dev: category search, leave-one-out over 3,000 photos in 100 classes;
-- holidays-dev: instance search, 150 held-out queries against 255 photos of the same places/objects;
-- examples/library: the clip-art demo (reported second: it is a demo, never the yardstick);
-
-each with copy detection (50 library images x 10 edits). Cost per image is ingest's wall time per
-image on caltech101-dev (small JPEGs, so it is mostly the model). The photo sets are read from
-``../shared/datasets`` (``--datasets``); sets that are absent are skipped with a note.
+`imgsearch eval --copies --json` per variant and set (caltech101-dev: category search; holidays-dev: instance
+search; the demo library), each on a store of its own made by the real ingest; cost per image is ingest's on
+caltech101-dev. ``--out`` fills the file's ``<!-- variants -->`` section and writes variants.json beside it;
+``--results`` renders saved results; ``--cost-from`` takes the timings from a run on a quiet machine.
 
     python bench/variants.py [--model efficientnet-lite0] [--only WORD ...] [--out docs/quality.md]
     python bench/variants.py --results docs/variants.json --cost-from QUIET.json --out docs/quality.md
-
-Quality does not depend on what else the machine runs; cost per image does. ``--cost-from`` takes the
-ingest timings from an earlier run's results made on a quiet machine (and says so under the table);
-``--results`` renders saved results instead of running anything.
-
-With ``--out`` the tables replace the part of that file between the ``<!-- variants -->`` and
-``<!-- /variants -->`` markers (docs/quality.md), and the raw results go to docs/variants.json.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
-"""Calibrate the closer-exposure test of `imgsearch dupes` (dupes/zoom.py) on photos.
+"""Calibrate the closer-exposure test of `imgsearch dupes` (dupes/zoom.py) on photos (docs/dupes.md).
 
-For a sample of real photos (../shared/datasets: holidays-dev/library, caltech101-dev), each photo S gives:
-
-- **two framings** (must NOT be judged the same picture): S reduced to 60 % as the wide view, and a
-  72-93 % crop of S reduced to the same size as the close view, both JPEG q85. That is what a zoomed
-  second exposure from the same spot is, minus the things that can only help (lens, noise, motion);
-- **enlarged crops** (must stay copies): a 72-93 % crop of S enlarged back to S's size (bilinear,
-  bicubic or Lanczos), saved at JPEG q95 / q75 / q40 / q20, sharpened (q90) or unsharp-masked (q60);
-- **smaller copies inside a frame** (must stay copies): S reduced to 60 % inside a screenshot border,
-  a letterbox, or a meme caption bar, JPEG q90, against S itself.
-
-Each pair goes through ``Verifier.same_picture`` as `imgsearch dupes` runs it; the table gives the share
-judged the same picture and the share the closer-exposure test turned down.
+Each sampled photo S gives pairs of each kind (``kinds()``): two framings, i.e. S at 60 % and a 72-93 % crop of
+S at the same size, a zoomed second exposure (must NOT be the same picture); crops enlarged back to S's size,
+and S at 60 % in a frame (must stay copies). Each pair goes through ``Verifier.same_picture`` as `imgsearch
+dupes` runs it.
 
     python bench/zoom.py --photos 120 --md docs/zoom-bench.md      # ~6 min on 2 CPU cores
 """
@@ -55,10 +47,10 @@ def _meme(img: Image.Image, rng: random.Random) -> Image.Image:
     return canvas
 
 
-def _enlarged(quality: int, edit: Callable[[Image.Image], Image.Image] = lambda im: im) -> Callable[..., Any]:
+def _enlarged(quality: int, sharpen: Any = None) -> Callable[..., Any]:
     def make(photo: Image.Image, rng: random.Random) -> tuple[Image.Image, int, Image.Image, int]:
         crop = _crop(photo, rng).resize(photo.size, rng.choice(RESAMPLERS))
-        return photo, 95, edit(crop), quality
+        return photo, 95, crop.filter(sharpen) if sharpen else crop, quality
 
     return make
 
@@ -83,15 +75,9 @@ def kinds() -> dict[str, tuple[bool, Callable[..., Any]]]:
 
     return {
         "two framings (a zoomed exposure)": (False, _framings),
-        "enlarged crop, q95": (True, _enlarged(95)),
-        "enlarged crop, q75": (True, _enlarged(75)),
-        "enlarged crop, q40": (True, _enlarged(40)),
-        "enlarged crop, q20": (True, _enlarged(20)),
-        "enlarged crop, sharpened, q90": (True, _enlarged(90, lambda im: im.filter(ImageFilter.SHARPEN))),
-        "enlarged crop, unsharp mask, q60": (
-            True,
-            _enlarged(60, lambda im: im.filter(ImageFilter.UnsharpMask(2, 150, 3))),
-        ),
+        **{f"enlarged crop, q{q}": (True, _enlarged(q)) for q in (95, 75, 40, 20)},
+        "enlarged crop, sharpened, q90": (True, _enlarged(90, ImageFilter.SHARPEN)),
+        "enlarged crop, unsharp mask, q60": (True, _enlarged(60, ImageFilter.UnsharpMask(2, 150, 3))),
         "smaller copy in a screenshot border": (True, _framed(TRANSFORMS["screenshot border"][0])),
         "smaller copy letterboxed": (True, _framed(TRANSFORMS["letterbox"][0])),
         "smaller copy under a caption bar": (True, _framed(_meme)),

@@ -21,12 +21,11 @@ from imgsearch.cli.options import (
     user_errors,
 )
 from imgsearch.cli.output import json_stdout, progress_bar, say, table
-from imgsearch.core.backbones import describe
 from imgsearch.core.collection import DEFAULT_COLLECTION
-from imgsearch.search.verify import VERIFY
+from imgsearch.core.config import VERIFY
 
 if TYPE_CHECKING:
-    from imgsearch.core.session import ModelChoice
+    from imgsearch.core.config import ModelChoice
 
 
 def _held_out(qdir: Path) -> list[tuple[str, str]]:
@@ -114,10 +113,10 @@ def evaluate(
                 if copies:
                     found_verified = copy_detection(store, embedder, n_copies, expand=expand, verify=verify)
             store.close()
-        expand = fp.get("expand", 0) if expand is None else expand
-        baseline = handout_baseline(fp["model"])
+        expand = fp.search.expand if expand is None else expand
+        baseline = handout_baseline(fp.recipe.model)
         out: dict[str, Any] = {
-            "model": fp,
+            "model": fp.as_dict(),
             "expand": expand,
             "whiten": whiten,
             "ingest": {k: report.as_dict()[k] for k in ("embedded", "seconds", "images_per_second")},
@@ -135,7 +134,7 @@ def evaluate(
             return
         base = baseline.get("leave-one-out" if queries is None else "held-out", {})
         print(f"{result.mode} evaluation: {result.queries} queries, {result.queries_per_second:.1f} queries/s")
-        print(f"model: {describe(fp)}; query expansion {expand}, whitening {'on' if whiten else 'off'}")
+        print(f"model: {fp.describe()}; query expansion {expand}, whitening {'on' if whiten else 'off'}")
         side = [verified.overall] if verified is not None else []
         rows = [(m, _fmt(result.overall[m]), *(_fmt(v[m]) for v in side), _fmt(base.get(m))) for m in METRICS]
         head = ["metric", "this run", *(f"verified (best {verify})" for _ in side), "handout baseline*"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -40,11 +39,10 @@ from imgsearch.cli.options import (
 from imgsearch.cli.output import json_stdout, progress_bar, say, table
 from imgsearch.cli.report_cmd import report
 from imgsearch.cli.service_cmd import StatusOpt, serve, worker, worker_line
-from imgsearch.core.backbones import describe
-from imgsearch.search.verify import VERIFY
+from imgsearch.core.config import VERIFY
 
 if TYPE_CHECKING:
-    from imgsearch.core.session import ModelChoice
+    from imgsearch.core.config import ModelChoice
     from imgsearch.core.store import Location
     from imgsearch.search.query import Hit
 
@@ -116,33 +114,20 @@ def ingest(
     Exit code 0: every file stored; 3: finished, but some files failed (listed with reasons); 1: error.
     """
     with user_errors(), json_stdout(as_json) as emit:
-        missing = [str(d) for d in dirs if not os.path.exists(d)]
-        if missing:
-            fail(f"no such folder: {', '.join(missing)}")
-        from imgsearch.core.session import open_embedder
-        from imgsearch.core.store import Store
-        from imgsearch.ingest.plan import ALL
-        from imgsearch.ingest.sync import check_tags
-        from imgsearch.ingest.sync import ingest as run_ingest
+        from imgsearch.api import Library
 
-        tags = _parse_tags(tag)
-        check_tags(tags)
-        store = Store(location)
-        embedder = open_embedder(store, choice)
-        say(f"model: {describe(embedder.fingerprint)}; store: {store.location.describe()}")
-        with progress_bar("embedding", enabled=not as_json) as tick:
-            report = run_ingest(
-                [str(d) for d in dirs],
-                store,
-                embedder,
+        with Library(location, choice) as lib, progress_bar("embedding", enabled=not as_json) as tick:
+            report = lib.ingest(
+                dirs,
                 category=category,
-                tags=tags,
+                tags=_parse_tags(tag),
                 prune=prune,
+                force=force,
                 follow_outside=follow_outside,
                 batch_size=batch_size,
                 progress=tick,
-                shard=shard or ALL,  # the option's callback made it a Shard
-                force=force,
+                started=lambda fp: say(f"model: {fp.describe()}; store: {location.describe()}"),
+                shard=shard,  # the option's callback made it a Shard
             )
         summary = report.as_dict()
         if failures is not None:
@@ -160,7 +145,6 @@ def ingest(
             )
         for root, o in report.offline.items():
             say(f"offline: {root} {o['reason']}: its {o['rows']} entries are kept, marked offline")
-        store.close()
         if report.refused:
             fail(report.refused)
     if report.failures:
@@ -204,23 +188,15 @@ def search(
         check_queries(names)  # before the model loads; each file is decoded once, by the search
         region, boxes = query_boxes(box, names)
         with Library(location, choice) as lib:
-            found = lib.searches(
-                names,
-                k=k,
-                where=filt,
-                min_score=min_score,
-                expand=expand,
-                online_only=online_only,
-                verify=verify,
-                box=region,
-            )
-            fingerprint = lib.ranked_with(expand)
+            ranking = {"min_score": min_score, "expand": expand, "online_only": online_only, "verify": verify}
+            found = lib.searches(names, k, where=filt, box=region, **ranking)
+            fingerprint = lib.ranked_with(expand, verify)
 
             def shown() -> Iterator[tuple[str, list[Any]]]:
                 """Each query's hits printed as they are found, then passed on (to the report)."""
                 for q, hits in found:
                     if as_json:
-                        emit(result_json(str(q), hits, fingerprint["model"], k, filt, boxes.get(str(q))))
+                        emit(result_json(str(q), hits, fingerprint.recipe.model, k, filt, boxes.get(str(q))))
                     else:
                         part = boxes.get(str(q))
                         print(f"query: {q}" + ("" if part is None else f"  box {part} (x, y, w, h: fractions)"))
@@ -239,14 +215,15 @@ def search(
                 from imgsearch.reports.html import write_report
 
                 out = Path(tempfile.mkdtemp(prefix="imgsearch-")) / "report.html"
+                described = location.describe()
                 report = write_report(
-                    shown(), len(names), fingerprint, location.describe(), out, k, where, min_score=min_score
+                    shown(), len(names), fingerprint, described, out, k, where, min_score=min_score, regions=boxes
                 )
             else:
                 for _ in shown():
                     pass
         if not as_json:
-            print(ranking_text(fingerprint, verify))
+            print(ranking_text(fingerprint))
         if report is not None:
             (say if as_json else print)(f"report: {report}")
 
@@ -263,14 +240,15 @@ def stats(
         from imgsearch.api import Library
 
         with Library(location) as lib:
-            out = lib.stats(status).as_dict()
+            found = lib.stats(status)
+        out = found.as_dict()
         counts, worker_status = out["categories"], out.get("worker")
         if as_json:
             emit(out)
             return
         print(f"store:  {out['store']}")
         print(f"images: {out['count']}")
-        print(f"model:  {describe(out['model'])}")
+        print(f"model:  {found.model.describe() if found.model else '(no model recorded)'}")
         print(table(["category", "images"], sorted(counts.items()), right=(1,)))
         if sides := out["partitions"]:
             keys = sorted({s["key"] for s in sides})

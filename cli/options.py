@@ -217,7 +217,7 @@ def user_errors() -> Iterator[None]:
 
     try:
         yield
-    except (ModelUnavailable, StoreError, ImageError, ValueError) as err:
+    except (ModelUnavailable, StoreError, ImageError, ValueError, FileNotFoundError) as err:
         fail(str(err))
     except KeyboardInterrupt:
         fail("interrupted; finished batches are kept, re-run to complete", 130)
@@ -309,7 +309,7 @@ def model_options(features: bool = False) -> Callable[[F], F]:
     flags that make a new collection's vectors) in place of its ``choice`` parameter."""
 
     def choice(**given: Any) -> Any:
-        from imgsearch.core.session import ModelChoice
+        from imgsearch.core.config import ModelChoice
 
         scales = parse_scales(given.pop("scales", None))
         preset = given.pop("features", None)

@@ -15,7 +15,7 @@ from imgsearch.cli.options import fail, model_options, store_options, user_error
 from imgsearch.cli.output import say
 
 if TYPE_CHECKING:
-    from imgsearch.core.session import ModelChoice
+    from imgsearch.core.config import ModelChoice
     from imgsearch.core.store import Location
 
 EXIT_USAGE = 2
@@ -81,10 +81,10 @@ def report(
     Prints the report's absolute path on stdout; opens offline (thumbnails are embedded).
     """
     with user_errors():
+        from imgsearch.api import Library
         from imgsearch.reports.html import write_report
         from imgsearch.search.filters import parse_where
-        from imgsearch.search.query import check_queries, open_search, search, searched_with
-        from imgsearch.search.why import explain
+        from imgsearch.search.query import check_queries
 
         files = [str(f) for f in _query_files(queries or [], queries_dir)]
         n = len(files)
@@ -92,10 +92,10 @@ def report(
         check_queries(files)  # before the model loads; each file is decoded once, by the search
         region, shown = options.query_boxes(box, files)
         say(f"searching {n} quer{'y' if n == 1 else 'ies'} in {location.describe()}")
-        with open_search(location, choice) as (store, embedder):
-            found = search(store, files, embedder, k=k, where=filt, min_score=min_score, expand=expand, box=region)
-            fingerprint = searched_with(embedder, expand)
-            explained = (lambda query, hit: explain(embedder, query, hit.path, region)) if why else None
+        with Library(location, choice) as lib:
+            found = lib.searches(files, k=k, where=filt, min_score=min_score, expand=expand, box=region)
+            fingerprint = lib.ranked_with(expand)
+            explained = (lambda query, hit: lib.why(query, hit.id, box=region)) if why else None
             path = write_report(
                 found, n, fingerprint, location.describe(), out, k, where, sheet, min_score, explained, shown
             )

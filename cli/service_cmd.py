@@ -10,16 +10,18 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from imgsearch.cli.options import FollowOutsideOpt, ShardOpt, fail, model_options, store_options, user_errors
+from imgsearch.cli.options import FollowOutsideOpt, ShardOpt, model_options, store_options, user_errors
 
 if TYPE_CHECKING:
-    from imgsearch.core.session import ModelChoice
+    from imgsearch.core.config import ModelChoice
     from imgsearch.core.store import Location
 
 StatusOpt = Annotated[
@@ -63,10 +65,48 @@ LogFormatOpt = Annotated[
 ]
 
 
+class StartupError(ValueError):
+    """Why worker or serve cannot start: ``error: REASON`` in the chosen log format, exit 1."""
+
+
 def _missing(dirs: list[Path]) -> None:
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
-        fail(f"no such folder: {', '.join(missing)}")
+        raise StartupError(f"no such folder: {', '.join(missing)}")
+
+
+@contextmanager
+def _startup_errors(log_format: str, log: Callable[[str], None]) -> Iterator[None]:
+    """:func:`user_errors` for worker and serve. With --log-format json their failures (a folder or store that
+    cannot be used, a model that is unavailable, a port taken...) go through ``log`` like every other line: one
+    JSON object, event ``error``, on stderr; never a text line or a traceback. Exit codes as user_errors (1, 130).
+    """
+    if log_format != LogFormat.json:
+        with user_errors():
+            yield
+        return
+    from imgsearch.core.backbones import ModelUnavailable
+    from imgsearch.core.decode import ImageError
+    from imgsearch.core.logs import Event
+    from imgsearch.core.store import StoreError
+
+    try:
+        yield
+    except (typer.Exit, typer.Abort):  # click's Exit is a RuntimeError: let it through, whatever follows
+        raise
+    except (ModelUnavailable, StoreError, ImageError, ValueError) as err:
+        log(f"error: {err}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        log("error: interrupted; finished batches are kept, re-run to complete")
+        raise typer.Exit(130) from None
+    except Exception as err:  # a bug or an error nobody foresaw: still one line, naming where it came from
+        frame = err.__traceback__
+        while frame is not None and frame.tb_next is not None:
+            frame = frame.tb_next
+        where = f"{frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}" if frame else None
+        log(Event(f"error: {type(err).__name__}: {err}", "error", "error", exception=type(err).__name__, where=where))
+        raise typer.Exit(1) from None
 
 
 def read_worker_status(location: Any, status: Path | None) -> dict[str, Any] | None:
@@ -115,7 +155,7 @@ def worker(
 
     log = logger(log_format)
     configure(log_format)
-    with user_errors():
+    with _startup_errors(log_format, log):
         _missing(dirs)
         stop = threading.Event()
 
@@ -126,31 +166,18 @@ def worker(
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        from imgsearch.core.backbones import describe
-        from imgsearch.core.session import open_embedder
-        from imgsearch.core.store import Store
+        from imgsearch.api import Library
         from imgsearch.ingest.plan import ALL
-        from imgsearch.ingest.worker import Worker, default_status_path, wait_for_store
+        from imgsearch.ingest.worker import default_status_path, wait_for_store
 
-        store = Store(location)
-        if location.url and not wait_for_store(store, stop, log):
-            return
-        embedder = open_embedder(store, choice)
         shard = shard or ALL  # the callback made it a Shard
         status_path = status or default_status_path(location, shard)
-        log(f"model: {describe(embedder.fingerprint)}; status file: {status_path}")
-        Worker(
-            [str(d) for d in dirs],
-            store,
-            embedder,
-            settle,
-            status_path,
-            log,
-            batch_size=batch_size,
-            follow_outside=follow_outside,
-            shard=shard,
-        ).run(stop, interval)
-        store.close()
+        with Library(location, choice, follow_outside=follow_outside) as lib:
+            if location.url and not wait_for_store(lib.store, stop, log):
+                return
+            log(f"model: {lib.load(create=True).describe()}; status file: {status_path}")
+            options = {"interval": interval, "settle": settle, "status": status_path, "log": log}
+            lib.watch(dirs, stop, batch_size=batch_size, shard=shard, **options)
 
 
 def _count(minimum: int, text: str) -> Any:
@@ -248,7 +275,7 @@ def serve(
 
     log = logger(log_format)
     configure(log_format)
-    with user_errors():
+    with _startup_errors(log_format, log):
         _missing(watch)
         try:
             import uvicorn
@@ -256,7 +283,8 @@ def serve(
             from imgsearch.service.app import LOOPBACK_NAMES, Limits, create_app, exposed
             from imgsearch.service.middleware import header_deadline
         except ImportError as err:
-            fail(f"imgsearch serve needs FastAPI and uvicorn: pip install 'imgsearch[serve]' ({err})")
+            needs = "imgsearch serve needs FastAPI and uvicorn: pip install 'imgsearch[serve]'"
+            raise StartupError(f"{needs} ({err})") from None
         app = create_app(
             location,
             choice,
@@ -289,4 +317,4 @@ def serve(
             signal.signal(sig, lambda signum, frame: None)
         server.run()
         if not server.started:
-            fail(f"the web server did not start on {host}:{port} (see the messages above)")
+            raise StartupError(f"the web server did not start on {host}:{port} (see the messages above)")

@@ -2,12 +2,13 @@
 
 Each backbone is one entry of :data:`BACKBONES` with the same small interface: a name, a feature
 dimension, its weight variants and a loader. :func:`load_embedder` returns an :class:`Embedder`
-whose ``fingerprint`` says exactly which weights made the vectors; the store records it so that
-vectors of different models are never mixed. torch is imported here only, inside functions.
+whose ``recipe`` (:class:`imgsearch.core.config.Recipe`) says exactly which weights made the vectors;
+the store records them so that vectors of different models are never mixed. torch is imported here only,
+inside functions.
 
 Preparing a model costs seconds (importing torch, reading and hashing the weights), so it is done only
 when a first image is embedded: once a weights file has been read, its digest is remembered by the
-file's path, size, mtime and inode (:func:`known_weights`), which gives the fingerprint, compared with the
+file's path, size, mtime and inode (:func:`known_weights`), which gives the recipe, compared with the
 collection's before anything is written, without torch; and once the model is exported for ONNX
 Runtime, it runs from that file with neither torch nor onnx imported (:func:`imgsearch.core.runtime.cached_runner`).
 """
@@ -21,15 +22,24 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imgsearch.core.config import (
+    POOLINGS,
+    Fingerprint,
+    ModelChoice,
+    ModelUnavailable,
+    Recipe,
+    Resolved,
+    SearchSettings,
+    resolve,
+)
 from imgsearch.core.decode import Decoded
-from imgsearch.core.prepare import HANDOUT_VIEWS, Views, load_views
-from imgsearch.core.presets import DEFAULT_PRESET, PRESETS
+from imgsearch.core.prepare import Views, load_views
 from imgsearch.core.runtime import (
     BackendUnavailable,
     Placement,
@@ -43,14 +53,6 @@ from imgsearch.core.runtime import (
 
 if TYPE_CHECKING:
     from imgsearch.core.regions import Box
-
-DEFAULT_MODEL = "resnet50"
-# the fingerprint keys that must agree for two sets of vectors to be comparable
-COMPATIBILITY_KEYS = ("model", "dim", "weights_digest", "pooling", "preprocess")
-
-
-class ModelUnavailable(Exception):
-    """The model or its weights cannot be loaded; the message says what to do about it."""
 
 
 @dataclass(frozen=True)
@@ -301,16 +303,11 @@ def _pooled(fmap: Any, p: float) -> Any:
     return _normalised(pooled)
 
 
-# pooling name -> generalised-mean exponent p: 1 is average pooling, larger p leans towards max pooling.
-# "gem" (p=3, Radenović et al.'s default) keeps its name because collections record it; p=2 measured
-# better on photos for both category and instance search (docs/quality.md).
-POOLINGS = {"avg": 1.0, "gem2": 2.0, "gem": 3.0}
-
-
 class Embedder:
     """A loaded backbone: image views in, unit-length float32 feature rows out.
 
-    ``run`` executes the conv trunk on the chosen backend and device (imgsearch.core.runtime).
+    ``run`` executes the conv trunk on the chosen backend and device (imgsearch.core.runtime); ``recipe``
+    say how its vectors are made, ``settings`` how its collection is searched (:mod:`imgsearch.core.config`).
     Pooling: ``avg`` is the handout's global average pool; ``gem2``/``gem`` are generalised-mean
     pooling with p=2/3 (:data:`POOLINGS`), which weight strong activations more. With several views
     (scales), the per-view features are L2-normalised, averaged and normalised again.
@@ -319,20 +316,25 @@ class Embedder:
     def __init__(
         self,
         run: Runner | None,
-        fingerprint: dict[str, Any],
-        views: Views,
-        pooling: str,
-        build: Callable[[], Runner] | None = None,
+        recipe: Recipe,
+        settings: SearchSettings | None = None,
+        build: Callable[[], tuple[Runner, str]] | None = None,
     ) -> None:
         if run is None and build is None:
             raise ValueError("an Embedder needs its runner, or how to build it")
         self._run = run
-        self._build = build  # makes the runner on first use (:meth:`prepare`)
+        self._build = build  # makes the runner (and says which backend runs it) on first use (:meth:`prepare`)
         self._preparing = threading.Lock()
-        self.fingerprint = fingerprint
-        self.views = views
-        self.pooling = pooling
-        self.dim: int = fingerprint["dim"]
+        self.recipe = recipe
+        self.settings = settings or SearchSettings()
+        self.views = recipe.views
+        self.pooling = recipe.pooling
+        self.dim = recipe.dim
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        """What a collection of these vectors records (:meth:`imgsearch.core.store.Store.create`)."""
+        return Fingerprint(self.recipe, self.settings)
 
     @property
     def prepared(self) -> bool:
@@ -345,7 +347,10 @@ class Embedder:
             with self._preparing:
                 if self._run is None:
                     assert self._build is not None
-                    self._run = self._build()
+                    run, backend = self._build()
+                    if backend != self.recipe.backend:  # the fallback took over: recorded as what ran
+                        self.recipe = replace(self.recipe, backend=backend)
+                    self._run = run
         return self._run
 
     @property
@@ -377,7 +382,7 @@ class Embedder:
 
 
 def load_embedder(
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
     variant: str | None = None,
     weights: Path | None = None,
     device: str = "cpu",
@@ -385,34 +390,37 @@ def load_embedder(
     views: Views | None = None,
     backend: str | None = None,
     *,
-    preset_backend: str | None = None,
-    recorded_backend: str | None = None,
     lazy: bool = False,
 ) -> Embedder:
-    """Build ``model`` with its ImageNet weights (or ``weights``), in eval mode, ready to embed.
+    """``model`` with its ImageNet weights (or ``weights``), for a new collection: each setting left out is
+    the default preset's (:func:`imgsearch.core.config.resolve`). See :func:`embedder_for`."""
+    choice = ModelChoice(
+        model, variant, weights, device, backend, pooling, views and views.crop, views and views.scales
+    )
+    return embedder_for(resolve(choice), lazy=lazy)
 
-    ``pooling`` and ``views`` default to the default feature preset's (imgsearch.core.presets);
-    :func:`imgsearch.core.runtime.choose_backend` decides from ``backend`` (None: not given, so ``auto``
-    unless a preset or the collection says otherwise), ``device``, ``preset_backend`` and
-    ``recorded_backend`` where the model runs, and what takes over when that cannot be built here.
-    ``lazy``: leave the model to be built (exported for ONNX Runtime, the first time) by the first image
-    embedded, so a sync with nothing to embed never builds it; the weights are read now only when their
-    digest is not known without them (:func:`known_weights`). The fingerprint is whole either way.
+
+def embedder_for(settings: Resolved, *, lazy: bool = False) -> Embedder:
+    """Build the model ``settings`` name, in eval mode, ready to embed.
+
+    :func:`imgsearch.core.runtime.choose_backend` places the backend asked for on a device, and says what
+    takes over when it cannot be built here. ``lazy``: leave the model to be built (exported for ONNX Runtime,
+    the first time) by the first image embedded, so a sync with nothing to embed never builds it; the weights
+    are read now only when their digest is not known without them (:func:`known_weights`). The recipe is
+    whole either way.
     """
+    model, weights, views = settings.model, settings.weights, settings.views
     backbone = BACKBONES.get(model)
     if backbone is None:
         raise ModelUnavailable(f"unknown model {model!r}; choose one of: {', '.join(BACKBONES)}")
-    variant = variant or backbone.default_variant
+    variant = settings.variant or backbone.default_variant
     if variant not in backbone.variants:
         choices = ", ".join(backbone.variants)
         raise ModelUnavailable(f"{model} has no weights variant {variant!r}; choose one of: {choices}")
-    default = PRESETS[DEFAULT_PRESET]
-    pooling = pooling or default.pooling
-    views = views or Views(default.crop, default.scales)
-    if pooling not in POOLINGS:
-        raise ModelUnavailable(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
+    if settings.pooling not in POOLINGS:
+        raise ModelUnavailable(f"unknown pooling {settings.pooling!r}; choose one of: {', '.join(POOLINGS)}")
     try:
-        place = choose_backend(backend, device, preset_backend=preset_backend, recorded_backend=recorded_backend)
+        place = choose_backend(settings.backend, settings.device)
     except BackendUnavailable as err:
         raise ModelUnavailable(str(err)) from None
     known = known_weights(model, variant, weights)
@@ -426,112 +434,50 @@ def load_embedder(
         trunk, state, source = backbone.build(variant, weights)
         known = _state_digest(state), source
         _remember_weights(key, file, before, *known)
-    fingerprint = _fingerprint(backbone, variant, weights, *known, pooling, views, place.backend)
+    digest, source = known
+    recipe = Recipe(
+        model=backbone.name,
+        variant="file" if weights is not None else variant,
+        weights_digest=digest,
+        weights_source=source,
+        dim=backbone.dim,
+        pooling=settings.pooling,
+        preprocess=views.version,
+        crop=views.crop,
+        scales=views.scales,
+        backend=place.backend,
+        weights_file=str(Path(weights).resolve()) if weights is not None else None,
+    )
 
-    def build() -> Runner:
+    def build() -> tuple[Runner, str]:
         nonlocal trunk
         if trunk is None:
-            if place.backend != "torch" and (run := cached_runner(place.backend, fingerprint, views)):
-                return run  # the exported model, run by ONNX Runtime: neither torch nor the weights needed
+            if place.backend != "torch" and (run := cached_runner(place.backend, recipe)):
+                return run, place.backend  # the exported model, run by ONNX Runtime: no torch, no weights
             import torch
 
             torch.set_num_threads(usable_cpus())
             trunk, state, _ = backbone.build(variant, weights)
-            if (digest := _state_digest(state)) != fingerprint["weights_digest"]:
+            if (now := _state_digest(state)) != digest:
                 raise ModelUnavailable(
-                    f"the {model} weights changed while in use ({fingerprint['weights_digest']} when opened, "
-                    f"{digest} now); no vector made with them was written: run again"
+                    f"the {model} weights changed while in use ({digest} when opened, {now} now); "
+                    "no vector made with them was written: run again"
                 )
-        run, trunk = _runner(trunk, place, fingerprint, views), None  # the runner holds what it needs
-        return run
+        ran, trunk = _runner(trunk, place, recipe), None  # the runner holds what it needs
+        return ran
 
-    embedder = Embedder(None, fingerprint, views, pooling, build=build)
+    embedder = Embedder(None, recipe, settings.search, build=build)
     if not lazy:
         embedder.prepare()
     return embedder
 
 
-def _fingerprint(
-    backbone: Backbone,
-    variant: str,
-    weights: Path | None,
-    digest: str,
-    source: str,
-    pooling: str,
-    views: Views,
-    backend: str,
-) -> dict[str, Any]:
-    """Which weights make the vectors, and how: what a collection records and compares."""
-    fingerprint = {
-        "model": backbone.name,
-        "variant": "file" if weights is not None else variant,
-        "weights_digest": digest,
-        "weights_source": source,
-        "dim": backbone.dim,
-        "pooling": pooling,
-        "normalised": "l2",
-        "preprocess": views.version,
-        "crop": views.crop,
-        "scales": list(views.scales),
-        "backend": backend,  # informational: backends agree closely (docs in core/runtime.py)
-    }
-    if weights is not None:
-        fingerprint["weights_file"] = str(Path(weights).resolve())
-    return fingerprint
-
-
-def _runner(trunk: Any, place: Placement, fingerprint: dict[str, Any], views: Views) -> Runner:
-    """The trunk on its placed backend, or on the fallback (recorded in ``fingerprint``) when that cannot be built."""
+def _runner(trunk: Any, place: Placement, recipe: Recipe) -> tuple[Runner, str]:
+    """The trunk on its placed backend, or on the fallback when that cannot be built; and which ran."""
     try:
-        return make_runner(trunk.eval(), place.backend, place.device, fingerprint, views)
+        return make_runner(trunk.eval(), place.backend, place.device, recipe), place.backend
     except (BackendUnavailable, OSError) as err:
         if place.fallback is None:
             raise ModelUnavailable(f"--backend {place.backend}: {err}") from None
         print(f"note: {err}; running the model with eager PyTorch instead", file=sys.stderr)
-        fingerprint["backend"] = place.fallback
-        return make_runner(trunk.eval(), place.fallback, place.device, fingerprint, views)
-
-
-def fingerprint_mismatch(recorded: dict[str, Any], loaded: dict[str, Any]) -> str | None:
-    """Why vectors of ``loaded`` cannot be mixed with ``recorded`` ones, or None when they can."""
-    diffs = [
-        f"{key} {recorded.get(key)!r} (stored) vs {loaded.get(key)!r} (now)"
-        for key in COMPATIBILITY_KEYS
-        if recorded.get(key) != loaded.get(key)
-    ]
-    return "; ".join(diffs) or None
-
-
-def describe(fingerprint: dict[str, Any] | None) -> str:
-    """One human line for a fingerprint: model, weights and feature."""
-    if not fingerprint:
-        return "(no model recorded)"
-    fp = fingerprint
-    crop, scales = fp.get("crop", HANDOUT_VIEWS.crop), fp.get("scales", list(HANDOUT_VIEWS.scales))
-    view = "centre crop" if crop == "center" else "whole image"
-    views = f", {view} at {'+'.join(map(str, scales))} px"
-    return (
-        f"{fp.get('model')} ({fp.get('variant')} weights {fp.get('weights_digest')}, "
-        f"{fp.get('pooling')}-pooled {fp.get('dim')}-d, L2-normalised{views})"
-    )
-
-
-def describe_feature(fingerprint: dict[str, Any]) -> str:
-    """How a vector is made, in words: pooling, view(s), dimension, normalisation."""
-    fp = fingerprint
-    p = POOLINGS.get(fp.get("pooling", ""), 1.0)
-    pooling = "global average pooling" if p == 1.0 else f"generalised-mean (GeM, p={p:g}) pooling"
-    crop, scales = fp.get("crop", HANDOUT_VIEWS.crop), fp.get("scales", list(HANDOUT_VIEWS.scales))
-    view = "the centre crop" if crop == "center" else "the whole image"
-    sizes = "+".join(map(str, scales))
-    mean = ", averaged over the scales" if len(scales) > 1 else ""
-    expand = int(fp.get("expand", 0))
-    qe = (
-        f"; each query is expanded with its {expand} nearest stored images, weighted by score^{fp.get('alpha', 0):g}"
-        if expand
-        else ""
-    )
-    return (
-        f"{pooling} of the last convolutional layer over {view} at {sizes} px{mean} "
-        f"→ a {fp.get('dim')}-dimensional vector, L2-normalised (unit length){qe}"
-    )
+        return make_runner(trunk.eval(), place.fallback, place.device, recipe), place.fallback

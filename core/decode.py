@@ -11,9 +11,8 @@ import os
 import re
 import struct
 import threading
-import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, BinaryIO
@@ -21,7 +20,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from imgsearch.core.files import NotRegularFile, open_regular
+from imgsearch.core.files import NotRegularFile, confined, open_regular
 from imgsearch.core.presets import RESIZE
 
 # Images above this many pixels are refused before decoding (decompression bombs): 100 MP covers
@@ -51,9 +50,11 @@ _TRANSPOSE = {
 _FLIP_TO_ORIENTATION = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-# load_image checks MAX_PIXELS itself before decoding; Pillow's warning (at 89 MP, below our cap) is
-# noise, and warnings.catch_warnings is not thread-safe in decode threads, so it is not used.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow's own bomb check warns between its limit and twice it (errors above): its limit is set to our
+# cap, so that nothing we accept warns (its default, 89 MP, is below the cap), and :func:`_open` checks a
+# header's size against the cap before Pillow's check runs, so a file over it gets our ImageError, not a
+# warning. Pillow's checks inside its plugins (GIF frames, TIFF tiles) stay as the backstop.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 class ImageError(Exception):
@@ -107,7 +108,7 @@ def load_image(path: str | os.PathLike[str], min_side: int = RESIZE) -> Decoded:
     with fh, _image_errors(lambda: _unidentified_reason(fh)):
         if os.path.splitext(os.fspath(path))[1].lower() in RAW_EXTENSIONS:
             return _load_raw(fh, min_side)
-        with Image.open(fh, formats=_pil_formats()) as img:
+        with _open(fh) as img:
             return _decode(img, min_side)
 
 
@@ -120,11 +121,8 @@ def probe(path: str | os.PathLike[str]) -> tuple[int, int]:
     with fh, _image_errors(lambda: _unidentified_reason(fh)):
         if os.path.splitext(os.fspath(path))[1].lower() in RAW_EXTENSIONS:
             return (0, 0)
-        with Image.open(fh, formats=_pil_formats()) as img:
-            width, height = img.size
-    if width * height > MAX_PIXELS:
-        raise ImageError(_too_large(f"{width}x{height}"))
-    return width, height
+        with _open(fh) as img:  # refuses a size over MAX_PIXELS
+            return img.size
 
 
 def capture_time(path: str | os.PathLike[str]) -> tuple[str, str] | None:
@@ -134,7 +132,7 @@ def capture_time(path: str | os.PathLike[str]) -> tuple[str, str] | None:
     try:
         with _image_errors():
             fh = open_regular(path)
-        with fh, Image.open(fh, formats=_pil_formats()) as img:
+        with fh, _open(fh) as img:
             exif = img.getexif().get_ifd(0x8769)  # the Exif sub-IFD
             when, sub = exif.get(0x9003), exif.get(0x9291)
     except Exception:  # a hint, never a failure: a broken header simply does not say
@@ -253,6 +251,32 @@ def _pil_formats() -> tuple[str, ...]:
     return tuple(f for f in PIL_FORMATS if f in Image.OPEN)
 
 
+def _open(fh: BinaryIO, formats: tuple[str, ...] | None = None) -> ImageFile.ImageFile:
+    """``Image.open(fh, formats)`` (default :func:`_pil_formats`) with :data:`MAX_PIXELS` checked on the
+    header's size first: Image.open runs Pillow's bomb check itself, which warns below twice its limit,
+    so a file over our cap would warn before our own check refused it. Pillow's loop, with the same
+    plugins in the same order; raises UnidentifiedImageError when none takes the file."""
+    installed = _pil_formats()  # also imports the plugins
+    fh.seek(0)
+    prefix = fh.read(16)
+    for name in formats or installed:
+        factory, accept = Image.OPEN[name]
+        accepted = not accept or accept(prefix)
+        if isinstance(accepted, str) or not accepted:  # a str: Pillow's note on a format it cannot read
+            continue
+        fh.seek(0)
+        try:
+            img = factory(fh, "")
+        except (SyntaxError, IndexError, TypeError, struct.error):  # not this plugin's: try the next
+            continue
+        width, height = img.size
+        if width * height > MAX_PIXELS:
+            img.close()
+            raise ImageError(_too_large(f"{width}x{height}"))
+        return img
+    raise UnidentifiedImageError("cannot identify image file")
+
+
 def _load_raw(fh: BinaryIO, min_side: int) -> Decoded:
     """A camera RAW file's embedded preview, through the same checks and JPEG draft decode.
 
@@ -305,7 +329,7 @@ def _load_raw(fh: BinaryIO, min_side: int) -> Decoded:
         jpeg = _whole_preview(opened, bytes(thumb.data))
         if jpeg is None:
             raise ImageError("corrupt or truncated camera RAW file: its embedded preview is cut short")
-        with Image.open(io.BytesIO(jpeg), formats=("JPEG",)) as img:
+        with _open(io.BytesIO(jpeg), ("JPEG",)) as img:
             own = img.getexif().get(0x0112)
             return _decode(img, min_side, None if own in _TRANSPOSE else raw_orientation)
 
@@ -468,3 +492,13 @@ def _plugin_error(fh: BinaryIO, name: str) -> str:
 
 def _too_large(what: str) -> str:
     return f"too large: {what} is over the {MAX_PIXELS:,}-pixel cap (decompression-bomb guard)"
+
+
+def confinement(root: str | None, follow_outside: bool) -> AbstractContextManager[Any]:
+    """Where a stored file may be opened from: under ``root``, the folder it was ingested from, or anywhere
+    with ``follow_outside``. Raises :class:`ImageError` for an entry that records no folder."""
+    if follow_outside:
+        return nullcontext()
+    if root:
+        return confined(root)
+    raise ImageError("no library folder is recorded for it (stored by an older imgsearch?): not served")

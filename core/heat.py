@@ -3,7 +3,7 @@
 Why: a score says how alike two pictures are, not where. Pooling sums over the positions of the last conv
 map, so the cosine of two pooled vectors is itself a sum of one term per position of either picture
 (Stylianou et al. 2019, "Visualizing Deep Similarity Networks"). With generalised-mean pooling of exponent
-p (p = 1: the average pool, :data:`imgsearch.core.backbones.POOLINGS`),
+p (p = 1: the average pool, :data:`imgsearch.core.config.POOLINGS`),
 
     v_k = (1/HW · Σ_i f_ik^p)^(1/p) = Σ_i c_ik,   c_ik = f_ik^p / (HW · v_k^(p-1)),
 
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from imgsearch.core.backbones import POOLINGS, Embedder, inference_mode
+from imgsearch.core.backbones import Embedder, inference_mode
+from imgsearch.core.config import POOLINGS
 from imgsearch.core.prepare import preprocess_whole
 
 FLOOR = 1e-6  # activations are clamped to this before a power, as Embedder.embed does

@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from imgsearch.core.chroma_file import collection_metadata, rows_applied, sides_marked
 from imgsearch.core.collection import HNSW, QUERY_ROWS, CollectionMissing, Location, StoreError
 from imgsearch.core.where import matches, supported
 
@@ -118,6 +119,8 @@ class Owner(Protocol):
     def _fresh(self) -> Any: ...
     def _batch(self) -> int: ...
     def count(self) -> int: ...
+    def rows_of(self, col: Any) -> int: ...
+    def _local(self, read: Callable[[Any, str], T | None], col_id: str | None = None) -> T | None: ...
     def get(self, ids: Sequence[str], embeddings: bool = False) -> dict[str, dict[str, Any]]: ...
     def find(self, where: dict[str, Any], embeddings: bool = False) -> dict[str, dict[str, Any]]: ...
     def scan(
@@ -544,11 +547,28 @@ class Partitions:
         return report
 
     def listing(self) -> list[dict[str, Any]]:
-        """Each side: key, value, rows, ready (``stats``)."""
+        """Each side: key, value, rows, ready (``stats``): read from an embedded store's SQLite file where it can
+        be (:mod:`imgsearch.core.chroma_file`), else asked of Chroma."""
+        main = self.store.location.collection
+
+        def read(conn: Any, _: str) -> list[dict[str, Any]] | None:
+            out = []
+            for col_id, raw in sides_marked(conn, SIDE_KEY):
+                mark = json.loads(raw)
+                counted = rows_applied(conn, col_id) if mark.get("of") == main else None
+                if mark.get("of") == main and counted is None:
+                    return None  # a side whose writes are not all applied yet: Chroma counts
+                if counted is not None:
+                    ready = bool(collection_metadata(conn, col_id).get(READY_KEY))
+                    out.append({"key": mark["key"], "value": mark["value"], "rows": counted[0], "ready": ready})
+            return sorted(out, key=lambda s: (s["key"], s["value"]))
+
+        if (found := self.store._local(read)) is not None:
+            return found
         out = []
         for col in self._sides().values():
             mark = json.loads(col.metadata[SIDE_KEY])
-            rows = int(self.store._call(col.count))
+            rows = self.store.rows_of(col)
             out.append(
                 {"key": mark["key"], "value": mark["value"], "rows": rows, "ready": bool(col.metadata.get(READY_KEY))}
             )

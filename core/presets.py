@@ -8,7 +8,6 @@ ranks the same way. Each preset's quality and cost on photos is in docs/quality.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 # the model's input: Resize(RESIZE) then CenterCrop(CROP), as the lab handout; here so --help needs no numpy
 RESIZE = 256
@@ -87,15 +86,9 @@ def get_preset(name: str) -> Preset:
         raise ValueError(f"unknown feature preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
 
 
-def matching_preset(fingerprint: dict[str, Any]) -> Preset | None:
-    """The preset whose features a fingerprint has (None for a hand-made combination)."""
-    int8 = fingerprint.get("backend") == "int8"
+def matching_preset(pooling: str, crop: str, scales: tuple[int, ...], *, int8: bool) -> Preset | None:
+    """The preset that makes vectors this way (None for a hand-made combination)."""
     for p in PRESETS.values():
-        same = (p.pooling, p.crop, p.scales) == (
-            fingerprint.get("pooling"),
-            fingerprint.get("crop"),
-            tuple(fingerprint.get("scales", ())),
-        )
-        if same and (p.backend == "int8") == int8:
+        if (p.pooling, p.crop, p.scales) == (pooling, crop, tuple(scales)) and (p.backend == "int8") == int8:
             return p
     return None

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imgsearch.core.config import DEFAULT_BACKEND, Recipe
 from imgsearch.core.prepare import Views, load_views
-from imgsearch.core.presets import DEFAULT_PRESET, PRESETS
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,6 @@ BACKENDS = {
     "onnx": "ONNX Runtime fp32",
     "int8": "ONNX Runtime int8 (static quantisation)",
 }
-DEFAULT_BACKEND = "auto"
 DEVICES = ("auto", "cpu", "cuda")
 EXPORT_VERSION = "4"  # bump when the export or quantisation recipe changes: old cache files are ignored
 CALIBRATION = Path(__file__).with_name("calibration")
@@ -73,31 +72,15 @@ class Placement:
     fallback: str | None  # the backend to run instead when ``backend`` cannot be built here; None: fail
 
 
-def choose_backend(
-    backend: str | None = None,
-    device: str = "auto",
-    *,
-    preset_backend: str | None = None,
-    recorded_backend: str | None = None,
-) -> Placement:
-    """Which backend and device a model runs on: the one place this is decided.
-
-    The backend asked for is the first of: ``backend`` (``--backend``); ``preset_backend`` (the named
-    feature preset's: ``fast`` is int8); int8 when ``recorded_backend`` (the collection's) is int8
-    (fp32 backends give the same vectors, so each machine may pick its own; int8 stays int8); the
-    default preset's; ``auto``. ``auto`` → torch on CUDA when torch sees a GPU, else onnx, with eager
-    torch as the fallback when onnx cannot be built here (no onnx package, cache not writable).
-    ``device`` ``auto`` → ``cuda`` for torch when torch sees a GPU, else ``cpu``; ``cuda`` is refused
-    for the ONNX Runtime backends and when torch sees no GPU (:class:`BackendUnavailable`). torch is
-    imported only to ask about a GPU, and not at all on a machine with no GPU driver (:func:`cuda_available`).
+def choose_backend(requested: str = DEFAULT_BACKEND, device: str = "auto") -> Placement:
+    """Where a model runs: the backend asked for (:func:`imgsearch.core.config.resolve` picked it from the
+    flag, the preset, the collection and the default) placed on a device. ``auto`` → torch on CUDA when
+    torch sees a GPU, else onnx, with eager torch as the fallback when onnx cannot be built here (no onnx
+    package, cache not writable). ``device`` ``auto`` → ``cuda`` for torch when torch sees a GPU, else
+    ``cpu``; ``cuda`` is refused for the ONNX Runtime backends and when torch sees no GPU
+    (:class:`BackendUnavailable`). torch is imported only to ask about a GPU, and not at all on a machine with
+    no GPU driver (:func:`cuda_available`).
     """
-    requested = (
-        backend
-        or preset_backend
-        or ("int8" if recorded_backend == "int8" else None)
-        or PRESETS[DEFAULT_PRESET].backend
-        or DEFAULT_BACKEND
-    )
     if requested not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {requested!r}; choose one of: {', '.join(BACKENDS)}")
     if device not in DEVICES and not device.startswith("cuda:"):
@@ -139,7 +122,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgsearch"
 
 
-def make_runner(trunk: Any, backend: str, device: str, fingerprint: dict[str, Any], views: Views) -> Runner:
+def make_runner(trunk: Any, backend: str, device: str, recipe: Recipe) -> Runner:
     """A function from a (n, 3, s, s) float32 batch to the trunk's (n, C, h, w) float32 feature map (a
     torch.Tensor for ``torch``, a numpy array for the ONNX Runtime backends).
 
@@ -160,15 +143,15 @@ def make_runner(trunk: Any, backend: str, device: str, fingerprint: dict[str, An
 
         return run_torch
 
-    return cached_runner(backend, fingerprint, views) or _onnx_runner(
-        _ort_session(_onnx_model(trunk, fingerprint, views, int8=backend == "int8"))
+    return cached_runner(backend, recipe) or _onnx_runner(
+        _ort_session(_onnx_model(trunk, recipe, int8=backend == "int8"))
     )
 
 
-def cached_runner(backend: str, fingerprint: dict[str, Any], views: Views) -> Runner | None:
-    """The ONNX Runtime runner of the model file cached for ``fingerprint`` (``onnx`` or ``int8``), without
+def cached_runner(backend: str, recipe: Recipe) -> Runner | None:
+    """The ONNX Runtime runner of the model file cached for ``recipe`` (``onnx`` or ``int8``), without
     torch or onnx; None when it is not cached yet, or is damaged (then it is deleted, to be built again)."""
-    path = _model_path(fingerprint, views, int8=backend == "int8")
+    path = _model_path(recipe, int8=backend == "int8")
     if not path.is_file():
         return None
     try:
@@ -186,16 +169,16 @@ def _onnx_runner(ort_session: Any) -> Runner:
     return run_onnx
 
 
-def _model_path(fingerprint: dict[str, Any], views: Views, int8: bool) -> Path:
+def _model_path(recipe: Recipe, int8: bool) -> Path:
     """Where the exported (fp32) or quantised (int8) model of these weights is cached."""
-    stem = f"{fingerprint['model']}-{fingerprint['weights_digest']}-v{EXPORT_VERSION}"
+    stem = f"{recipe.model}-{recipe.weights_digest}-v{EXPORT_VERSION}"
     if not int8:
         return cache_dir() / f"{stem}.onnx"
     # the calibration views depend on the scales, so the int8 file does too
-    return cache_dir() / f"{stem}-int8-{'+'.join(map(str, views.scales))}-{views.crop}.onnx"
+    return cache_dir() / f"{stem}-int8-{'+'.join(map(str, recipe.scales))}-{recipe.crop}.onnx"
 
 
-def _onnx_model(trunk: Any, fingerprint: dict[str, Any], views: Views, int8: bool) -> Path:
+def _onnx_model(trunk: Any, recipe: Recipe, int8: bool) -> Path:
     """The cached ONNX file for these weights, exported (and quantised) on first use."""
     try:
         import onnx  # noqa: F401 - needed by the exporter and the quantiser
@@ -203,16 +186,16 @@ def _onnx_model(trunk: Any, fingerprint: dict[str, Any], views: Views, int8: boo
         raise BackendUnavailable(
             "the onnx package is not installed (it exports the model for ONNX Runtime): pip install onnx"
         ) from None
-    fp32 = _model_path(fingerprint, views, int8=False)
+    fp32 = _model_path(recipe, int8=False)
     if not fp32.is_file():
-        print(f"exporting {fingerprint['model']} to ONNX → {fp32} (once) ...", file=sys.stderr)
+        print(f"exporting {recipe.model} to ONNX → {fp32} (once) ...", file=sys.stderr)
         _atomic(fp32, lambda tmp: _export(trunk, tmp))
     if not int8:
         return fp32
-    q = _model_path(fingerprint, views, int8=True)
+    q = _model_path(recipe, int8=True)
     if not q.is_file():
-        print(f"quantising {fingerprint['model']} to int8 → {q} (once) ...", file=sys.stderr)
-        _atomic(q, lambda tmp: _quantise(fp32, tmp, views))
+        print(f"quantising {recipe.model} to int8 → {q} (once) ...", file=sys.stderr)
+        _atomic(q, lambda tmp: _quantise(fp32, tmp, recipe.views))
     return q
 
 

@@ -6,31 +6,56 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgsearch.core.config import Fingerprint
 from imgsearch.core.store import Store
 from imgsearch.ingest.worker import default_status_path, quarantined, read_status
 
 
-def stats(store: Store, status: Path | None = None) -> dict[str, Any]:
-    """The object ``imgsearch stats --json`` prints: images in all and per category, the model fingerprint,
-    where the store is, the folders found offline, the side collections, the worker's last status (when there
-    is one: ``status``, else the default file of the store) and the quarantined files.
+@dataclass(frozen=True)
+class Stats:
+    """What a store holds: what ``imgsearch stats --json`` prints (:meth:`as_dict` is that object)."""
+
+    count: int  # images stored
+    categories: dict[str, int]  # images per category
+    model: Fingerprint | None  # how the vectors were made (model, preset ...) and how they are searched
+    store: str  # where the store is, with its collection
+    offline: dict[str, dict[str, Any]] = field(default_factory=dict)  # folder -> {since, reason, rows}
+    partitions: list[dict[str, Any]] = field(default_factory=list)  # side collections
+    quarantined: list[dict[str, str]] = field(default_factory=list)  # files never decoded again: path, reason
+    worker: dict[str, Any] | None = None  # the worker's last status, when one writes it
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {
+            "count": self.count,
+            "categories": self.categories,
+            "model": self.model.as_dict() if self.model is not None else None,
+            "store": self.store,
+            "offline": self.offline,
+            "partitions": self.partitions,
+        }
+        return out | ({} if self.worker is None else {"worker": self.worker}) | {"quarantined": self.quarantined}
+
+
+def stats(store: Store, status: Path | None = None) -> Stats:
+    """What ``store`` holds: images in all and per category, how its vectors were made, where it is, the
+    folders found offline, the side collections, the worker's last status (when there is one: ``status``,
+    else the default file of the store) and the quarantined files.
 
     Raises the store's ``StoreError`` for a store not made yet (or not reachable)."""
-    out: dict[str, Any] = {
-        "count": store.count(),
-        "categories": store.categories(),
-        "model": store.fingerprint(),
-        "store": store.location.describe(),
-        "offline": store.offline_roots(),  # folder -> {since, reason, rows}
-        "partitions": store.sides.listing(),  # side collections: [{key, value, rows, ready}]
-    }
-    if (worker := read_status(status or default_status_path(store.location))) is not None:
-        out["worker"] = worker
-    out["quarantined"] = quarantined(store.location)
-    return out
+    return Stats(
+        count=store.count(),
+        categories=store.categories(),
+        model=store.fingerprint(),
+        store=store.location.describe(),
+        offline=store.offline_roots(),
+        partitions=store.sides.listing(),
+        worker=read_status(status or default_status_path(store.location)),
+        quarantined=quarantined(store.location),
+    )
 
 
 def remove(store: Store, paths: Iterable[str | os.PathLike[str]]) -> int:

@@ -42,6 +42,7 @@ Lookup = Callable[[Sequence[str]], Mapping[str, Meta]]  # ids → the metadata o
 HashFiles = Callable[[Sequence[FileInfo]], Sequence["str | Failure"]]  # one sha256 (or Failure) per file
 FindTwins = Callable[[Sequence[str]], Mapping[str, Sequence[tuple[str, Meta]]]]  # sha256s → stored (id, meta)
 Exists = Callable[[str], bool]
+Known = Callable[[str, FileInfo], bool]  # whether a row is vouched stored exactly as this scanned file
 Kind = Literal["skip", "refresh", "add", "reembed", "move", "copy", "prune"]
 
 SKIP = "same size and mtime as stored"
@@ -149,6 +150,7 @@ def plan(
     exists: Exists | None = None,
     page: int = PAGE,
     shard: Shard = ALL,
+    known: Known | None = None,
 ) -> Plan:
     """Decide what to do with each of ``files`` (id → scanned file; see the module docstring) that
     ``shard`` owns; the others are left out of the plan (their shard's worker does them).
@@ -158,6 +160,8 @@ def plan(
     ``find_twins`` gets the hashes of new content and returns the stored rows with that content (default:
     searched in ``stored``, which must then be a dict). ``exists`` tells whether a twin's file is still
     there (default: not proven gone, :class:`ingest.scan.Absence`); only a gone twin's row is moved.
+    ``known(id, file)`` may vouch that a file is stored exactly as scanned (:mod:`imgsearch.ingest.known`):
+    those are skipped without asking ``stored``; it is never asked anything else.
     """
     tags = dict(tags or {})
     lookup = stored if callable(stored) else _lookup_in(stored)
@@ -168,21 +172,28 @@ def plan(
     if shard != ALL:
         files = {id_: f for id_, f in files.items() if shard.owns(id_)}
     result = Plan(files)
-    changed = _triage(files, lookup, tags, result, page)
+    changed = _triage(files, lookup, tags, result, page, known)
     hashed = _compare(changed, hash_files([c.file for c in changed]), result)
     _match(hashed, find_twins([sha for _, sha in hashed]), files, exists or Absence().present, result)
     return result
 
 
 def _triage(
-    files: Mapping[str, FileInfo], lookup: Lookup, tags: dict[str, str], out: Plan, page: int
+    files: Mapping[str, FileInfo], lookup: Lookup, tags: dict[str, str], out: Plan, page: int, known: Known | None
 ) -> list[_Changed]:
-    """Skip the files stored with the same size, mtime and static fields; the rest need hashing."""
+    """Skip the files stored with the same size, mtime and static fields (those ``known`` vouches for without
+    asking ``lookup``); the rest need hashing."""
     ids = list(files)
     changed = []
     for s in range(0, len(ids), page):
-        entries = lookup(ids[s : s + page])
-        for id_ in ids[s : s + page]:
+        chunk = ids[s : s + page]
+        vouched = {id_ for id_ in chunk if known(id_, files[id_])} if known is not None else set()
+        asked = [id_ for id_ in chunk if id_ not in vouched] if vouched else chunk
+        entries = lookup(asked) if asked else {}
+        for id_ in chunk:
+            if id_ in vouched:
+                out.skipped.append(id_)
+                continue
             f, old = files[id_], entries.get(id_)
             wanted_static = {"root": f.root, "category": f.category, **tags}
             same_static = old is not None and all(old.get(k) == v for k, v in wanted_static.items())

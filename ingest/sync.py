@@ -30,6 +30,7 @@ from imgsearch.core.batching import DecodeJournal, Embedded, embed_files
 from imgsearch.core.files import open_regular
 from imgsearch.core.runtime import usable_cpus
 from imgsearch.core.store import DEFAULT_DB, RESERVED_KEYS, Location, Store, image_id, path_fields
+from imgsearch.ingest.known import Known
 from imgsearch.ingest.plan import ALL, Action, FindTwins, Plan, Shard, plan, plan_prune
 from imgsearch.ingest.scan import OUTSIDE, Failure, FileInfo, root_problem, scan
 
@@ -68,16 +69,8 @@ class IngestReport:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "added": self.added,
-            "updated": self.updated,
-            "unchanged": self.unchanged,
-            "moved": self.moved,
-            "pruned": self.pruned,
-            "failed": self.failed,
-            "decoded": self.decoded,
-            "embedded": self.embedded,
-            "partitions": self.partitions,
+        counts = ("added", "updated", "unchanged", "moved", "pruned", "failed", "decoded", "embedded", "partitions")
+        return {key: getattr(self, key) for key in counts} | {
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "offline": dict(sorted(self.offline.items())),
@@ -387,6 +380,8 @@ def ingest(
     A root that cannot be listed, or lists no image files while rows are stored under it, is offline:
     its rows are kept and marked (:meth:`imgsearch.core.store.Store.offline_roots`), and unmarked by the
     first sync that finds it back. ``force``: prune even more than half of a root's rows.
+    An embedded store's unchanged files are skipped on the word of the record the last sync left
+    (:mod:`imgsearch.ingest.known`) while the store shows no write since; the rest are read from the store.
     """
     tags = dict(tags or {})
     check_tags(tags)
@@ -401,7 +396,9 @@ def ingest(
     report.failures.extend(_reported(store, owned))
     files = {image_id(f.path): f for f in scanned.files if ready is None or ready(f)}
     vectors: dict[str, np.ndarray] = {}  # id → vector of the stored rows a move or copy reuses
-    todo = plan(files, store.get, _hash_all, _twin_finder(store, vectors), tags=tags, shard=shard)
+    known = _known(store, shard)
+    finder = _twin_finder(store, vectors)
+    todo = plan(files, store.get, _hash_all, finder, tags=tags, shard=shard, known=known.vouches(tags))
     journal = decode_journal(store.location, shard)
     journal.open()
     # present while this ingest writes: one left behind means a killed ingest, whose side rows a build checks
@@ -425,8 +422,23 @@ def ingest(
         report.partitions = built.as_dict() if built else None
         if built is None or built.settled:  # kept when stopped early or unsettled: the next ingest builds
             writing.unlink(missing_ok=True)
+    known.save(store.change_mark(), {id_: files[id_] for id_ in todo.skipped}, tags, _touched(todo))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _known(store: Store, shard: Shard) -> Known:
+    """The record of the rows the last sync proved stored (:mod:`imgsearch.ingest.known`), believed only while
+    the store shows no write since; an embedded store's only (a server's may change under it at any time)."""
+    if store.location.url:
+        return Known(None)
+    return Known.load(state_path(store.location, "known", ".bin", shard), store.change_mark())
+
+
+def _touched(todo: Plan) -> set[str]:
+    """Every row id this plan may have written or deleted: its actions' ids, and the rows moves reuse."""
+    done = [*todo.refresh, *todo.reuse, *todo.embed, *todo.prune]
+    return {a.id for a in done} | {a.source for a in done if a.source}
 
 
 def _reported(store: Store, failures: Sequence[Failure]) -> list[Failure]:

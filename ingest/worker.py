@@ -133,7 +133,7 @@ class Worker:
             "state": "starting",
             "roots": self.roots,
             "store": store.location.describe(),
-            "model": embedder.fingerprint.get("model"),
+            "model": embedder.recipe.model,
             "shard": None if shard == ALL else str(shard),
             "started_at": _now(),
             "updated_at": _now(),

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 import numpy as np
 
-from imgsearch.core.backbones import describe, describe_feature
 from imgsearch.core.decode import ImageError, load_image
 from imgsearch.reports.bands import HIGH, MID, band
 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from imgsearch.core.config import Fingerprint
     from imgsearch.search.query import Hit
     from imgsearch.search.why import Corners, Explanation
 
@@ -45,6 +45,7 @@ SHEET_GAP = 12
 SHEET_TITLE = 52
 SHEET_FONT = 14
 SHEET_LINE = 18
+REGION_COLOUR = "#ff2d95"  # a region query's outline, as the search page and the HTML report draw it
 
 
 def _printable(value: object) -> object:
@@ -175,7 +176,7 @@ def _shortfall(found: int, k: int, where: Sequence[str], min_score: float | None
 def html_parts(
     entries: Iterable[Entry],
     count: int,
-    fingerprint: dict[str, Any],
+    fingerprint: Fingerprint,
     store_description: str,
     k: int,
     where: Sequence[str],
@@ -193,10 +194,9 @@ def html_parts(
     """
     # a library image found by several queries is encoded once, among the recently used ones
     uri = functools.lru_cache(maxsize=THUMB_CACHE)(thumbnail_uri)
-    fp = fingerprint
     facts = [
-        ("Model", describe(fp)),
-        ("Feature", describe_feature(fp)),
+        ("Model", fingerprint.describe()),
+        ("Feature", fingerprint.describe_feature()),
         (
             "Similarity",
             "cosine: score = 1 − cosine distance = cosine similarity of the query's and the image's feature "
@@ -214,6 +214,7 @@ def html_parts(
             "hits": hits,
             "note": _shortfall(len(hits), k, where, min_score),
             "why": _explained(query, hits, why, (regions or {}).get(query)),
+            "region": (regions or {}).get(query),
         }
         for number, (query, hits) in enumerate(entries, 1)
     )
@@ -241,9 +242,9 @@ def _fit(draw: Any, text: str, font: Any, width: int) -> str:
     return text + "…"
 
 
-def render_sheet(query_path: str, hits: Sequence[Hit], fingerprint: dict[str, Any], out_png: Path, k: int) -> Path:
+def render_sheet(query_path: str, hits: Sequence[Hit], fingerprint: Fingerprint, out_png: Path, k: int) -> Path:
     """Write a PNG contact sheet of ``sheet_size(k)``: the query tile, then k result tiles with captions."""
-    from PIL import Image, ImageDraw, ImageFont, ImageOps
+    from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default(size=SHEET_FONT)
     bold = ImageFont.load_default(size=SHEET_FONT + 2)
@@ -253,7 +254,7 @@ def render_sheet(query_path: str, hits: Sequence[Hit], fingerprint: dict[str, An
     draw.text((SHEET_GAP, SHEET_GAP), _fit(draw, f"query: {query_path}", bold, text_w), fill="#1d2330", font=bold)
     draw.text(
         (SHEET_GAP, SHEET_GAP + SHEET_LINE + 4),
-        _fit(draw, f"{describe(fingerprint)}; score = cosine similarity (1 = identical)", font, text_w),
+        _fit(draw, f"{fingerprint.describe()}; score = cosine similarity (1 = identical)", font, text_w),
         fill="#5b6475",
         font=font,
     )
@@ -271,10 +272,9 @@ def render_sheet(query_path: str, hits: Sequence[Hit], fingerprint: dict[str, An
         left = SHEET_GAP + i * (SHEET_TILE + SHEET_GAP)
         box = (left, top, left + SHEET_TILE - 1, top + SHEET_TILE - 1)
         draw.rectangle(box, fill="#eef4ff" if i == 0 else "#f4f6f9", outline="#2f6fdf" if i == 0 else None, width=3)
-        img = _thumbnail(path, SHEET_TILE) if path else None
+        img = _sheet_picture(path) if path else None
         if img is not None:
-            img = ImageOps.contain(img, (SHEET_TILE - 12, SHEET_TILE - 12))
-            sheet.paste(img, (left + (SHEET_TILE - img.width) // 2, top + (SHEET_TILE - img.height) // 2))
+            sheet.paste(img, _sheet_origin(i, img.size))
         elif path:
             draw.text((left + 8, top + SHEET_TILE // 2 - 8), "image unavailable", fill="#5b6475", font=font)
         for j, line in enumerate(lines):
@@ -290,10 +290,43 @@ def render_sheet(query_path: str, hits: Sequence[Hit], fingerprint: dict[str, An
     return out_png
 
 
+def _sheet_picture(path: str) -> Image.Image | None:
+    """The picture at ``path`` as a contact sheet's tile shows it, or None when it cannot be read."""
+    from PIL import ImageOps
+
+    img = _thumbnail(path, SHEET_TILE)
+    return None if img is None else ImageOps.contain(img, (SHEET_TILE - 12, SHEET_TILE - 12))
+
+
+def _sheet_origin(tile: int, size: tuple[int, int]) -> tuple[int, int]:
+    """Where a picture of ``size`` goes on a contact sheet: centred in tile ``tile`` (0: the query)."""
+    left, top = SHEET_GAP + tile * (SHEET_TILE + SHEET_GAP), SHEET_GAP + SHEET_TITLE
+    return left + (SHEET_TILE - size[0]) // 2, top + (SHEET_TILE - size[1]) // 2
+
+
+def mark_sheet_region(sheet_png: Path, query_path: str, region: Sequence[float]) -> None:
+    """Outline ``region`` (x, y, w, h: fractions of the query's picture), the part of it a query searched, on
+    the query's tile of the contact sheet :func:`render_sheet` wrote to ``sheet_png``."""
+    from PIL import Image, ImageDraw
+
+    shown = _sheet_picture(query_path)
+    if shown is None:  # the sheet says "image unavailable"
+        return
+    (left, top), (width, height) = _sheet_origin(0, shown.size), shown.size
+    x, y, w, h = region
+    right, bottom = left + round((x + w) * width) - 1, top + round((y + h) * height) - 1
+    with Image.open(sheet_png) as written:
+        sheet = written.convert("RGB")
+    ImageDraw.Draw(sheet).rectangle(
+        (left + round(x * width), top + round(y * height), right, bottom), outline=REGION_COLOUR, width=2
+    )
+    sheet.save(sheet_png, "PNG", optimize=True)
+
+
 def write_report(
     entries: Iterable[Entry],
     count: int,
-    fingerprint: dict[str, Any],
+    fingerprint: Fingerprint,
     store_description: str,
     out: Path,
     k: int,
@@ -307,7 +340,8 @@ def write_report(
     query into ``sheet_dir``) while ``entries`` stream in, one query's hits in memory at a time.
 
     Returns the report's absolute path; ``out`` appears only once complete. Queries sharing a file
-    stem get ``-2``, ``-3``... sheets. ``why``, ``regions``: :func:`html_parts`'.
+    stem get ``-2``, ``-3``... sheets. ``why``, ``regions``: :func:`html_parts`'; a query's region is
+    outlined on its picture in the report and on its sheet.
     """
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -324,6 +358,8 @@ def write_report(
                     stem = f"{base}-{n}"
                 used.add(stem)
                 render_sheet(query, hits, fingerprint, Path(sheet_dir) / f"{stem}.png", k)
+                if regions and query in regions:
+                    mark_sheet_region(Path(sheet_dir) / f"{stem}.png", query, regions[query])
             yield query, hits
 
     try:

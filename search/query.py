@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgsearch.core.backbones import Embedder, describe_feature
+from imgsearch.core.backbones import Embedder
+from imgsearch.core.config import Fingerprint, SearchSettings
 from imgsearch.core.decode import ImageError, load_image, probe
 from imgsearch.core.local import MIN_SIDE as FEATURE_SIDE
 from imgsearch.core.local import extract
@@ -28,8 +29,8 @@ from imgsearch.search.hit import Hit
 from imgsearch.search.verify import MAX_VERIFY, MIN_INLIERS, REGION_VERIFY, VERIFY, is_region, rerank
 
 if TYPE_CHECKING:
+    from imgsearch.core.config import ModelChoice
     from imgsearch.core.regions import Box
-    from imgsearch.core.session import ModelChoice
 
 QUERY_CHUNK = 64  # query vectors ranked per store round trip: memory stays flat, round trips stay few
 # images per model call for queries: on CPU as fast per image as ingest's 16 (1,000 queries: 18-23 s either
@@ -176,9 +177,9 @@ def _verified(
     return hits[:k]
 
 
-def searched_with(embedder: Embedder, expand: int | None) -> dict[str, Any]:
-    """The fingerprint a result was ranked with: the model's, with ``expand`` when the search overrode it."""
-    return embedder.fingerprint if expand is None else {**embedder.fingerprint, "expand": expand}
+def searched_with(embedder: Embedder, expand: int | None = None, verify: int | None = None) -> Fingerprint:
+    """How a result was ranked: the model's record, with ``expand`` and ``verify`` as the search set them."""
+    return embedder.fingerprint.searched(expand, verify)
 
 
 def online(where: dict[str, Any] | None, offline: Iterable[str]) -> dict[str, Any]:
@@ -213,10 +214,11 @@ def _rank(
     offline: frozenset[str],
 ) -> list[list[Hit]]:
     """Top-k hits per query vector in one store round trip (two with query expansion)."""
-    recorded = store.fingerprint() or {}
-    expand = int(recorded.get("expand", 0)) if expand is None else expand
+    recorded = store.fingerprint()
+    settings = recorded.search if recorded is not None else SearchSettings()
+    expand = settings.expand if expand is None else expand
     if expand > 0:
-        vectors = _expand(store, vectors, expand, where, exclude, float(recorded.get("alpha", 0.0)))
+        vectors = _expand(store, vectors, expand, where, exclude, settings.alpha)
     extra = any(own is not None for own in exclude)
     results = []
     for row, own in zip(store.query(vectors, k + extra, where, metadata), exclude, strict=True):
@@ -261,8 +263,9 @@ def _expand(
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def ranking_text(fingerprint: dict[str, Any], verify: int = 0) -> str:
+def ranking_text(fingerprint: Fingerprint) -> str:
     """The one line under a result table that says how it was ranked."""
+    verify = fingerprint.search.verify
     pixels = (
         f"; the best {verify} compared by their pixels (keypoints fitted by one perspective transform), "
         f"those with >= {MIN_INLIERS} agreeing matches ranked first, marked verified"
@@ -270,6 +273,6 @@ def ranking_text(fingerprint: dict[str, Any], verify: int = 0) -> str:
         else ""
     )
     return (
-        f"ranked by cosine similarity of {fingerprint.get('model', '?')} features ({describe_feature(fingerprint)}); "
+        f"ranked by cosine similarity of {fingerprint.recipe.model} features ({fingerprint.describe_feature()}); "
         f"score = 1 - cosine distance{pixels}"
     )

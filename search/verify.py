@@ -17,10 +17,10 @@ import dataclasses
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from imgsearch.core.config import VERIFY
 from imgsearch.core.local import FeatureCache, Features, match
 from imgsearch.search.hit import Hit
 
-VERIFY = 20  # candidates compared by default: past the 20th, second shots are rare and the cost grows
 MAX_VERIFY = 100  # the most a caller may ask for: each costs a decode and a match
 MIN_INLIERS = 10  # agreeing matches that make a candidate verified
 # A region query (a box, or a query picture with at most REGION_AREA of the pixels of the pictures it resembles:

@@ -37,37 +37,32 @@ Only ``imgsearch serve`` imports this module, so fastapi is imported at the top.
 
 import ipaddress
 import math
-import re
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
-import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
-from PIL import Image
 from starlette.types import Scope
 
-from imgsearch.core.backbones import Embedder, ModelUnavailable, describe
-from imgsearch.core.batching import embed_files
-from imgsearch.core.decode import ImageError, load_image, pixel_size
-from imgsearch.core.prepare import preprocess_views
-from imgsearch.core.regions import BadBox, Box, crop, picture_box
+from imgsearch.api import BadQuery, Library, NotStored
+from imgsearch.core.config import VERIFY, Fingerprint, ModelChoice, ModelUnavailable
+from imgsearch.core.decode import ImageError, pixel_size
+from imgsearch.core.regions import BadBox, Box, picture_box
 from imgsearch.core.runtime import usable_cpus
-from imgsearch.core.session import ModelChoice, open_embedder
-from imgsearch.core.store import Location, Store, StoreError, StoreUnavailable, stored_path
-from imgsearch.ingest.worker import Worker, default_status_path, read_status
+from imgsearch.core.store import Location, StoreError, StoreUnavailable, stored_path
+from imgsearch.ingest.worker import default_status_path, read_status
 from imgsearch.search.filters import FilterError, parse_where
-from imgsearch.search.query import UnusableQuery, result_json, search
-from imgsearch.search.verify import MAX_VERIFY, VERIFY
-from imgsearch.search.why import explain, picture
+from imgsearch.search.query import EmptyStore, result_json
+from imgsearch.search.verify import MAX_VERIFY
+from imgsearch.search.why import UnreadableResult
 from imgsearch.service.metrics import CONTENT_TYPE, Metrics
 from imgsearch.service.middleware import (
     COOKIE,
@@ -84,10 +79,9 @@ from imgsearch.service.middleware import (
     session,
 )
 from imgsearch.service.page import render_login_page, render_page
-from imgsearch.service.thumbs import SIDE as THUMB
-from imgsearch.service.thumbs import Thumbnails, confinement
+from imgsearch.service.thumbs import Thumbnails
 
-IMAGE_ID = re.compile(r"[0-9a-f]{32}")  # imgsearch.core.store.image_id: 32 hex digits
+Slot = Callable[[], AbstractContextManager[Any]]  # held while a request decodes or compares files
 MAX_K = 100
 FORM_SLACK = 64 * 1024  # bytes allowed on top of the upload limit for the form fields and multipart framing
 RETRY = 3.0  # seconds between attempts to reach the store / find its collection
@@ -126,6 +120,10 @@ class Asked:
     online_only: bool = False
     box: str | None = None  # as sent: parsed in the route, so a bad one counts as that route's refusal
     verify: int = VERIFY
+
+    def options(self) -> dict[str, Any]:
+        """These as :meth:`imgsearch.api.Library.search` takes them (all but the box)."""
+        return {k: v for k, v in asdict(self).items() if k != "box"}
 
 
 def default_concurrency() -> int:
@@ -170,17 +168,6 @@ def _box(text: str | None) -> Box | None:
         raise HTTPException(422, str(err)) from None
 
 
-def _warm_up(embedder: Embedder) -> None:
-    """One small image through the upload path before the server says ready: the first real upload then
-    does not pay for the imports and the first model run (seconds under load, holding the GIL that the
-    event loop, and so /healthz, needs)."""
-    with tempfile.NamedTemporaryFile(prefix="imgsearch-warm-up-", suffix=".png") as tmp:
-        Image.new("RGB", (THUMB, THUMB), (128, 128, 128)).save(tmp, "PNG")
-        tmp.flush()
-        pixel_size(tmp.name)
-        list(embed_files([tmp.name], embedder))
-
-
 class _Service:
     """What requests share: one store handle, the model (loaded once) and, with watch_dirs, the worker."""
 
@@ -195,13 +182,13 @@ class _Service:
         log: Callable[[str], None],
         follow_outside: bool = False,
     ) -> None:
-        self.store = Store(location)
-        self.follow_outside = follow_outside  # the worker reads symlinks that lead out of watch_dirs
+        self.lib = Library(location, choice, follow_outside=follow_outside)
+        self.store = self.lib.store  # counted for /readyz and the stats
         self.choice = choice
         self.watch_dirs, self.interval, self.settle = list(watch_dirs), interval, settle
         self.status_path = status_path
         self.log = log
-        self.embedder: Embedder | None = None
+        self.model: Fingerprint | None = None  # the loaded model's
         self.problem: str | None = "loading the model"  # None once the model is loaded and the store answered
         # what /readyz says, as (ready, body): kept by the loading thread, read on the event loop without a lock
         self.readiness: tuple[bool, dict[str, Any]] = (False, {"ready": False, "reason": self.problem})
@@ -253,17 +240,9 @@ class _Service:
                 continue
             self.problem = None
             self._ready(count)
-        if self.watch_dirs and self.embedder is not None and not self.stop.is_set():
-            worker = Worker(
-                self.watch_dirs,
-                self.store,
-                self.embedder,
-                self.settle,
-                self.status_path,
-                self.log,
-                follow_outside=self.follow_outside,
-            )
-            self._spawn(lambda: worker.run(self.stop, self.interval), "worker")
+        if self.watch_dirs and self.model is not None and not self.stop.is_set():
+            options = {"interval": self.interval, "settle": self.settle, "status": self.status_path, "log": self.log}
+            self._spawn(lambda: self.lib.watch(self.watch_dirs, self.stop, **options), "worker")
         while not self.stop.wait(READY_EVERY):
             try:
                 self._ready(self.store.count())
@@ -271,25 +250,21 @@ class _Service:
                 self._not_ready(str(err))
 
     def _load_model(self) -> None:
-        if self.embedder is not None:
+        if self.model is not None:
             return
-        if self.choice.model is None and not self.watch_dirs and self.store.fingerprint() is None:
+        if self.choice.model is None and not self.watch_dirs and self.lib.fingerprint() is None:
             raise StoreError(
                 f"{self.store.location.describe()} has no collection yet, so its model is unknown: "
                 "waiting for a worker to create it (or pass --model)"
             )
-        embedder = open_embedder(self.store, self.choice)
-        _warm_up(embedder)
-        if self.watch_dirs:
-            self.store.create(embedder.fingerprint)  # the worker's store, connected here once
-        self.embedder = embedder
-        self.log(f"model loaded: {describe(embedder.fingerprint)}")
+        self.model = self.lib.load(create=bool(self.watch_dirs), warm=True)  # the worker's store made here once
+        self.log(f"model loaded: {self.model.describe()}")
 
     def _ready(self, count: int) -> None:
-        assert self.embedder is not None
+        assert self.model is not None
         if not self.readiness[0]:
             self.log(f"ready: {self.store.location.describe()}")
-        self.readiness = (True, {"ready": True, "model": describe(self.embedder.fingerprint), "count": count})
+        self.readiness = (True, {"ready": True, "model": self.model.describe(), "count": count})
 
     def _not_ready(self, reason: str, label: str = "not ready") -> None:
         """Say why in /readyz; log it when the reason changed. Until first ready, requests are refused too."""
@@ -300,18 +275,16 @@ class _Service:
         self.readiness = (False, {"ready": False, "reason": reason})
 
     # -- helpers for the routes ----------------------------------------------------------------
-    def ready(self) -> Embedder:
-        if self.problem is not None or self.embedder is None:
+    def ready(self) -> Fingerprint:
+        if self.problem is not None or self.model is None:
             raise HTTPException(503, f"not ready: {self.problem}", headers={"Retry-After": str(int(RETRY))})
-        return self.embedder
+        return self.model
 
-    def entry(self, image_id: str, embeddings: bool = False) -> dict[str, Any]:
+    def entry(self, image_id: str) -> dict[str, Any]:
         """The stored metadata of ``image_id``; 404 for anything that is not a stored id."""
         self.ready()
-        found = self.store.get([image_id], embeddings) if IMAGE_ID.fullmatch(image_id) else {}
-        if image_id not in found:
-            raise HTTPException(404, f"no stored image has id {image_id[:40]!r}")
-        return found[image_id]
+        with _answers(image_id):
+            return self.lib.entry(image_id)
 
     def categories(self, count: int) -> dict[str, int]:
         """Images per category, recounted when the store's ``count`` changed or the last count is old."""
@@ -322,18 +295,12 @@ class _Service:
                 self._categories = (time.monotonic(), count, counts)
             return counts
 
-    def dupes(
-        self, level: str, where: Sequence[str], slot: Callable[[], AbstractContextManager[Any]] = nullcontext
-    ) -> dict[str, Any]:
+    def dupes(self, level: str, where: Sequence[str], slot: Slot = nullcontext) -> dict[str, Any]:
         """The ``dupes --json`` object: cached, found now (holding ``slot``), or 503 (``Retry-After``) while
         another finder runs."""
         self.ready()
-        try:
-            filt = parse_where(where)
-        except FilterError as err:
-            raise HTTPException(422, str(err)) from None
         key = (level, tuple(where))
-        try:
+        with _answers("duplicates", where):
             count = self.store.count()
             if (cached := self._cached_dupes(key, count)) is not None:
                 return cached
@@ -343,13 +310,9 @@ class _Service:
                 if (cached := self._cached_dupes(key, count)) is not None:  # the run just finished was this one
                     return cached
                 with slot():
-                    return self._find_dupes(key, count, level, filt)
+                    return self._find_dupes(key, count, level, where)
             finally:
                 self._dupes_lock.release()
-        except StoreError as err:
-            raise _unavailable(err) from None
-        except ValueError as err:  # Chroma refusing a filter, e.g. mixed value types in one list
-            raise HTTPException(422, f"the store refused the filter {list(where)}: {err}") from None
 
     def _cached_dupes(self, key: tuple[str, tuple[str, ...]], count: int) -> dict[str, Any] | None:
         made, counted, found = self._dupes.get(key, (0.0, -1, {}))
@@ -376,22 +339,18 @@ class _Service:
         return HTTPException(503, detail, headers={"Retry-After": str(seconds)})
 
     def _find_dupes(
-        self, key: tuple[str, tuple[str, ...]], count: int, level: str, where: dict[str, Any] | None
+        self, key: tuple[str, tuple[str, ...]], count: int, level: str, where: Sequence[str]
     ) -> dict[str, Any]:
         """Run the finder (the caller holds ``_dupes_lock``) and cache its answer under ``key``. One thread
         compares files, at the verifier's size only (not whole, as ``dupes``' closer-exposure test does): a
         web request must not decode a library of 100 MP files at full size on every core."""
-        from imgsearch.dupes.find import find_duplicates  # only this route needs it
-
         run = self._dupes_run
         run.update(started=time.monotonic(), stage="", done=0, total=0)
 
         def progress(stage: str, done: int, total: int) -> None:
             run.update(stage=stage, done=done, total=total)
 
-        found = find_duplicates(
-            self.store, level=level, where=where, progress=progress, workers=1, whole_files=False
-        ).as_dict()
+        found = self.lib.dupes(level, where=where, progress=progress, workers=1, whole_files=False).as_dict()
         run["seconds"] = time.monotonic() - run["started"]
         self._dupes.pop(key, None)
         self._dupes[key] = (time.monotonic(), count, found)
@@ -400,105 +359,60 @@ class _Service:
         return found
 
     def why(
-        self,
-        name: str,
-        path: str,
-        stored: dict[str, Any] | None,
-        result: dict[str, Any],
-        slot: Callable[[], AbstractContextManager[Any]],
-        box: Box | None = None,
+        self, query: str, result_id: str, slot: Slot, box: Box | None = None, stored: bool = False, name: str = ""
     ) -> dict[str, Any]:
-        """The ``POST /api/why`` object for the query at ``path`` (an upload, or the ``stored`` entry; ``box``: a
-        region of it) and the stored entry ``result``, both decoded holding ``slot``; a stored file only from its
-        library folder."""
-        embedder = self.ready()
-        with slot():
-            try:
-                with nullcontext() if stored is None else confinement(stored.get("root"), self.follow_outside):
-                    query = picture(path, box)
-            except ImageError as err:
-                unusable = 415 if str(err).startswith(("not an image", "empty file")) else 422
-                raise HTTPException(404 if stored is not None else unusable, f"{name}: {err}") from None
-            except BadBox as err:
-                raise HTTPException(422, f"{name}: {err}") from None
-            try:
-                with confinement(result.get("root"), self.follow_outside):
-                    return explain(embedder, query, stored_path(result)).as_dict()
-            except ImageError as err:  # UnreadableResult: gone, offline or changed since it was stored
-                raise HTTPException(404, f"stored, but cannot be compared now: {err}") from None
+        """The ``POST /api/why`` object for ``query`` (an uploaded file, called ``name``; with ``stored``, a stored
+        id; ``box``: a region of it) and the stored ``result_id``, both decoded holding ``slot``."""
+        self.ready()
+        with _answers(name or query), slot():
+            found = self.lib.why_by_id(query, result_id, box=box) if stored else self.lib.why(query, result_id, box=box)
+            return found.as_dict()
 
-    def search(
-        self,
-        query: str,
-        given: str | np.ndarray,
-        asked: Asked,
-        box: Box | None = None,
-        exclude: str | None = None,
-        slot: Callable[[], AbstractContextManager[Any]] = nullcontext,
-        shown: list[float] | None = None,
-        source: str | None = None,
-    ) -> dict[str, Any]:
-        """The ``search --json`` object for one query: an image file or a stored vector (``exclude``: an
-        id left out of the results); ``slot`` is held while the file is decoded, embedded and its best
-        ``verify`` candidates compared by their pixels (with ``source``'s, a stored vector's file). ``box``:
-        search by that region of the file (422 when it is not on the picture); ``shown``: the region, as
-        fractions, a vector was made from (:meth:`region`)."""
-        embedder = self.ready()
-        k, where = asked.k, asked.where
-        try:
-            filt = parse_where(where)
-        except FilterError as err:
-            raise HTTPException(422, str(err)) from None
-        queries = given[None] if isinstance(given, np.ndarray) else [given]
-        try:
-            self.store.require()  # a store known to be down (its breaker open) fails here, before the decode
-            with slot():
-                if box is not None and isinstance(given, str):
-                    shown = picture_box(given, box)
-                ((_, hits),) = search(
-                    self.store,
-                    queries,
-                    embedder,
-                    k=k,
-                    where=filt,
-                    min_score=asked.min_score,
-                    exclude=[exclude],
-                    online_only=asked.online_only,
-                    box=box,
-                    verify=asked.verify,
-                    sources=[source],
-                )
-        except BadBox as err:
-            raise HTTPException(422, f"{query}: {err}") from None
-        except UnusableQuery as err:
-            code = 415 if err.reason.startswith(("not an image", "empty file")) else 422
-            raise HTTPException(code, f"{query}: {err.reason}") from None
-        except StoreError as err:
-            raise _unavailable(err) from None
-        except ValueError as err:  # Chroma refusing a filter, e.g. mixed value types in one list
-            raise HTTPException(422, f"the store refused the filter {where}: {err}") from None
-        return result_json(query, hits, embedder.fingerprint["model"], k, filt, shown)
+    def search(self, name: str, path: str, asked: Asked, slot: Slot, box: Box | None = None) -> dict[str, Any]:
+        """The ``search --json`` object for the uploaded file at ``path`` (``box``: a region of it), found holding
+        ``slot`` while it is decoded, embedded and its best ``verify`` candidates compared by their pixels."""
+        model = self.ready()
+        with _answers(name, asked.where), slot():
+            try:
+                hits = self.lib.search(path, box=box, **asked.options())
+            except EmptyStore:  # the worker made the collection and has stored nothing yet
+                hits = []
+            shown = picture_box(path, box) if box is not None else None
+        return result_json(name, hits, model.recipe.model, asked.k, parse_where(asked.where), shown)
 
-    def region(
-        self,
-        meta: dict[str, Any],
-        box: Box,
-        slot: Callable[[], AbstractContextManager[Any]] = nullcontext,
-    ) -> tuple[np.ndarray, list[float]]:
-        """The vector of ``box`` on the stored picture ``meta`` and the box as fractions of it: its file decoded
-        (holding ``slot``, opened inside its library folder), cut, embedded. 404 when the file cannot be
-        read now, 422 when the box is not on the picture."""
-        embedder = self.ready()
-        try:
-            with slot(), confinement(meta.get("root"), self.follow_outside):
-                decoded = load_image(stored_path(meta), min_side=0)
-                picture = crop(decoded, box)
-                vector = embedder.embed([view[None] for view in preprocess_views(picture, embedder.views)])[0]
-        except ImageError as err:
-            raise HTTPException(404, f"{stored_path(meta)}: its file cannot be read now: {err}") from None
-        except BadBox as err:
-            raise HTTPException(422, f"{stored_path(meta)}: {err}") from None
-        return vector, box.relative(decoded.width, decoded.height)
+    def similar(self, image_id: str, asked: Asked, slot: Slot, box: Box | None = None) -> dict[str, Any]:
+        """More like the stored ``image_id`` (or ``box`` of it, its file read again): the ``search --json``
+        object, whose ``query`` is its path."""
+        model = self.ready()
+        with _answers(image_id):
+            path = stored_path(self.lib.entry(image_id))
+        with _answers(path, asked.where), slot():
+            hits, shown = self.lib.similar(image_id, box=box, **asked.options())
+        return result_json(path, hits, model.recipe.model, asked.k, parse_where(asked.where), shown)
+
+
+@contextmanager
+def _answers(name: str, where: Sequence[str] | None = None) -> Iterator[None]:
+    """The API's typed errors as HTTP answers, ``name`` naming the query: no stored image 404; an unusable query
+    415 (not an image) or 422; a filter that cannot be read, or that the store refused, 422; a stored file that
+    cannot be read now 404; the store down 503."""
+    try:
+        yield
+    except NotStored as err:
+        raise HTTPException(404, str(err)) from None
+    except BadQuery as err:
+        code = 415 if err.reason.startswith(("not an image", "empty file")) else 422
+        raise HTTPException(code, f"{name}: {err.reason}") from None
+    except UnreadableResult as err:
+        raise HTTPException(404, f"stored, but cannot be compared now: {err}") from None
+    except ImageError as err:  # a stored file: gone, offline or changed since it was stored
+        raise HTTPException(404, f"{name}: its file cannot be read now: {err}") from None
+    except FilterError as err:
+        raise HTTPException(422, str(err)) from None
+    except StoreError as err:
+        raise _unavailable(err) from None
+    except ValueError as err:  # Chroma refusing a filter, e.g. mixed value types in one list
+        raise HTTPException(422, f"the store refused the filter {list(where or [])}: {err}") from None
 
 
 def create_app(
@@ -644,7 +558,7 @@ def create_app(
             out: dict[str, Any] = {
                 "count": count,
                 "categories": service.categories(count),
-                "model": service.store.fingerprint(),
+                "model": recorded.as_dict() if (recorded := service.store.fingerprint()) else None,
                 "store": location.describe(),
                 "offline": service.store.offline_roots(),
             }
@@ -680,19 +594,14 @@ def create_app(
         with timed("upload"):
             region = _box(asked.box)
             with upload(image) as (name, path):
-                return service.search(name, path, asked, region, slot=gate.slot)
+                return service.search(name, path, asked, gate.slot, region)
 
     @app.post("/api/search/by-id/{image_id}")
     def search_by_id(image_id: str, asked: AskedOpt) -> dict[str, Any]:
         """More like this stored image (itself left out), or like ``box`` of it (its file read again); ``query``
         is its path. A whole picture's best ``verify`` candidates are compared with its file's pixels."""
         with timed("by_id"):
-            region = _box(asked.box)
-            meta = service.entry(image_id, embeddings=region is None)
-            vector, shown = (meta["_embedding"], None) if region is None else service.region(meta, region, gate.slot)
-            path = stored_path(meta)
-            source = path if region is None else None  # a region's pixels are not a file: ranked by its vector
-            return service.search(path, vector, asked, exclude=image_id, slot=gate.slot, shown=shown, source=source)
+            return service.similar(image_id, asked, gate.slot, _box(asked.box))
 
     @app.post("/api/why")
     def why(
@@ -704,15 +613,15 @@ def create_app(
         grid (its share of the cosine per feature-map cell), the keypoint inliers, and for a verified result the
         fitted frame of each picture in the other and the matched keypoints. With ``box``, the query is that
         region of the picture, and the query's positions are fractions of it."""
-        region, meta = _box(box), service.entry(result)
+        region = _box(box)
+        service.entry(result)  # 404 before the upload is read
         with upload(image) as (name, path):
-            return service.why(name, path, None, meta, gate.slot, region)
+            return service.why(path, result, gate.slot, region, name=name)
 
     @app.post("/api/why/by-id/{query_id}/{result_id}")
     def why_by_id(query_id: str, result_id: str, box: BoxOpt = None) -> dict[str, Any]:
         """``POST /api/why`` for a stored query ("more like this", or a region of it)."""
-        region, query, meta = _box(box), service.entry(query_id), service.entry(result_id)
-        return service.why(stored_path(query), stored_path(query), query, meta, gate.slot, region)
+        return service.why(query_id, result_id, gate.slot, _box(box), stored=True)
 
     LevelOpt = Annotated[
         Literal["exact", "copies", "similar"],

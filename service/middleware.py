@@ -75,18 +75,35 @@ async def refuse(scope: Scope, receive: Receive, send: Send, response: Response)
     await response(scope, receive, send)
 
 
-class Errors:
+class HTTPOnly:
+    """An ASGI middleware that acts on the HTTP requests :meth:`applies` to (:meth:`http`); anything else
+    (lifespan, websockets, other requests) passes straight through to ``app``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.applies(scope):
+            await self.app(scope, receive, send)
+            return
+        await self.http(scope, receive, send)
+
+    def applies(self, scope: Scope) -> bool:
+        return True
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class Errors(HTTPOnly):
     """An exception nothing else handled becomes a JSON 500 and one log line, never a traceback
     (Starlette's own handler re-raises it for the server to print)."""
 
     def __init__(self, app: ASGIApp, log: Callable[[str], None]) -> None:
-        self.app = app
+        super().__init__(app)
         self.log = log
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def watched(message: Message) -> None:
@@ -103,17 +120,10 @@ class Errors:
                 await JSONResponse({"detail": detail}, status_code=500)(scope, receive, send)
 
 
-class Headers:
+class Headers(HTTPOnly):
     """Adds :data:`HEADERS` to every answer."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
@@ -124,20 +134,17 @@ class Headers:
         await self.app(scope, receive, with_headers)
 
 
-class ReadBody:
+class ReadBody(HTTPOnly):
     """A body over ``limit`` bytes gets 413, from its Content-Length before anything is read, or as soon
     as a chunked body passes the limit; a body not complete ``seconds`` after the request began gets 408."""
 
     def __init__(self, app: ASGIApp, limit: int, message: str, seconds: float) -> None:
-        self.app = app
+        super().__init__(app)
         self.limit = limit
         self.message = message
         self.seconds = seconds
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
             response = JSONResponse({"detail": self.message}, status_code=413, headers={"Connection": "close"})
@@ -191,22 +198,19 @@ def header_deadline(seconds: float) -> type[H11Protocol]:
     return Protocol
 
 
-class Guard:
+class Guard(HTTPOnly):
     """The Host header must name this server (DNS rebinding: a page on another site that resolves its own
     name to 127.0.0.1 must not reach the API); a request that is not a GET must come from this server's
     own page (``Sec-Fetch-Site`` and ``Origin``: another site's form or script gets 403); with a token
     every route but OPEN_PATHS needs it, as ``Authorization: Bearer TOKEN`` or the login form's cookie."""
 
     def __init__(self, app: ASGIApp, token: str | None, hosts: Sequence[str]) -> None:
-        self.app = app
+        super().__init__(app)
         self.token = token
         self.cookie = session(token) if token else ""
         self.hosts = None if "*" in hosts else frozenset(h.lower().strip("[]") for h in hosts)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         conn = HTTPConnection(scope)
         host = host_name(conn.headers.get("host", ""))
         if self.hosts is not None and host not in self.hosts:
@@ -320,23 +324,23 @@ class Gate:
             self.waiting += waiting
 
 
-class Admission:
+class Admission(HTTPOnly):
     """Requests that ``matches`` are read whole (the body spooled, within ReadBody's deadline and limit),
     then admitted if fewer than ``places`` are running or waiting for the gate, else 503 with Retry-After.
     Admission happens on the event loop only, so the count needs no lock."""
 
     def __init__(self, app: ASGIApp, gate: Gate, matches: Callable[[Scope], bool], places: int, what: str) -> None:
-        self.app = app
+        super().__init__(app)
         self.gate = gate
         self.matches = matches
         self.places = places
         self.what = what
         self.admitted = 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.matches(scope):
-            await self.app(scope, receive, send)
-            return
+    def applies(self, scope: Scope) -> bool:
+        return self.matches(scope)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = tempfile.SpooledTemporaryFile(SPOOL)  # noqa: SIM115 - closed below
         try:
             try:

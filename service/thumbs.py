@@ -15,24 +15,13 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Any
 
-from imgsearch.core.decode import ImageError, load_image
-from imgsearch.core.files import confined
+from imgsearch.core.decode import confinement, load_image
 from imgsearch.core.store import stored_path
 
 SIDE = 256  # longest side of a thumbnail, pixels
-
-
-def confinement(root: str | None, follow_outside: bool) -> AbstractContextManager[Any]:
-    """Where a stored file may be opened from: under ``root``, the folder it was ingested from, or anywhere
-    with ``follow_outside``. Raises :class:`ImageError` for an entry that records no folder."""
-    if follow_outside:
-        return nullcontext()
-    if root:
-        return confined(root)
-    raise ImageError("no library folder is recorded for it (stored by an older imgsearch?): not served")
 
 
 class Thumbnails:

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,3 +97,10 @@ def store_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
         return ["--db", str(tmp_path / "db")]
     url = request.getfixturevalue("chroma_server")
     return ["--chroma-url", url, "--collection", f"t{time.monotonic_ns()}"]
+
+
+def record(model: str = "m", dim: int = 4) -> Any:
+    """What a collection records, for tests that store vectors made by hand (no model ran)."""
+    from imgsearch.core.config import Fingerprint, Recipe
+
+    return Fingerprint(Recipe(model, "test", "0", "test", dim, "avg", "test"))

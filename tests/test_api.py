@@ -72,7 +72,7 @@ def test_the_whole_job_through_the_public_api(where_to: dict[str, Any], photos: 
 
         stats = lib.stats()
         assert isinstance(stats, imgsearch.Stats)
-        assert stats.count == total and stats.model and stats.model["model"] == MODEL
+        assert stats.count == total and stats.model and stats.model.recipe.model == MODEL
         assert stats.categories == {**dict.fromkeys(cats, PER_CATEGORY), "copies": 2}
         assert list(stats.as_dict())[:3] == ["count", "categories", "model"]
 
@@ -182,3 +182,32 @@ def test_the_readme_example_runs(
     first = sorted((photos / "cats").iterdir())[0]
     assert len(hits) == PER_CATEGORY and hits[0].startswith("1 0.9") and hits[0].endswith(f"True {first}")
     assert counts == f"{len(CATEGORIES) * PER_CATEGORY + 2} 2"  # the exact copy's group and the resized one's
+
+
+def test_the_docstring_examples_run(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every example in imgsearch.api's docstrings (marked +SKIP for plain doctest, which has no photos) runs, in
+    the order of the module, in a folder holding what they name: photos/ (with a cats/ and an old/ folder) and
+    query files. Their printed values are not compared (scores and paths differ per machine): each must run."""
+    import doctest
+
+    import imgsearch.api
+
+    cats = sorted(p for p in photos.iterdir() if p.is_dir() and p.name != "copies")[0]
+    cats.rename(photos / "cats")
+    (photos / "old").mkdir()
+    shutil.copy2(sorted((photos / "cats").iterdir())[-1], photos / "old" / "old.jpg")
+    for name in ("query.jpg", "cat.jpg", "street.jpg", "a.jpg", "b.jpg"):
+        shutil.copy2(photos / "copies" / "resized.jpg", tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    parser, ran = doctest.DocTestParser(), 0
+    namespace: dict[str, Any] = {"imgsearch": imgsearch, "Path": Path}
+    docs = [imgsearch.api.__doc__, imgsearch.api.open.__doc__, imgsearch.api.Library.__doc__]
+    docs += [getattr(imgsearch.api.Library, name).__doc__ for name in vars(imgsearch.api.Library)]
+    for doc in filter(None, docs):
+        for example in parser.get_examples(doc):
+            exec(compile(example.source, "imgsearch/api.py", "exec"), namespace)
+            ran += 1
+    assert ran >= 15
+    lib = namespace["lib"]
+    assert lib.stats().count == len(CATEGORIES) * PER_CATEGORY + 2  # photos/old/ was removed last
+    lib.close()

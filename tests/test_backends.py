@@ -36,7 +36,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def _vectors(backend: str, paths: list[str], preset: str = DEFAULT_PRESET) -> np.ndarray:
     p = PRESETS[preset]
     embedder = load_embedder(MODEL, backend=backend, device="cpu", pooling=p.pooling, views=Views(p.crop, p.scales))
-    assert embedder.fingerprint["backend"] == backend
+    assert embedder.recipe.backend == backend
     return np.stack([e.vector for e in embed_files(paths, embedder)])
 
 
@@ -114,10 +114,10 @@ def test_a_damaged_cached_model_is_rebuilt(model_cache: Path) -> None:
 
 
 def test_auto_runs_onnx_on_a_cpu_and_falls_back_to_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert load_embedder(MODEL, device="cpu").fingerprint["backend"] == "onnx"
+    assert load_embedder(MODEL, device="cpu").recipe.backend == "onnx"
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("IMGSEARCH_CACHE", str(blocker / "cache"))  # the exported model cannot be written
-    assert load_embedder(MODEL, device="cpu").fingerprint["backend"] == "torch"
+    assert load_embedder(MODEL, device="cpu").recipe.backend == "torch"
     with pytest.raises(ModelUnavailable, match="--backend onnx"):
         load_embedder(MODEL, device="cpu", backend="onnx")

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-from conftest import _free_port, run_cli
+from conftest import _free_port, record, run_cli
 
 from imgsearch.core.store import TOKEN_ENV, Location, Store, StoreError
 
@@ -92,7 +92,7 @@ def test_without_the_right_token_the_refusal_is_one_clear_line(guarded: str, tok
 
 def test_with_the_token_the_store_works(guarded: str) -> None:
     store = _store(guarded, TOKEN)
-    store.create({"model": "m"})
+    store.create(record())
     store.add(["a", "b"], np.eye(2, 4, dtype=np.float32), [{"path": "/a"}, {"path": "/b"}])
     assert store.count() == 2 and store.get(["a"])["a"]["path"] == "/a"
     store.close()

@@ -303,15 +303,22 @@ def test_one_finder_at_a_time_and_answers_are_cached(monkeypatch: pytest.MonkeyP
     from fastapi import HTTPException
 
     import imgsearch.dupes.find
-    from imgsearch.core.session import ModelChoice
+    from imgsearch.core.config import ModelChoice
     from imgsearch.core.store import Location
     from imgsearch.service.app import _Service
 
     running, release = threading.Event(), threading.Event()
     runs: list[tuple[str, Any]] = []
 
-    def held(store: Any, level: str = "copies", where: Any = None, progress: Any = None, **options: Any):
-        assert options == {"workers": 1, "whole_files": False}  # one thread, files at the verifier's size
+    def held(
+        store: Any,
+        level: str = "copies",
+        threshold: Any = None,
+        where: Any = None,
+        progress: Any = None,
+        **options: Any,
+    ):
+        assert threshold is None and options == {"workers": 1, "whole_files": False}  # one thread, verifier's size
         runs.append((level, where))
         if progress is not None:
             progress("comparing pairs", 3, 10)
@@ -327,7 +334,7 @@ def test_one_finder_at_a_time_and_answers_are_cached(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(imgsearch.dupes.find, "find_duplicates", held)
     service = _Service(Location(db=tmp_path / "db"), ModelChoice(), [], 1.0, 1.0, tmp_path / "s.json", print)
-    service.store, service.problem, service.embedder = Counted(), None, object()  # type: ignore[assignment]
+    service.store, service.problem, service.model = Counted(), None, object()  # type: ignore[assignment]
     answers: list[dict[str, Any]] = []
     first = threading.Thread(target=lambda: answers.append(service.dupes("copies", [])))
     first.start()

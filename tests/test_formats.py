@@ -25,7 +25,7 @@ from imgsearch.core.batching import embed_paths
 from imgsearch.core.decode import RAW_EXTENSIONS, ImageError, load_image
 from imgsearch.core.presets import DEFAULT_PRESET, PRESETS
 
-CALIBRATION = REPO / "imgsearch" / "calibration"
+CALIBRATION = REPO / "core" / "calibration"
 PHOTOS = [CALIBRATION / f"photo-{n}.jpg" for n in ("chelsea", "coffee", "rocket")] + [
     sorted((LIBRARY / "mammals").iterdir())[0]
 ]

@@ -34,8 +34,7 @@ def test_resnet50_from_weights_file_gives_2048d_unit_vectors(resnet_checkpoint: 
     vecs = emb.embed([batch])
     assert vecs.shape == (3, 2048) and vecs.dtype == np.float32
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
-    fp = emb.fingerprint
-    assert (fp["model"], fp["dim"], fp["variant"]) == ("resnet50", 2048, "file")
+    assert (emb.recipe.model, emb.recipe.dim, emb.recipe.variant) == ("resnet50", 2048, "file")
     # the feature is the handout's: everything up to the global average pool
     net = torchvision.models.resnet50(weights=None)
     net.load_state_dict(torch.load(resnet_checkpoint))
@@ -49,8 +48,8 @@ def test_wrapped_checkpoints_load_and_digest_ignores_the_wrapping(resnet_checkpo
     state = torch.load(resnet_checkpoint)
     wrapped = tmp_path / "wrapped.pth"
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, wrapped)
-    a = load_embedder("resnet50", weights=resnet_checkpoint).fingerprint["weights_digest"]
-    b = load_embedder("resnet50", weights=wrapped).fingerprint["weights_digest"]
+    a = load_embedder("resnet50", weights=resnet_checkpoint).recipe.weights_digest
+    b = load_embedder("resnet50", weights=wrapped).recipe.weights_digest
     assert a == b
 
 

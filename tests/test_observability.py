@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import MODEL, REPO, _free_port, copy_library
+from conftest import MODEL, REPO, _free_port, copy_library, run_cli
 from fastapi.testclient import TestClient
 from test_service import FAST, Proc, folders, queries, search_file, wait_for
 
@@ -186,6 +187,28 @@ def test_worker_json_logs(tmp_path: Path) -> None:
     sync = next(line for line in lines if line["event"] == "sync")
     assert (sync["added"], sync["failed"], sync["count"], sync["level"]) == (3, 0, 3, "info")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", sync["ts"]), sync
+
+
+def test_start_up_errors_are_json_lines_too(tmp_path: Path) -> None:
+    """--log-format json: a worker or server that cannot start says why in JSON lines only (no text line, no
+    traceback) and exits as in text mode. Both point at a dead Chroma server, which neither waits for here."""
+    dead = ["--chroma-url", "http://127.0.0.1:1", "--timeout", "5"]
+    missing = tmp_path / "no-such-folder"
+    text = run_cli("worker", missing, *dead, timeout=120)
+    assert (text.returncode, text.stderr) == (1, f"error: no such folder: {missing}\n"), text.stderr
+    worker = run_cli("worker", missing, *dead, "--log-format", "json", timeout=120)
+    assert worker.returncode == 1 and worker.stdout == "", worker.stderr
+    lines = json_lines(worker.stderr)
+    assert [(line["level"], line["event"]) for line in lines] == [("error", "error")], lines
+    assert lines[0]["message"] == f"error: no such folder: {missing}", lines
+
+    with socket.socket() as taken:  # the port serve is told to listen on is in use
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        web = run_cli("serve", "--port", taken.getsockname()[1], *dead, "--log-format", "json", timeout=120)
+    assert web.returncode != 0 and web.stdout == "", web.stderr
+    lines = json_lines(web.stderr)
+    assert any(line["level"] == "error" and "address already in use" in line["message"] for line in lines), lines
 
 
 def test_queue_depth_counts_the_requests_waiting_for_a_decode_slot() -> None:

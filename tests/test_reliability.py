@@ -327,13 +327,13 @@ def _kill_at(args: list[str], delay: float) -> tuple[bool, float]:
 def _rerun(lib: Path, store_args: list[str], embedder: Any) -> dict[str, Any]:
     """The re-run after a kill, in this process through the function the CLI's ingest calls (it
     takes the same store lock): the CLI's 3 s of start-up per trial would buy nothing more."""
-    from imgsearch.core.backbones import fingerprint_mismatch
     from imgsearch.core.store import Store
     from imgsearch.ingest.sync import ingest
 
     store = Store(_location(store_args))
     try:
-        assert fingerprint_mismatch(store.fingerprint() or {}, embedder.fingerprint) is None
+        recorded = store.fingerprint()
+        assert recorded is not None and recorded.recipe.mismatch(embedder.recipe) is None
         return ingest([str(lib)], store, embedder, prune=True).as_dict()
     finally:
         store.close()

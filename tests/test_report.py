@@ -21,6 +21,7 @@ from conftest import LIBRARY, MODEL, REPO, run_cli
 from conftest import QUERIES as QUERY_DIR
 from PIL import Image
 
+from imgsearch.core.regions import Box, picture_box
 from imgsearch.reports.html import SHEET_CAPTION, SHEET_GAP, SHEET_TILE, SHEET_TITLE, THUMB, sheet_size
 
 QUERY_LIST = [QUERY_DIR / name for name in ("arrows_1.png", "mammals_2.png", "vehicles_1.png")]
@@ -211,6 +212,46 @@ def test_filters_and_min_score_are_explained(db: Path, tmp_path: Path) -> None:
     assert code == 0, stderr
     (section,) = Page(empty.read_text(encoding="utf-8")).sections
     assert section["hits"] == [] and section["note"].startswith("No results")
+
+
+class Regions(Parsed):
+    """The attributes of every outlined region (``class="region"``) in a report."""
+
+    def __init__(self, text: str) -> None:
+        self.found: list[dict[str, str]] = []
+        super().__init__(text)
+
+    def start(self, tag: str, a: dict[str, str]) -> None:
+        if a.get("class") == "region":
+            self.found.append(a)
+
+
+def test_a_region_query_is_outlined_on_its_picture(db: Path, tmp_path: Path) -> None:
+    """`report --box`: the region searched is outlined over the query's picture, as the search page draws it: in
+    the page a box placed in percentages of the picture, on the contact sheet in the pixels of its tile."""
+    query, box = QUERY_LIST[1], "0.2,0.3,0.5,0.4"  # mammals_2.png, 256 x 222
+    x, y, w, h = picture_box(query, Box.parse(box))  # the fractions search reports (whole pixels of the picture)
+    out, sheets = tmp_path / "region.html", tmp_path / "sheets"
+    code, _, stderr = run_report(query, "--box", box, "--db", db, "-k", 3, "--out", out, "--sheet", sheets)
+    assert code == 0, stderr
+    html = out.read_text(encoding="utf-8")
+    (section,) = Page(html).sections
+    assert len(section["hits"]) == 3 and section["query_img"].startswith("data:image/jpeg;base64,")
+    (region,) = Regions(html).found  # on the query's picture only, never on a result's
+    assert [float(v) for v in region["data-box"].split(",")] == pytest.approx([x, y, w, h], abs=1e-4)
+    assert region["style"] == f"left:{x * 100:.2f}%;top:{y * 100:.2f}%;width:{w * 100:.2f}%;height:{h * 100:.2f}%"
+    assert '<span class="boxed"><img src="data:image/jpeg;base64,' in html and "REGION OF" in html
+
+    with Image.open(query) as img:  # the query's tile: the picture fitted into the tile less 6 px a side, centred
+        scale = min((SHEET_TILE - 12) / img.width, (SHEET_TILE - 12) / img.height)
+        shown_w, shown_h = img.width * scale, img.height * scale
+    left, top = SHEET_GAP + (SHEET_TILE - shown_w) / 2, SHEET_GAP + SHEET_TITLE + (SHEET_TILE - shown_h) / 2
+    expected = (left + x * shown_w, top + y * shown_h, left + (x + w) * shown_w, top + (y + h) * shown_h)
+    with Image.open(sheets / f"{query.stem}.png") as sheet:
+        pink = np.argwhere((np.asarray(sheet.convert("RGB"), dtype=np.int16) == (0xFF, 0x2D, 0x95)).all(axis=-1))
+    assert len(pink) > 2 * (shown_w * w + shown_h * h)  # the outline, 2 px wide, all round
+    (top_y, left_x), (bottom_y, right_x) = pink.min(axis=0), pink.max(axis=0) + 1
+    assert (left_x, top_y, right_x, bottom_y) == pytest.approx(expected, abs=2.5)
 
 
 def test_no_query_is_a_usage_error(db: Path) -> None:

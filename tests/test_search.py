@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MODEL, copy_library
+from conftest import MODEL, copy_library, record
 
-from imgsearch.core.session import ModelChoice
+from imgsearch.core.config import ModelChoice
 from imgsearch.core.store import Location, Store
 from imgsearch.search.query import EmptyStore, UnusableQuery, check_queries, open_search, search
 
@@ -81,7 +81,7 @@ def test_unusable_queries_are_typed_errors(library: tuple[Location, list[Path]],
 def test_an_empty_store_is_refused_before_the_model_loads(tmp_path: Path) -> None:
     location = Location(db=tmp_path / "db")
     store = Store(location)
-    store.create({"model": MODEL})
+    store.create(record(MODEL))
     store.close()
     with pytest.raises(EmptyStore, match="is empty"), open_search(location, ModelChoice(model="no-such-model")):
         pass

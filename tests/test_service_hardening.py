@@ -273,26 +273,24 @@ def test_a_hung_chroma_server_fails_fast_and_recovers(tmp_path: Path) -> None:
 def test_a_model_load_that_fails_is_reported_and_retried(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Anything the model load raises is /readyz's reason and tried again, not "loading the model" forever."""
     import imgsearch.service.app as app_module
-    from imgsearch.core.session import ModelChoice
+    from imgsearch.core.config import ModelChoice
     from imgsearch.core.store import Location
 
     calls: list[int] = []
     logged: list[str] = []
 
-    def flaky(store: Any, choice: Any) -> Any:
+    def flaky(**options: Any) -> Any:
         calls.append(1)
         if len(calls) < 3:
             raise RuntimeError("CUDA driver went away\nsecond line")
-        return SimpleNamespace(fingerprint={"model": MODEL})
+        return SimpleNamespace(describe=lambda: MODEL)
 
-    monkeypatch.setattr(app_module, "open_embedder", flaky)
-    monkeypatch.setattr(app_module, "_warm_up", lambda embedder: None)
-    monkeypatch.setattr(app_module, "describe", lambda fingerprint: fingerprint["model"])
     monkeypatch.setattr(app_module, "LOAD_BACKOFF", (0.05, 0.1))
     monkeypatch.setattr(app_module, "READY_EVERY", 0.05)
     service = app_module._Service(
         Location(db=tmp_path / "db"), ModelChoice(MODEL), [], 1.0, 1.0, tmp_path / "s.json", logged.append
     )
+    monkeypatch.setattr(service.lib, "load", flaky)
     monkeypatch.setattr(service.store, "count", lambda: 7)
     service.start()
     try:

@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO, copy_library, run_cli, run_json
+from conftest import REPO, copy_library, record, run_cli, run_json
 from test_chroma_failures import delete_collection
 
 from imgsearch.core.store import (
@@ -117,7 +118,7 @@ def test_new_collections_get_the_tuned_hnsw_settings(tmp_path: Path) -> None:
     )
 
 
-def _server_store(url: str, collection: str, fingerprint: dict | None = None) -> Store:
+def _server_store(url: str, collection: str, fingerprint: Any = None) -> Store:
     store = Store(Location(db=None, url=url, collection=collection, timeout=10))
     if fingerprint is not None:
         store.create(fingerprint)
@@ -126,11 +127,11 @@ def _server_store(url: str, collection: str, fingerprint: dict | None = None) ->
 
 def test_a_collection_recreated_or_deleted_on_the_server_is_looked_up_again(chroma_server: str) -> None:
     name = f"t{time.monotonic_ns()}"
-    held = _server_store(chroma_server, name, {"model": "m"})
+    held = _server_store(chroma_server, name, record())
     held.add(["a"], np.ones((1, 4), np.float32), [{"path": "/a"}])
     other = _server_store(chroma_server, name)
     delete_collection(chroma_server, name)
-    other.create({"model": "m"})
+    other.create(record())
     other.add(["b", "c"], np.ones((2, 4), np.float32), [{"path": "/b"}, {"path": "/c"}])
     assert held.count() == 2  # the stale handle was dropped and the collection looked up again
     delete_collection(chroma_server, name)
@@ -142,7 +143,7 @@ def test_a_collection_recreated_or_deleted_on_the_server_is_looked_up_again(chro
 
 
 def test_replace_overwrites_rows_in_place_and_drops_old_keys(chroma_server: str) -> None:
-    store = _server_store(chroma_server, f"t{time.monotonic_ns()}", {"model": "m"})
+    store = _server_store(chroma_server, f"t{time.monotonic_ns()}", record())
     store.add(["a", "b"], np.eye(2, 4, dtype=np.float32), [{"path": "/a", "album": "x"}, {"path": "/b"}])
     store.replace(["a"], np.eye(1, 4, 3, dtype=np.float32), [{"path": "/a", "size": 2}], [{"path": "/a", "album": "x"}])
     row = store.get(["a"], embeddings=True)["a"]

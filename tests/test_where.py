@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import record
 
 from imgsearch.core.store import FILTER_SHARE, Location, Store
 from imgsearch.core.where import matches, supported
@@ -33,7 +34,7 @@ Filled = tuple[Store, np.ndarray, list[dict[str, object]]]  # the store, its vec
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory: pytest.TempPathFactory) -> Filled:
     store = Store(Location(db=tmp_path_factory.mktemp("where") / "db"))
-    store.create({"model": "test", "dim": DIM})
+    store.create(record("test", DIM))
     rng = np.random.default_rng(7)
     vectors = rng.standard_normal((ROWS, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

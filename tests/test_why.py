@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -17,7 +18,8 @@ from conftest import LIBRARY, MODEL, _free_port, copy_library, run_cli
 from PIL import Image
 from test_service import Proc, chromium, needs_chromium, serving
 
-from imgsearch.core.backbones import POOLINGS, Embedder, load_embedder
+from imgsearch.core.backbones import Embedder, load_embedder
+from imgsearch.core.config import POOLINGS
 from imgsearch.core.heat import heat
 from imgsearch.core.prepare import preprocess_whole
 from imgsearch.core.store import image_id
@@ -46,7 +48,7 @@ def photo(n: int) -> Path:
 
 @pytest.mark.parametrize("pooling", sorted(POOLINGS))
 def test_the_heat_grids_sum_exactly_to_the_cosine_of_the_pooled_vectors(embedder: Embedder, pooling: str) -> None:
-    pooled_by = Embedder(embedder.run, embedder.fingerprint, embedder.views, pooling)
+    pooled_by = Embedder(embedder.run, replace(embedder.recipe, pooling=pooling))
     a, b = picture(photo(0)), picture(photo(1))
     found = heat(pooled_by, a, b)
     va, vb = (pooled_by.embed([preprocess_whole(img)[None]])[0] for img in (a, b))  # the product's own pooling
