@@ -121,11 +121,14 @@ def _category(root: str, dirpath: str) -> str:
     return rel.split(os.sep, 1)[0]
 
 
+def _leads_outside(link: str, inside: tuple[str, ...] | None) -> bool:
+    """Whether the symlink ``link``'s target is in none of the folders ``inside`` (None: no limit)."""
+    return inside is not None and not os.path.join(os.path.realpath(link), "").startswith(inside)
+
+
 def _points_outside(path: str, inside: tuple[str, ...] | None) -> bool:
     """Whether ``path`` is a symlink whose target is in none of the folders ``inside`` (None: no limit)."""
-    return (
-        inside is not None and os.path.islink(path) and not os.path.join(os.path.realpath(path), "").startswith(inside)
-    )
+    return inside is not None and os.path.islink(path) and _leads_outside(path, inside)
 
 
 def _stat_file(path: str, root: str, category: str, result: ScanResult, inside: tuple[str, ...] | None) -> None:
@@ -146,8 +149,7 @@ def _stat_file(path: str, root: str, category: str, result: ScanResult, inside: 
         return
     if stat.S_ISDIR(st.st_mode):
         return
-    outside = link and inside is not None and not os.path.join(os.path.realpath(path), "").startswith(inside)
-    reason = not_regular_reason(st.st_mode) or (OUTSIDE if outside else None)
+    reason = not_regular_reason(st.st_mode) or (OUTSIDE if link and _leads_outside(path, inside) else None)
     if reason:
         result.failures.append(Failure(path, reason))
         return
