@@ -23,11 +23,13 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from pathlib import Path
 
+from imgsearch.core.files import open_regular
 from imgsearch.ingest.scan import FileInfo
 
 VERSION = 1
 ENTRY = 24  # bytes per entry: the 16-byte row id, the 8-byte digest of its compared values
 MAX_ENTRIES = 5_000_000  # 120 MB; a larger library is read from the store (the record is not written)
+HEAD_MAX = 4096  # bytes of the record's JSON head line
 
 
 def tags_key(tags: Mapping[str, str]) -> str:
@@ -55,9 +57,9 @@ class Known:
         if path is None or mark is None:
             return empty
         try:
-            with open(path, "rb") as fh:
-                head = json.loads(fh.readline())
-                body = fh.read()
+            with open_regular(path) as fh:  # never blocks on a FIFO left at its path; read within its cap
+                head = json.loads(fh.readline(HEAD_MAX))
+                body = fh.read(MAX_ENTRIES * ENTRY + 1)
         except (OSError, ValueError):
             return empty
         if (

@@ -6,6 +6,7 @@ client), and a prune never acts on it. The timings are bench/noop.py's (docs/col
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -65,6 +66,11 @@ def test_a_record_of_another_mark_or_damaged_is_empty(tmp_path: Path) -> None:
     path.write_bytes(b"not a record")
     assert Known.load(path, "mark-1").entries == {}
     assert Known.load(tmp_path / "none.bin", "mark-1").entries == {}
+    path.write_bytes(b"x" * 100_000)  # one endless head line: read up to its cap, not whole
+    assert Known.load(path, "mark-1").entries == {}
+    path.unlink()
+    os.mkfifo(path)  # a FIFO left at the record's path: opening it for reading would wait for a writer
+    assert Known.load(path, "mark-1").entries == {}
 
 
 def test_saving_forgets_every_row_the_sync_touched_and_keeps_the_rest(tmp_path: Path) -> None:
