@@ -203,14 +203,16 @@ ShardOpt = Annotated[
 ]
 
 
-def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    say(f"error: {message}")
+def fail(message: str, code: int = EXIT_ERROR, line: Callable[[str], None] | None = None) -> NoReturn:
+    """``error: MESSAGE`` on stderr (or through ``line``: a JSON log), then exit ``code``."""
+    (line or say)(f"error: {message}")
     raise typer.Exit(code)
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Known failures become one clear line on stderr and exit 1, never a traceback."""
+def user_errors(line: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Known failures become one clear line on stderr (or through ``line``: a JSON log) and exit 1, never a
+    traceback."""
     from imgsearch.core.backbones import ModelUnavailable
     from imgsearch.core.decode import ImageError
     from imgsearch.core.store import StoreError
@@ -218,9 +220,9 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (ModelUnavailable, StoreError, ImageError, ValueError, FileNotFoundError) as err:
-        fail(str(err))
+        fail(str(err), line=line)
     except KeyboardInterrupt:
-        fail("interrupted; finished batches are kept, re-run to complete", 130)
+        fail("interrupted; finished batches are kept, re-run to complete", 130, line)
 
 
 def query_boxes(text: str | None, files: list[str]) -> tuple[Box | None, dict[str, list[float]]]:

@@ -85,21 +85,13 @@ def _startup_errors(log_format: str, log: Callable[[str], None]) -> Iterator[Non
         with user_errors():
             yield
         return
-    from imgsearch.core.backbones import ModelUnavailable
-    from imgsearch.core.decode import ImageError
     from imgsearch.core.logs import Event
-    from imgsearch.core.store import StoreError
 
     try:
-        yield
+        with user_errors(log):
+            yield
     except (typer.Exit, typer.Abort):  # click's Exit is a RuntimeError: let it through, whatever follows
         raise
-    except (ModelUnavailable, StoreError, ImageError, ValueError) as err:
-        log(f"error: {err}")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        log("error: interrupted; finished batches are kept, re-run to complete")
-        raise typer.Exit(130) from None
     except Exception as err:  # a bug or an error nobody foresaw: still one line, naming where it came from
         frame = err.__traceback__
         while frame is not None and frame.tb_next is not None:
