@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from imgsearch.core.chroma_file import collection_metadata, rows_applied, sides_marked
+from imgsearch.core.chroma_local import is_missing
 from imgsearch.core.collection import HNSW, QUERY_ROWS, CollectionMissing, Location, StoreError
 from imgsearch.core.where import matches, supported
 
@@ -196,15 +197,12 @@ class Partitions:
     # -- Chroma calls ---------------------------------------------------------------------------
     def _side(self, name: str) -> Any | None:
         """The side collection ``name`` if it exists, looked up now."""
-        from chromadb.errors import NotFoundError
 
         def look() -> Any | None:
             try:
                 return self.store._connect(create=False).get_collection(name, embedding_function=None)
-            except NotFoundError:
-                return None
-            except ValueError as err:
-                if "does not exist" in str(err):
+            except Exception as err:
+                if is_missing(err):
                     return None
                 raise
 

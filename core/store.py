@@ -10,7 +10,8 @@ one-line :class:`StoreError`; a long-running process reconnects and looks the co
 A server that times out trips a circuit breaker: for a cool-down every call fails at once
 (:class:`StoreUnavailable`), then one call tries it again, so a hung server costs one timeout per
 cool-down instead of one per request; no thread waits for another's connect longer than ``CONNECT_WAIT``.
-chromadb is imported lazily: it costs ~1 s, and ``imgsearch --help`` must stay instant.
+chromadb is imported lazily: it costs ~1 s, and ``imgsearch --help`` must stay instant; an embedded store is
+served by Chroma's engine without it (:mod:`imgsearch.core.chroma_local`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from imgsearch.core.chroma_file import collection_id, collection_metadata, rows_applied
+from imgsearch.core.chroma_local import is_missing, open_local
 from imgsearch.core.collection import (
     DEFAULT_DB,
     HNSW,
@@ -187,6 +189,14 @@ def _within(seconds: float, make: Callable[[], T]) -> T:
     return value
 
 
+def _persistent_client(path: Path) -> Any:
+    """chromadb's own client on an embedded store: where its engine cannot be used directly (core/chroma_local.py)."""
+    import chromadb
+    from chromadb.config import Settings
+
+    return chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+
+
 def _rows(res: dict[str, Any], embeddings: bool) -> dict[str, dict[str, Any]]:
     """A Chroma get() result as id -> metadata, the vector under ``"_embedding"`` when asked for."""
     rows = {}
@@ -276,11 +286,11 @@ class Store:
         return f"the Chroma server at {url}" if url else f"the store {self._embedded_path()}"
 
     def _open_client(self, create: bool) -> Any:
-        import chromadb
-        from chromadb.config import Settings
-
-        settings = Settings(anonymized_telemetry=False)
         if self.location.url:
+            import chromadb
+            from chromadb.config import Settings
+
+            settings = Settings(anonymized_telemetry=False)
             url = urlparse(self.location.url if "://" in self.location.url else f"http://{self.location.url}")
             if not url.hostname:
                 raise StoreError(f"bad --chroma-url {self.location.url!r}: expected http://HOST:PORT")
@@ -312,7 +322,7 @@ class Store:
                 raise StoreError(f"no image store at {path}: run `imgsearch ingest DIR` first, or pass --db")
             path.mkdir(parents=True, exist_ok=True)
         self._lock(path)
-        self._client = chromadb.PersistentClient(path=str(path), settings=settings)
+        self._client = open_local(path) or _persistent_client(path)
         return self._client
 
     def _failure(self, err: Exception) -> StoreError | None:
@@ -357,12 +367,12 @@ class Store:
         """``op()`` with every Chroma failure turned into a one-line StoreError. A lost server is
         reconnected on the next call; a collection deleted or recreated on the server since it was
         looked up is looked up again and ``op`` retried, once. A timeout opens the breaker (:class:`_Breaker`)."""
-        import httpx
-
         self._breaker.admit()
         try:
             done = op()
         except Exception as err:
+            import httpx  # here: an embedded store's calls need no HTTP client
+
             failure = self._failure(err)
             if failure is None:
                 self._breaker.answered()
@@ -393,15 +403,11 @@ class Store:
         """The collection if it exists (nothing is created); checks it is a cosine one."""
         if self._collection is not None:
             return self._collection
-        from chromadb.errors import NotFoundError
-
         client = self._connect(create=False)
         try:
             col = client.get_collection(self.location.collection, embedding_function=None)
-        except NotFoundError:
-            return None
-        except ValueError as err:  # chroma < 1.x raised ValueError for a missing collection
-            if "does not exist" in str(err):
+        except Exception as err:
+            if is_missing(err):
                 return None
             raise
         # the raw JSON, not .configuration: that builds the embedding function the server's config names, and
@@ -776,11 +782,12 @@ class Store:
 
     def close(self) -> None:
         """Close the Chroma client, then release the embedded store's lock (the kernel also releases it
-        when the process dies). The client goes first: chromadb caches one instance per folder in the
-        process, and one kept past the lock would serve stale data after another process wrote
-        ("Error finding id"). The handle reconnects, and locks again, if it is used after this."""
+        when the process dies). The client and every collection handle go first: an engine kept past the lock
+        would serve stale data after another process wrote ("Error finding id"). The handle reconnects, and
+        locks again, if it is used after this."""
         with self._connecting:
             client, self._client, self._collection = self._client, None, None
+            self.sides.forget()
             if client is not None and hasattr(client, "close"):
                 client.close()
         with self._locking:

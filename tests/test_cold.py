@@ -1,6 +1,7 @@
 """Nothing to do costs nothing, one search costs one search (issue 25, point 5): a re-ingest that embeds
 nothing imports neither torch nor onnx, a search with the ONNX backend neither once the model file is
-cached, and a model that does not match the collection is still refused before anything is written.
+cached, neither imports chromadb's Python layer (an embedded store is served by Chroma's engine directly:
+core/chroma_local.py), and a model that does not match the collection is still refused before anything is written.
 Timings live in bench/cold.py (docs/cold-bench.md)."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from imgsearch.core.runtime import GPU_DRIVER_FILES
 
 # on a GPU machine, asking whether torch sees the GPU imports torch: pin the CPU there
 CPU = ["--device", "cpu"] if any(os.path.exists(f) for f in GPU_DRIVER_FILES) else []
-HEAVY = {"torch", "onnx"}
+HEAVY = {"torch", "onnx", "chromadb"}
 
 
 def imported(*args: str | os.PathLike[str]) -> tuple[set[str], str]:
@@ -39,7 +40,7 @@ def ingested(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]
     return lib, db
 
 
-def test_a_sync_with_nothing_to_embed_imports_neither_torch_nor_onnx(ingested: tuple[Path, list[str]]) -> None:
+def test_a_sync_with_nothing_to_embed_imports_neither_torch_onnx_nor_chromadb(ingested: tuple[Path, list[str]]) -> None:
     lib, db = ingested
     heavy, out = imported("ingest", lib, *db, *CPU, "--json")
     assert heavy == set() and '"unchanged": 6' in out and '"embedded": 0' in out

@@ -118,6 +118,51 @@ def test_new_collections_get_the_tuned_hnsw_settings(tmp_path: Path) -> None:
     )
 
 
+def test_the_engine_served_directly_answers_as_chromadbs_own_client(tmp_path: Path, monkeypatch: Any) -> None:
+    """An embedded store is served by Chroma's engine without chromadb's Python layer (core/chroma_local.py): on
+    real photos written through it, the rows, the nearest neighbours (plain and by Chroma's own filter) and the
+    collection's configuration read through it equal what chromadb's client reads, and writes through it land."""
+    from imgsearch.core.chroma_local import LocalClient
+
+    lib = copy_library(tmp_path / "lib", categories=3, per_category=4)
+    db = tmp_path / "db"
+    run_json("ingest", lib, "--db", db, "--model", "efficientnet-lite0")
+
+    def answers() -> tuple[bool, dict[str, Any], list[Any], list[Any], dict[str, Any]]:
+        store = Store(Location(db=db))
+        rows = dict(store.scan(embeddings=True))
+        vectors = np.stack([rows[i]["_embedding"] for i in sorted(rows)])
+        where = {"category": sorted(lib.iterdir())[1].name}
+        found = (store.query(vectors, 5), store._nearest(store.require(), vectors, 3, where, True))
+        config = store.require().configuration_json
+        direct = isinstance(store._client, LocalClient)
+        store.close()
+        return direct, rows, *found, config
+
+    direct = answers()
+    monkeypatch.setattr("imgsearch.core.store.open_local", lambda path: None)
+    chroma = answers()
+    assert direct[0] and not chroma[0] and len(direct[1]) == 12
+    assert direct[1].keys() == chroma[1].keys() and direct[4] == chroma[4]
+    for id_, row in chroma[1].items():
+        mine = dict(direct[1][id_])
+        assert np.allclose(mine.pop("_embedding"), row.pop("_embedding")) and mine == row
+    for got, want in zip(direct[2:4], chroma[2:4], strict=True):
+        assert [[(i, m) for i, _, m in row] for row in got] == [[(i, m) for i, _, m in row] for row in want]
+        assert np.allclose([[d for _, d, _ in row] for row in got], [[d for _, d, _ in row] for row in want])
+    assert all(len(row) == 3 for row in direct[3]) and all(len(row) == 5 for row in direct[2])
+
+    monkeypatch.undo()  # a write through the engine, read by chromadb's client
+    doomed = sorted(direct[1])[0]
+    store = Store(Location(db=db))
+    store.delete([doomed])
+    store.close()
+    monkeypatch.setattr("imgsearch.core.store.open_local", lambda path: None)
+    store = Store(Location(db=db))
+    assert store.count() == 11 and doomed not in dict(store.scan())
+    store.close()
+
+
 def _server_store(url: str, collection: str, fingerprint: Any = None) -> Store:
     store = Store(Location(db=None, url=url, collection=collection, timeout=10))
     if fingerprint is not None:
