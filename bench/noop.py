@@ -127,7 +127,7 @@ def split(profile: Path) -> dict[str, float]:
 
 # -- the parts of one run, timed in its own process (no profiler: each part's wall time) --------------------
 PARTS = {  # (module, attribute) -> part; a call inside another part's counts for its own part only
-    ("importlib._bootstrap", "_find_and_load"): "imports (chromadb's most: ~1 s)",
+    ("importlib._bootstrap", "_find_and_load"): "imports",
     ("imgsearch.core.session", "open_embedder"): "model check (the collection's record; no model built)",
     ("imgsearch.core.store", "Store._open_client"): "connect: the client, the lock",
     ("imgsearch.ingest.sync", "scan"): "scan: walk, stat, per-file Python",
@@ -148,7 +148,7 @@ def parts_of(args: list[str], out: Path) -> None:
     started = time.perf_counter()
     from imgsearch.cli.main import main as cli_main
 
-    took = {"imports (chromadb's most: ~1 s)": time.perf_counter() - started}
+    took = {"imports": time.perf_counter() - started}
     stack: list[float] = []  # per open part: the seconds of the parts inside it
 
     def timer(fn: Any, part: str) -> Any:
