@@ -67,13 +67,19 @@ def open_local(path: Path) -> LocalClient | None:
     return LocalClient(engine)
 
 
-def is_missing(err: Exception) -> bool:
-    """Whether a failed lookup says the collection does not exist. chromadb's error class is looked for only
-    where chromadb raised it, hence imported it: a lookup in an embedded store imports none of chromadb."""
-    errors = sys.modules.get("chromadb.errors")
-    if errors is not None and isinstance(err, errors.NotFoundError):
-        return True
-    return isinstance(err, ValueError) and "does not exist" in str(err)  # chromadb < 1.0 raised ValueError
+def find_collection(client: Any, name: str) -> Any | None:
+    """The collection ``name`` through ``client`` (a :class:`LocalClient` or chromadb's), None if it does not exist.
+    chromadb's error class is looked for only where chromadb raised it, hence imported it: a lookup in an
+    embedded store imports none of chromadb."""
+    try:
+        return client.get_collection(name, embedding_function=None)
+    except Exception as err:
+        errors = sys.modules.get("chromadb.errors")
+        if errors is not None and isinstance(err, errors.NotFoundError):
+            return None
+        if isinstance(err, ValueError) and "does not exist" in str(err):  # chromadb < 1.0 raised ValueError
+            return None
+        raise
 
 
 def _include(include: Sequence[str] | None, default: list[str]) -> list[str]:

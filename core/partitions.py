@@ -31,7 +31,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from imgsearch.core.chroma_file import collection_metadata, rows_applied, sides_marked
-from imgsearch.core.chroma_local import is_missing
+from imgsearch.core.chroma_local import find_collection
 from imgsearch.core.collection import HNSW, QUERY_ROWS, CollectionMissing, Location, StoreError
 from imgsearch.core.where import matches, supported
 
@@ -197,16 +197,7 @@ class Partitions:
     # -- Chroma calls ---------------------------------------------------------------------------
     def _side(self, name: str) -> Any | None:
         """The side collection ``name`` if it exists, looked up now."""
-
-        def look() -> Any | None:
-            try:
-                return self.store._connect(create=False).get_collection(name, embedding_function=None)
-            except Exception as err:
-                if is_missing(err):
-                    return None
-                raise
-
-        return self.store._call(look)
+        return self.store._call(lambda: find_collection(self.store._connect(create=False), name))
 
     def _sides(self) -> dict[str, Any]:
         """Every side of this collection: name -> collection."""

@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from imgsearch.core.chroma_file import collection_id, collection_metadata, rows_applied
-from imgsearch.core.chroma_local import is_missing, open_local
+from imgsearch.core.chroma_local import find_collection, open_local
 from imgsearch.core.collection import (
     DEFAULT_DB,
     HNSW,
@@ -403,13 +403,9 @@ class Store:
         """The collection if it exists (nothing is created); checks it is a cosine one."""
         if self._collection is not None:
             return self._collection
-        client = self._connect(create=False)
-        try:
-            col = client.get_collection(self.location.collection, embedding_function=None)
-        except Exception as err:
-            if is_missing(err):
-                return None
-            raise
+        col = find_collection(self._connect(create=False), self.location.collection)
+        if col is None:
+            return None
         # the raw JSON, not .configuration: that builds the embedding function the server's config names, and
         # anyone who can write to an unauthenticated server could name one that runs remote code (CVE-2026-45829)
         space = (col.configuration_json or {}).get("hnsw", {}) or {}
