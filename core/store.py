@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -246,6 +247,18 @@ class Store:
     def _embedded_path(self) -> Path:
         return Path(self.location.db or DEFAULT_DB).expanduser().resolve()
 
+    def _database(self) -> Path | None:
+        """An embedded store's SQLite file; None while there is none. Anything else in its place (a FIFO, a
+        device, a folder) is refused: opening it would wait forever for a writer, or fail deep in Chroma."""
+        db = self._embedded_path() / "chroma.sqlite3"
+        try:
+            mode = os.stat(db).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(mode):
+            raise StoreError(f"{db} is not a regular file, so {db.parent} is no image store: pass another --db")
+        return db
+
     def _lock(self, path: Path) -> None:
         """Hold the embedded store at ``path`` for this process until :meth:`close` (StoreError if another holds it)."""
         with self._locking:
@@ -317,7 +330,7 @@ class Store:
             self._client = client
             return client
         path = self._embedded_path()
-        if not (path / "chroma.sqlite3").exists():
+        if self._database() is None:
             if not create:
                 raise StoreError(f"no image store at {path}: run `imgsearch ingest DIR` first, or pass --db")
             path.mkdir(parents=True, exist_ok=True)
@@ -436,7 +449,7 @@ class Store:
     def fingerprint(self) -> Fingerprint | None:
         """How the collection's vectors were made and how it is searched, as recorded; None for a store not
         made yet (or made without a record)."""
-        if not self.location.url and not (self._embedded_path() / "chroma.sqlite3").exists():
+        if not self.location.url and self._database() is None:
             return None  # a store not made yet: look without creating anything
         raw = self._own_metadata().get(FINGERPRINT_KEY)
         return Fingerprint.from_json(raw) if raw else None
@@ -475,7 +488,7 @@ class Store:
         """Ingested folder → ``{"since", "reason", "rows"}`` for each one the last sync found offline
         (missing, unreadable, or empty while it had rows): its rows are kept, and marked so by this,
         one collection-level record rather than a rewrite of every row."""
-        if not self.location.url and not (self._embedded_path() / "chroma.sqlite3").exists():
+        if not self.location.url and self._database() is None:
             return {}
         found = self._local(lambda conn, col_id: (collection_metadata(conn, col_id),))
         meta = found[0] if found is not None else (self._call(self._fresh).metadata or {})
@@ -526,7 +539,7 @@ class Store:
         made, or any SQLite error (tables of another Chroma, a file being written). No other process writes
         an embedded store (its lock); a read racing a write of another thread of this one may fail (None) or
         count a moment early, as a count asked during that write would."""
-        if self.location.url or not (db := self._embedded_path() / "chroma.sqlite3").exists():
+        if self.location.url or (db := self._database()) is None:
             return None
         import sqlite3
 

@@ -81,6 +81,20 @@ def test_missing_store_and_empty_collection_are_one_line_errors(tmp_path: Path) 
     assert proc.returncode == 1 and "no such file" in proc.stderr
 
 
+def test_a_fifo_or_folder_in_place_of_the_stores_database_is_refused_at_once(tmp_path: Path) -> None:
+    """Opening a FIFO waits for a writer forever: every command that reads or writes the store refuses it."""
+    query = next((REPO / "examples" / "queries").iterdir())
+    lib = copy_library(tmp_path / "lib", categories=1, per_category=1)
+    for db, make in ((tmp_path / "fifo", os.mkfifo), (tmp_path / "folder", os.mkdir)):
+        db.mkdir()
+        make(db / "chroma.sqlite3")
+        for args in (("search", query), ("stats",), ("ingest", lib), ("remove", lib)):
+            proc = run_cli(*args, "--db", db, timeout=60)
+            assert proc.returncode == 1, (args, proc.stderr)
+            assert proc.stderr.startswith(f"error: {db / 'chroma.sqlite3'} is not a regular file"), (args, proc.stderr)
+            assert "Traceback" not in proc.stderr
+
+
 def test_undecodable_file_names_round_trip() -> None:
     raw = b"/photos/caf\xe9.jpg"  # Latin-1 bytes: not UTF-8
     path = os.fsdecode(raw)
