@@ -2,11 +2,12 @@
 
 Seeded random crops covering 25 % and 10 % of library photos (aspect within ±10 %), saved as PNG and searched
 for with the product's ``search()``, then again as ``box=`` on the source file (the same ranking expected).
-A set without ``--db`` is ingested into ``--work/db-SET`` first. Each run is kept in OUT.json under its
-``--verify N``; OUT.md shows every run kept, and keeps what was written by hand below its notes marker.
+A set without ``--db`` is ingested into ``--work/db-SET`` first (``--windows``: into ``--work/db-SET-windows``
+with window vectors, core/windows.py). Each run is kept in OUT.json under its ``--verify N`` (and whether its
+stores hold windows); OUT.md shows every run kept, and keeps what was written by hand below its notes marker.
 
     python bench/regions.py --db caltech101-dev=/tmp/vdev/cal --db holidays-dev=/tmp/vdev/hol \
-        --work /tmp/regions-bench [--crops 200] [--verify N] [--out docs/regions-bench]
+        --work /tmp/regions-bench [--crops 200] [--verify N] [--windows] [--out docs/regions-bench]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -69,7 +71,7 @@ def measure_set(db: Path, crops: dict[float, list[dict[str, Any]]], options: dic
     """Per area: the shares found by crop file and by box, and how far the two rankings differ."""
     out: dict[str, Any] = {}
     with open_search(Location(db=db), ModelChoice()) as (store, embedder):
-        out["images"], out["model"] = store.count(), embedder.recipe.model
+        out["images"], out["model"], out["windows"] = store.count(), embedder.recipe.model, embedder.recipe.windows
         for area, made in crops.items():
             start = time.perf_counter()
             by_file = [hits for _, hits in search(store, [c["file"] for c in made], embedder, k=K, **options)]
@@ -92,6 +94,43 @@ def measure_set(db: Path, crops: dict[float, list[dict[str, Any]]], options: dic
                 "ms_per_query_file": round(1000 * file_s / len(made), 1),
                 "ms_per_query_box": round(1000 * box_s / len(made), 1),
             }
+    return out
+
+
+def ingest_cost(photos: list[Path], sample: int, work: Path) -> dict[str, Any]:
+    """Ingest the same ``sample`` photos (spread over the set) without and with window vectors, side by side in
+    this process, the model loaded first: seconds per photo, rows and disk bytes per photo of each store."""
+    from imgsearch.core.session import ModelChoice, open_embedder
+    from imgsearch.core.store import Store
+    from imgsearch.ingest.sync import ingest
+
+    chosen = photos[:: max(1, len(photos) // sample)][:sample]
+    folder = work / "cost-photos"
+    shutil.rmtree(folder, ignore_errors=True)
+    for i, p in enumerate(chosen):
+        (folder / f"{i // 100:02d}").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, folder / f"{i // 100:02d}" / f"{i:05d}{p.suffix}")
+    out: dict[str, Any] = {"photos": len(chosen)}
+    for windows in (False, True):
+        db = work / f"cost-db-{windows}"
+        shutil.rmtree(db, ignore_errors=True)
+        store = Store(Location(db=db))
+        embedder = open_embedder(store, ModelChoice(model="efficientnet-lite0", windows=windows))
+        embedder.prepare()
+        start = time.perf_counter()
+        ingest([str(folder)], store, embedder)
+        seconds = time.perf_counter() - start
+        side = store.windows._collection()
+        rows = store.count() + (int(side.count()) if side is not None else 0)
+        store.close()
+        size = sum(f.stat().st_size for f in db.rglob("*") if f.is_file())
+        out["windows" if windows else "plain"] = {
+            "ms_per_photo": round(1000 * seconds / len(chosen), 1),
+            "rows_per_photo": round(rows / len(chosen), 2),
+            "kb_per_photo": round(size / 1024 / len(chosen), 1),
+        }
+    plain, windowed = out["plain"], out["windows"]
+    out["ratio"] = {k: round(windowed[k] / plain[k], 2) for k in plain}
     return out
 
 
@@ -123,6 +162,19 @@ def markdown(runs: dict[str, Any]) -> str:
                     f"| {r['ms_per_query_file']} |"
                 )
         lines.append("")
+        costs = {name: found["cost"] for name, found in result["sets"].items() if "cost" in found}
+        if costs:
+            lines += ["Ingest without and with window vectors, the same photos side by side in one process:", ""]
+            head = "set | photos | ms / photo | rows / photo | KB on disk / photo | with windows | ratio"
+            lines += md_table(head, align=["---", *["---:"] * 6])
+            for name, c in costs.items():
+                p, w, r = c["plain"], c["windows"], c["ratio"]
+                lines.append(
+                    f"| {name} | {c['photos']} | {p['ms_per_photo']} | {p['rows_per_photo']} | {p['kb_per_photo']} "
+                    f"| {w['ms_per_photo']} ms, {w['rows_per_photo']} rows, {w['kb_per_photo']} KB "
+                    f"| {r['ms_per_photo']}x, {r['rows_per_photo']}x, {r['kb_per_photo']}x |"
+                )
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -134,24 +186,29 @@ def main() -> None:
     ap.add_argument("--crops", type=int, default=200, help="crops per area per set")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--verify", type=int, default=0, metavar="N", help="search(verify=N)")
+    ap.add_argument("--windows", action="store_true", help="stores ingested with window vectors (--windows)")
+    ap.add_argument("--cost", type=int, default=0, metavar="N", help="also ingest N photos of each set both ways")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "regions-bench", help="writes OUT.json and OUT.md")
     args = ap.parse_args()
 
     given = dict(d.split("=", 1) for d in args.db)
-    run, options = f"verify={args.verify}", {"verify": args.verify}
+    run, options = f"verify={args.verify}{', windows' if args.windows else ''}", {"verify": args.verify}
     result: dict[str, Any] = {"seed": args.seed, "when": time.strftime("%Y-%m-%d"), "sets": {}}
     for name, sub in SETS.items():
         root = args.datasets / sub
         if not root.is_dir():
             log(f"{name}: {root} is absent, skipped")
             continue
+        made = args.work / f"db-{name}{'-windows' if args.windows else ''}"
         if name not in given:  # a store of the set made by the product's ingest (default settings; reused)
-            ingested(root, args.work / f"db-{name}")[0].close()
-        db = Path(given.get(name, args.work / f"db-{name}"))
+            ingested(root, made, windows=args.windows or None)[0].close()
+        db = Path(given.get(name, made))
         rng = random.Random(f"{args.seed}:{name}")
         photos = sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p.name))
         crops = {a: make_crops(photos, a, args.crops, rng, args.work / "crops" / name / f"{a:.2f}") for a in AREAS}
         result["sets"][name] = measure_set(db, crops, options)
+        if args.cost:
+            result["sets"][name]["cost"] = ingest_cost(photos, args.cost, args.work / name)
         log(f"{name} {json.dumps(result['sets'][name])}")
     saved = args.out.with_suffix(".json")
     runs = json.loads(saved.read_text()) if saved.exists() else {}

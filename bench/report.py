@@ -182,15 +182,17 @@ def chroma_server(folder: Path, output: Any = subprocess.DEVNULL) -> tuple[subpr
     raise SystemExit("chroma run did not start")
 
 
-def ingested(library: Path, db: Path, model: str = "efficientnet-lite0") -> tuple[Any, Any]:
-    """The store of ``library`` at ``db`` as the product's ingest makes it (in this process, default settings;
-    a store already there is brought up to date), and its embedder."""
+def ingested(
+    library: Path, db: Path, model: str = "efficientnet-lite0", windows: bool | None = None
+) -> tuple[Any, Any]:
+    """The store of ``library`` at ``db`` as the product's ingest makes it (in this process, default settings,
+    ``windows`` as ``--windows``; a store already there is brought up to date), and its embedder."""
     from imgsearch.core.session import ModelChoice, open_embedder
     from imgsearch.core.store import Location, Store
     from imgsearch.ingest.sync import ingest
 
     store = Store(Location(db=db))
-    embedder = open_embedder(store, ModelChoice(model=model))
+    embedder = open_embedder(store, ModelChoice(model=model, windows=windows))
     ingest([str(library)], store, embedder)
     return store, embedder
 

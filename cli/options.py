@@ -128,6 +128,16 @@ FeaturesOpt = Annotated[
         f"Expert flags below override single settings. Default: as recorded, {DEFAULT_PRESET} for a new collection.",
     ),
 ]
+WindowsOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--windows/--no-windows",
+        show_default=False,
+        help="A new collection also stores the vectors of 14 pieces of each picture (quarters, centre, thirds), so "
+        "that a crop or a --box finds the photo it came from (docs/regions-bench.md). Costs ~15x the model time "
+        "of ingest and 15x the rows. Default: as recorded, off for a new collection.",
+    ),
+]
 PoolingOpt = Annotated[
     str | None,
     typer.Option(
@@ -326,6 +336,10 @@ def model_options(features: bool = False) -> Callable[[F], F]:
     )
     if features:
         options += _options(
-            features=(FeaturesOpt, None), pooling=(PoolingOpt, None), crop=(CropOpt, None), scales=(ScalesOpt, None)
+            features=(FeaturesOpt, None),
+            pooling=(PoolingOpt, None),
+            crop=(CropOpt, None),
+            scales=(ScalesOpt, None),
+            windows=(WindowsOpt, None),
         )
     return lambda func: _replace_parameter(func, "choice", options, choice)

@@ -50,6 +50,7 @@ from imgsearch.core.runtime import (
     make_runner,
     usable_cpus,
 )
+from imgsearch.core.windows import WINDOWS
 
 if TYPE_CHECKING:
     from imgsearch.core.regions import Box
@@ -358,10 +359,13 @@ class Embedder:
         """The conv trunk on its backend: batch → feature map (built on first use)."""
         return self.prepare()
 
-    def load(self, path: str | os.PathLike[str], box: Box | None = None) -> tuple[list[np.ndarray], Decoded]:
-        """Decode + preprocess ``path`` (only ``box`` of it, if given) into this embedder's views (raises
-        ImageError; a box off the picture: BadBox)."""
-        return load_views(path, self.views, box)
+    def load(
+        self, path: str | os.PathLike[str], box: Box | None = None, windows: bool = False
+    ) -> tuple[list[np.ndarray], Decoded]:
+        """Decode + preprocess ``path`` (only ``box`` of it, if given; with ``windows``, its window pieces too:
+        :func:`~imgsearch.core.prepare.load_views`) into this embedder's views (raises ImageError; a box off
+        the picture: BadBox)."""
+        return load_views(path, self.views, box, windows)
 
     def embed(self, batches: list[np.ndarray]) -> np.ndarray:
         """One (n, 3, s, s) float32 batch per view scale → (n, dim) float32 rows with L2 norm 1."""
@@ -447,6 +451,7 @@ def embedder_for(settings: Resolved, *, lazy: bool = False) -> Embedder:
         scales=views.scales,
         backend=place.backend,
         weights_file=str(Path(weights).resolve()) if weights is not None else None,
+        windows=WINDOWS if settings.windows else 0,
     )
 
     def build() -> tuple[Runner, str]:

@@ -27,6 +27,7 @@ import numpy as np
 
 from imgsearch.core.decode import ImageError
 from imgsearch.core.runtime import usable_cpus
+from imgsearch.core.windows import WINDOWS
 
 if TYPE_CHECKING:
     from imgsearch.core.backbones import Embedder
@@ -40,6 +41,7 @@ class Embedded:
     width: int = 0
     height: int = 0
     error: str = ""
+    windows: np.ndarray | None = None  # (WINDOWS, dim): the window vectors, when asked for (core/windows.py)
 
 
 class UnusableFile(ImageError):
@@ -186,11 +188,13 @@ def read_quarantine(path: Path) -> dict[str, dict[str, Any]]:
     return found if isinstance(found, dict) else {}
 
 
-def _decode(embedder: Embedder, path: str, journal: DecodeJournal | None = None, box: Box | None = None) -> Loaded:
+def _decode(
+    embedder: Embedder, path: str, journal: DecodeJournal | None = None, box: Box | None = None, windows: bool = False
+) -> Loaded:
     if journal is not None:
         journal.started(path)
     try:
-        views, decoded = embedder.load(path, box)
+        views, decoded = embedder.load(path, box, windows)
     except ImageError as err:
         return str(err)
     finally:
@@ -207,14 +211,18 @@ def embed_files(
     on_decoded: Callable[[], None] | None = None,
     journal: DecodeJournal | None = None,
     box: Box | None = None,
+    windows: bool = False,
 ) -> Iterator[Embedded]:
     """Yield one :class:`Embedded` per path, in input order, a batch at a time.
 
-    ``paths`` is consumed lazily: at most ``2 * batch_size + workers`` files are decoded ahead.
+    ``paths`` is consumed lazily: at most ``2 * batch_size + workers`` files are decoded ahead (with
+    ``windows``, each file's window vectors made too, a batch of files is ``batch_size // WINDOWS`` at least 1).
     ``journal`` notes each decode (ingest's: a file that kills the process is found by the next one).
     ``box``: embed only that region of each file (a region query; raises BadBox when it is off a picture).
     """
     workers = workers or usable_cpus()
+    if windows:  # a file is 1 + WINDOWS pictures: the same model batch and memory ahead as without
+        batch_size = max(1, batch_size // WINDOWS)
     window = batch_size * 2 + workers
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         pending: deque[tuple[str, Future[Loaded]]] = deque()
@@ -228,7 +236,7 @@ def embed_files(
                 except StopIteration:
                     exhausted = True
                     break
-                pending.append((path, pool.submit(_decode, embedder, path, journal, box)))
+                pending.append((path, pool.submit(_decode, embedder, path, journal, box, windows)))
             if not pending and not batch:
                 return
             if pending:
@@ -242,13 +250,20 @@ def embed_files(
 
 
 def _run_batch(batch: list[tuple[str, Loaded]], embedder: Embedder) -> Iterator[Embedded]:
+    """One model call for the files of ``batch``; a file loaded with windows (its views hold its picture and
+    its pieces, 4-d) gives its vector and its window vectors."""
     good = [r for _, r in batch if not isinstance(r, str)]
     scales = range(len(embedder.views.scales))
-    vectors = embedder.embed([np.stack([r[0][i] for r in good]) for i in scales]) if good else []
-    by_path = iter(vectors)
+    pieces = len(good[0][0][0]) if good and good[0][0][0].ndim == 4 else 0
+    join = np.concatenate if pieces else np.stack
+    vectors = embedder.embed([join([r[0][i] for r in good]) for i in scales]) if good else []
+    by_path = iter(vectors.reshape(len(good), pieces, -1) if pieces else vectors)
     for path, result in batch:
         if isinstance(result, str):
             yield Embedded(path, None, error=result)
+        elif pieces:
+            rows = next(by_path)
+            yield Embedded(path, rows[0], result[1], result[2], windows=rows[1:])
         else:
             yield Embedded(path, next(by_path), result[1], result[2])
 
@@ -260,8 +275,9 @@ def embed_chunks(
     batch_size: int = 16,
     skip_unusable: bool = False,
     box: Box | None = None,
-) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Files a chunk at a time: (paths, (n, dim) vectors), ``chunk`` rows at most each.
+) -> Iterator[tuple[list[str], np.ndarray, list[int]]]:
+    """Files a chunk at a time: (paths, (n, dim) vectors, each file's full size in pixels), ``chunk`` rows at
+    most each.
 
     Raises :class:`UnusableFile` for the first file that cannot be used (a query has no partial
     answer), or with ``skip_unusable`` leaves such files out (an evaluation measures what it can).
@@ -269,6 +285,7 @@ def embed_chunks(
     """
     names: list[str] = []
     rows: list[np.ndarray] = []
+    pixels: list[int] = []
     for e in embed_files(paths, embedder, batch_size, box=box):
         if e.vector is None:
             if skip_unusable:
@@ -276,11 +293,12 @@ def embed_chunks(
             raise UnusableFile(e.path, e.error)
         names.append(e.path)
         rows.append(e.vector)
+        pixels.append(e.width * e.height)
         if len(rows) == chunk:
-            yield names, np.stack(rows)
-            names, rows = [], []
+            yield names, np.stack(rows), pixels
+            names, rows, pixels = [], [], []
     if rows:
-        yield names, np.stack(rows)
+        yield names, np.stack(rows), pixels
 
 
 def embed_paths(paths: list[str], embedder: Embedder) -> np.ndarray:
@@ -289,5 +307,5 @@ def embed_paths(paths: list[str], embedder: Embedder) -> np.ndarray:
     Holds every vector it returns, so it is for a handful of files: many go through :func:`embed_files`,
     which streams one record per file (a bad file's says why).
     """
-    chunks = [vectors for _, vectors in embed_chunks(paths, embedder, chunk=max(1, len(paths)))]
+    chunks = [vectors for _, vectors, _ in embed_chunks(paths, embedder, chunk=max(1, len(paths)))]
     return chunks[0] if chunks else np.zeros((0, embedder.dim), dtype=np.float32)

@@ -52,6 +52,7 @@ class Recipe:
     backend: str = "torch"  # informational: fp32 backends agree closely (core/runtime.py)
     weights_file: str | None = None  # the --weights file, resolved
     normalised: str = "l2"
+    windows: int = 0  # window vectors stored per picture beside its own (core/windows.py); 0: none
 
     COMPARED: ClassVar[tuple[str, ...]] = ("model", "dim", "weights_digest", "pooling", "preprocess")
 
@@ -171,6 +172,7 @@ class ModelChoice:
     crop: str | None = None
     scales: tuple[int, ...] | None = None
     preset: str | None = None
+    windows: bool | None = None  # a new collection's option: store window vectors (core/windows.py)
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,7 @@ class Resolved:
     backend: str  # asked for: auto, torch, onnx or int8 (imgsearch.core.runtime.choose_backend places it)
     device: str
     search: SearchSettings
+    windows: bool = False
 
 
 def resolve(
@@ -228,7 +231,13 @@ def resolve(
         chosen = named or matching
         search = SearchSettings.of(chosen, chosen.name if chosen and chosen == matching else "custom")
     model = _first(c.model, stored and stored.model, DEFAULT_MODEL)
-    return Resolved(model, variant, weights, pooling, views, backend, c.device, search)
+    windows = stored.windows > 0 if stored is not None else bool(c.windows)
+    if stored is not None and c.windows is not None and c.windows != windows:
+        raise ModelUnavailable(
+            f"{holder} was made {'with' if windows else 'without'} window vectors; --windows is chosen when a "
+            "collection is made. Use another --collection or --db for the other choice."
+        )
+    return Resolved(model, variant, weights, pooling, views, backend, c.device, search, windows)
 
 
 def _first(*values: T | None) -> T:

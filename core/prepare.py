@@ -17,6 +17,7 @@ from PIL import Image
 from imgsearch.core.decode import Decoded, ImageError, load_image
 from imgsearch.core.presets import CROP, RESIZE
 from imgsearch.core.regions import Box, open_query
+from imgsearch.core.windows import DECODE_SCALE, cut
 
 # Bumped whenever the pixels → tensor mapping changes; stored in every collection's fingerprint.
 PREPROCESS_VERSION = "v1:exif,rgb-on-white,resize256,crop224,imagenet-norm"
@@ -123,14 +124,23 @@ def preprocess_whole(img: Image.Image, side: int = CROP, max_side: int = 2 * CRO
 
 
 def load_views(
-    path: str | os.PathLike[str], views: Views | None = None, box: Box | None = None
+    path: str | os.PathLike[str], views: Views | None = None, box: Box | None = None, windows: bool = False
 ) -> tuple[list[np.ndarray], Decoded]:
     """Decode + preprocess: the single path from a file to model input, for ingest and query alike.
 
     Returns one array per scale in ``views.scales``. ``box``: only that region of the picture, exactly as
-    if it had been cut out and saved losslessly (:func:`imgsearch.core.regions.open_query`).
+    if it had been cut out and saved losslessly (:func:`imgsearch.core.regions.open_query`). ``windows``: each
+    array holds the picture and then its :data:`~imgsearch.core.windows.LAYOUT` pieces, (1 + WINDOWS, 3, s, s),
+    each piece preprocessed as a crop saved from the picture (decoded larger, so a third keeps its detail).
     """
     views = views or Views()
+    if windows:
+        decoded = load_image(path, min_side=DECODE_SCALE * views.min_side)
+        pictures = [decoded.image, *cut(decoded.image)]
+        try:
+            return [np.stack(v) for v in zip(*(preprocess_views(p, views) for p in pictures), strict=True)], decoded
+        except MemoryError:
+            raise ImageError(f"not enough memory to preprocess this {decoded.width}x{decoded.height} image") from None
     if box is None:
         decoded = load_image(path, min_side=views.min_side)
     else:

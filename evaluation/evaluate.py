@@ -250,7 +250,7 @@ def evaluate(
                 tally.add(labels[id_], row, counts[labels[id_]] - 1)
     else:
         category = dict(queries)
-        for names, vectors in embed_chunks(category, embedder, chunk, skip_unusable=True):
+        for names, vectors, _ in embed_chunks(category, embedder, chunk, skip_unusable=True):
             for name, row in zip(names, ranker.rank(vectors, depth, sources=names), strict=True):
                 tally.add(category[name], row, counts.get(category[name], 0))
     return tally.evaluation(time.perf_counter() - started, "leave-one-out" if queries is None else "held-out")
@@ -310,7 +310,7 @@ def copy_detection(
                 path = os.path.join(tmp, f"{k:04d}-{t:02d}.jpg")
                 transform(image, random.Random(f"{seed}:{k}:{name}")).convert("RGB").save(path, quality=quality)
                 made[path] = (name, id_)
-        for paths, vectors in embed_chunks(made, embedder, EVAL_ROWS, skip_unusable=True):
+        for paths, vectors, _ in embed_chunks(made, embedder, EVAL_ROWS, skip_unusable=True):
             for path, row in zip(paths, ranker.rank(vectors, 1, sources=paths), strict=True):
                 name, id_ = made[path]
                 per[name].append(bool(row) and row[0].id == id_)

@@ -95,6 +95,7 @@ def open(
     backend: str | None = None,
     weights: str | os.PathLike[str] | None = None,
     variant: str | None = None,
+    windows: bool | None = None,
 ) -> Library:
     """A :class:`Library` on an embedded store (the folder ``db``, default ``./imgsearch-db`` as the CLI's
     ``--db``) or on a Chroma server (``url``, with ``token`` when it asks for one). Nothing is opened yet:
@@ -103,7 +104,9 @@ def open(
 
     ``model`` (``resnet50``, ``efficientnet-lite0``) and ``features`` (a preset: ``balanced``, ``fast``,
     ``accurate``, ``handout``) choose how a *new* collection makes its vectors, as ``--model`` and
-    ``--features`` do; an existing collection uses what it recorded (another ``model`` is refused).
+    ``--features`` do; an existing collection uses what it recorded (another ``model`` is refused). ``windows``:
+    a new collection also stores the vectors of pieces of each picture, so that a crop finds its photo
+    (``--windows``, :mod:`imgsearch.core.windows`).
 
         >>> lib = imgsearch.open("photos.db", model="efficientnet-lite0")  # doctest: +SKIP
         >>> lib = imgsearch.open(url="http://127.0.0.1:8000", collection="family")  # doctest: +SKIP
@@ -124,6 +127,7 @@ def open(
         device=device,
         backend=backend,
         preset=features,
+        windows=windows,
     )
     return Library(location, choice)
 

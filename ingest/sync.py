@@ -123,6 +123,7 @@ class Writer:
         self.store = store
         self.rows: list[Row] = []
         self.stale: list[str] = []  # entries to delete after the writes (moved files' old ids)
+        self.windows: dict[str, np.ndarray] = {}  # id → its window vectors, written with its row
 
     def put(
         self,
@@ -131,9 +132,13 @@ class Writer:
         meta: dict[str, Any],
         previous: dict[str, Any] | None,
         stale: str | None = None,
+        windows: np.ndarray | None = None,
     ) -> None:
-        """Queue a row; ``previous`` is the id's stored metadata (None: not stored yet)."""
+        """Queue a row; ``previous`` is the id's stored metadata (None: not stored yet); ``windows`` its
+        window vectors, for a collection that stores them (:mod:`imgsearch.core.windows`)."""
         self.rows.append((id_, vector, meta, previous))
+        if windows is not None:
+            self.windows[id_] = windows
         if stale:
             self.stale.append(stale)
         if len(self.rows) >= WRITE_BATCH:
@@ -142,13 +147,16 @@ class Writer:
     def flush(self) -> None:
         if new := [row for row in self.rows if row[3] is None]:
             ids, vectors, metas, _ = zip(*new, strict=True)
-            self.store.add(ids, np.stack(vectors), metas)
+            self.store.add(ids, np.stack(vectors), metas, self._windows(ids))
         if kept := [row for row in self.rows if row[3] is not None]:
             ids, vectors, metas, previous = zip(*kept, strict=True)
-            self.store.replace(ids, np.stack(vectors), metas, previous)
+            self.store.replace(ids, np.stack(vectors), metas, previous, self._windows(ids))
         if self.stale:
             self.store.delete(self.stale)
-        self.rows, self.stale = [], []
+        self.rows, self.stale, self.windows = [], [], {}
+
+    def _windows(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return {id_: self.windows[id_] for id_ in ids if id_ in self.windows}
 
 
 def _unreadable(err: OSError) -> str:
@@ -230,6 +238,7 @@ class Runner:
         self.store, self.embedder, self.report, self.tags = store, embedder, report, tags
         self.batch_size, self.progress, self.should_stop = batch_size, progress, should_stop
         self.journal = journal
+        self.windowed = embedder.recipe.windows > 0  # the collection stores window vectors (core/windows.py)
 
     def stopping(self) -> bool:
         return self.should_stop is not None and self.should_stop()
@@ -258,9 +267,11 @@ class Runner:
     def reuse(self, actions: Sequence[Action], vectors: dict[str, np.ndarray], writer: Writer) -> None:
         """Write moved and copied files with their source's vector: no model run. A move's old row is
         deleted once the new one is written."""
+        windows = self.store.windows.get(sorted({a.source for a in actions if a.source})) if self.windowed else {}
         for a in actions:
             stale = a.source if a.kind == "move" else None
-            writer.put(a.id, vectors[a.source], self._metadata(a, a.width, a.height), a.previous, stale=stale)
+            meta = self._metadata(a, a.width, a.height)
+            writer.put(a.id, vectors[a.source], meta, a.previous, stale=stale, windows=windows.get(a.source or ""))
             self.count(a)
 
     def embed(self, actions: Sequence[Action], writer: Writer) -> None:
@@ -280,7 +291,9 @@ class Runner:
         if self.progress is not None:
             self.progress(0, len(actions))
         paths = [a.file.path for a in actions]  # type: ignore[union-attr]  (an embed action has its file)
-        results = embed_files(paths, self.embedder, batch_size=self.batch_size, on_decoded=tick, journal=self.journal)
+        results = embed_files(
+            paths, self.embedder, self.batch_size, on_decoded=tick, journal=self.journal, windows=self.windowed
+        )
         for a, result in zip(actions, results, strict=True):
             if self.stopping():
                 break
@@ -307,7 +320,8 @@ class Runner:
             self.report.failures.append(Failure(f.path, unstable or result.error))
             return
         self.report.embedded += 1
-        writer.put(action.id, result.vector, self._metadata(action, result.width, result.height), action.previous)
+        meta = self._metadata(action, result.width, result.height)
+        writer.put(action.id, result.vector, meta, action.previous, windows=result.windows)
         self.count(action)
 
     def prune(

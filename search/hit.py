@@ -18,6 +18,7 @@ class Hit:
     offline: bool = False  # its folder was offline at the last sync: kept and searchable, maybe not openable
     inliers: int | None = None  # keypoint matches agreeing with the query on one transform; None: not looked at
     verified: bool = False  # its pixels show the query's place or object (enough inliers): ranked first
+    window: list[float] | None = None  # [x, y, w, h] fractions: the stored piece whose vector scored it
 
     def as_dict(self) -> dict[str, Any]:
         return (
@@ -32,4 +33,5 @@ class Hit:
             }
             | ({"offline": True} if self.offline else {})
             | ({} if self.inliers is None else {"inliers": self.inliers, "verified": self.verified})
+            | ({} if self.window is None else {"window": [round(v, 6) for v in self.window]})
         )

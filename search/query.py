@@ -11,11 +11,11 @@ Failures are typed (:class:`UnusableQuery`, :class:`EmptyStore`, the store's ``S
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from imgsearch.core.decode import ImageError, load_image, probe
 from imgsearch.core.local import MIN_SIDE as FEATURE_SIDE
 from imgsearch.core.local import extract
 from imgsearch.core.store import Location, Store, StoreError, stored_path
+from imgsearch.core.where import matches
 from imgsearch.search.hit import Hit
 from imgsearch.search.verify import MAX_VERIFY, MIN_INLIERS, REGION_VERIFY, VERIFY, is_region, rerank
 
@@ -122,14 +123,14 @@ def search(
     if online_only and offline:
         where = online(where, offline)
     verify = max(0, min(verify, MAX_VERIFY)) if metadata else 0  # no paths, no pixels to compare
-    options = (max(k, verify), where, min_score, expand, metadata, offline)
+    options = Ask(max(k, verify), where, min_score, expand, metadata, offline)
     if isinstance(queries, np.ndarray):
         if box is not None:
             raise ValueError("a box applies to query files, not to vectors already made")
         skip = list(exclude) if exclude is not None else [None] * len(queries)
         files = list(sources) if sources is not None else [None] * len(queries)
         for s in range(0, len(queries), QUERY_CHUNK):
-            part = _rank(store, queries[s : s + QUERY_CHUNK], skip[s : s + QUERY_CHUNK], *options)
+            part = _rank(store, queries[s : s + QUERY_CHUNK], skip[s : s + QUERY_CHUNK], options)
             for q, hits in enumerate(part, s):
                 yield q, _verified(files[q], hits, verify, k)
         return
@@ -137,44 +138,62 @@ def search(
         raise ValueError("query files need the embedder that made the store's vectors")
     from imgsearch.core.batching import UnusableFile, embed_chunks
 
-    deep = (max(k, REGION_VERIFY) if verify else k, *options[1:])  # a region query's candidates
+    deep = options._replace(k=max(k, REGION_VERIFY) if verify else k)  # a region query's candidates
+    windowed = store.windows.enabled() if metadata else False  # the collection stores window vectors
     try:
-        for names, vectors in embed_chunks(queries, embedder, QUERY_CHUNK, QUERY_BATCH, skip_unusable, box):
-            ranked = _rank(store, vectors, [None] * len(names), *(options if box is None else deep))
+        for names, vectors, pixels in embed_chunks(queries, embedder, QUERY_CHUNK, QUERY_BATCH, skip_unusable, box):
+            ranked = _rank(store, vectors, [None] * len(names), options if box is None else deep)
             for row, (name, hits) in enumerate(zip(names, ranked, strict=True)):
-                deeper = partial(_rank, store, vectors[row : row + 1], [None], *deep)
-                yield name, _verified(name, hits, verify, k, box, deeper)
+                region = box is not None or is_region(pixels[row], hits)
+                if region and box is None and (windowed or (verify and len(hits) < deep.k)):  # a crop: deeper
+                    hits = _rank(store, vectors[row : row + 1], [None], deep)[0]
+                if region and windowed:
+                    hits = _with_windows(store, vectors[row], hits, deep)
+                yield name, _verified(name, hits, verify, k, box, region)
     except UnusableFile as err:
         raise UnusableQuery(err.path, str(err)) from None
 
 
 def _verified(
-    source: str | None,
-    hits: list[Hit],
-    n: int,
-    k: int,
-    box: Box | None = None,
-    deeper: Callable[[], list[list[Hit]]] | None = None,
+    source: str | None, hits: list[Hit], n: int, k: int, box: Box | None = None, region: bool = False
 ) -> list[Hit]:
     """The top ``k`` of ``hits`` after the first ``n`` are compared with the pixels of ``source``, the query's
     file (its ``box`` region); a file that cannot be read again (gone since it was embedded) leaves the order.
-    A region query (a box, or a file small beside its hits: :func:`~imgsearch.search.verify.is_region`) is
-    compared deeper until a candidate verifies (:func:`~imgsearch.search.verify.rerank`'s ``deepen``), its hits
-    ranked again :data:`~imgsearch.search.verify.REGION_VERIFY` deep by ``deeper`` when fewer were fetched."""
+    A ``region`` query (a box, or a file small beside its hits: :func:`~imgsearch.search.verify.is_region`) is
+    compared deeper until a candidate verifies (:func:`~imgsearch.search.verify.rerank`'s ``deepen``)."""
     if n and source is not None and hits:
         from imgsearch.core.regions import open_query
 
         with suppress(ImageError):  # a region is cut from the full picture; a whole one is read small
             if box is None:
-                decoded = load_image(source, min_side=FEATURE_SIDE)
-                query = extract(decoded.image)  # a vector query (evaluation, more-like-this) is a whole picture
-                region = deeper is not None and is_region(decoded.width * decoded.height, hits)
+                query = extract(load_image(source, min_side=FEATURE_SIDE).image)
             else:
-                query, region = extract(open_query(source, box)), True
-            if region and deeper is not None and len(hits) < REGION_VERIFY:  # a crop file: its hits again, deeper
-                hits = deeper()[0]
+                query = extract(open_query(source, box))
             hits = rerank(query, hits, n, deepen=REGION_VERIFY if region else 0)
     return hits[:k]
+
+
+def _with_windows(store: Store, vector: np.ndarray, hits: list[Hit], ask: Ask) -> list[Hit]:
+    """A region query's top ``ask.k`` with the stored windows (:mod:`imgsearch.core.windows`): each photo scored
+    by the better of its whole vector and its nearest window, the photos found by a window alone added when the
+    main collection holds them and they pass ``ask.where``. A hit ranked by a window carries it (``window``)."""
+    from imgsearch.core.windows import LAYOUT
+
+    k, where, min_score, offline = ask.k, ask.where, ask.min_score, ask.offline
+    found = store.windows.nearest(vector[None], k)[0]
+    new = store.get([photo for photo, _, _ in found if all(h.id != photo for h in hits)])
+    best = {h.id: h for h in hits}
+    for photo, distance, n in found:
+        score = 1.0 - distance
+        hit = best.get(photo)
+        if hit is None and photo in new and (where is None or matches(new[photo], where)):
+            meta = new[photo]
+            cat, gone = str(meta.get("category", "")), meta.get("root") in offline
+            hit = Hit(0, photo, score, distance, stored_path(meta), cat, meta, gone)
+        if hit is not None and score >= hit.score and (min_score is None or score >= min_score):
+            best[photo] = dataclasses.replace(hit, score=score, distance=distance, window=list(LAYOUT[n]))
+    ranked = sorted(best.values(), key=lambda h: -h.score)[:k]
+    return [dataclasses.replace(h, rank=r) for r, h in enumerate(ranked, 1)]
 
 
 def searched_with(embedder: Embedder, expand: int | None = None, verify: int | None = None) -> Fingerprint:
@@ -202,18 +221,20 @@ def result_json(
     return found if box is None else found | {"box": box}
 
 
-def _rank(
-    store: Store,
-    vectors: np.ndarray,
-    exclude: Sequence[str | None],
-    k: int,
-    where: dict[str, Any] | None,
-    min_score: float | None,
-    expand: int | None,
-    metadata: bool,
-    offline: frozenset[str],
-) -> list[list[Hit]]:
+class Ask(NamedTuple):
+    """What one ranking asks of the store: ``k`` hits per query, as :func:`search` was asked."""
+
+    k: int
+    where: dict[str, Any] | None
+    min_score: float | None
+    expand: int | None
+    metadata: bool
+    offline: frozenset[str]
+
+
+def _rank(store: Store, vectors: np.ndarray, exclude: Sequence[str | None], ask: Ask) -> list[list[Hit]]:
     """Top-k hits per query vector in one store round trip (two with query expansion)."""
+    k, where, min_score, expand, metadata, offline = ask
     recorded = store.fingerprint()
     settings = recorded.search if recorded is not None else SearchSettings()
     expand = settings.expand if expand is None else expand
