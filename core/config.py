@@ -74,9 +74,10 @@ class Recipe:
     def describe(self) -> str:
         """One human line: model, weights and feature."""
         view = "centre crop" if self.crop == "center" else "whole image"
+        windows = f", and {self.windows} window vectors a picture" if self.windows else ""
         return (
             f"{self.model} ({self.variant} weights {self.weights_digest}, {self.pooling}-pooled {self.dim}-d, "
-            f"L2-normalised, {view} at {'+'.join(map(str, self.scales))} px)"
+            f"L2-normalised, {view} at {'+'.join(map(str, self.scales))} px{windows})"
         )
 
 

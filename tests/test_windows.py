@@ -63,6 +63,7 @@ def test_a_crop_finds_its_photo_by_its_windows_and_they_follow_the_photo(tmp_pat
     made = run_json("ingest", lib, *store_args, "--model", MODEL, "--windows")[0]
     assert made["added"] == len(photos)
     assert run_json("stats", *store_args)[0]["model"]["windows"] == WINDOWS
+    assert f"{WINDOWS} window vectors a picture" in run_cli("stats", *store_args).stdout
     assert _window_rows(store_args) == WINDOWS * len(photos)
 
     # a tenth of a photo, cut near its centre third: found first by the vectors alone, by its window
