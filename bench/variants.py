@@ -5,7 +5,7 @@ search; the demo library), each on a store of its own made by the real ingest; c
 caltech101-dev. ``--out`` fills the file's ``<!-- variants -->`` section and writes variants.json beside it;
 ``--results`` renders saved results; ``--cost-from`` takes the timings from a run on a quiet machine.
 
-    python bench/variants.py [--model efficientnet-lite0] [--only WORD ...] [--out docs/quality.md]
+    python bench/variants.py [--model efficientnet-lite0] [--only WORD ...] [--verify N] [--out docs/quality.md]
     python bench/variants.py --results docs/variants.json --cost-from QUIET.json --out docs/quality.md
 """
 
@@ -48,8 +48,10 @@ def datasets(root: Path) -> dict[str, list[str]]:
     return {name: args for name, args in sets.items() if Path(args[0]).is_dir()}
 
 
-def run(eval_args: list[str], model: str, extra: list[str], n_copies: int) -> dict[str, Any]:
+def run(eval_args: list[str], model: str, extra: list[str], n_copies: int, verify: int = 0) -> dict[str, Any]:
     cmd = cli("eval", *eval_args, "--model", model, "--copies", "--n-copies", n_copies, "--json", *extra)
+    if verify:  # the same queries ranked again with the best `verify` candidates compared by their pixels
+        cmd += ["--verify", str(verify)]
     return json.loads(run_checked(cmd, " ".join(cmd)))
 
 
@@ -64,7 +66,7 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
             continue
         for set_name, eval_args in sets.items():
             log(f"running: {name} on {set_name}")
-            results.setdefault(name, {})[set_name] = run(eval_args, args.model, extra, args.n_copies)
+            results.setdefault(name, {})[set_name] = run(eval_args, args.model, extra, args.n_copies, args.verify)
     return results
 
 
@@ -101,6 +103,7 @@ def render(results: dict[str, dict[str, dict[str, Any]]], model: str, n_copies: 
             pct = r["score_percentiles_10_50_90"]
             cells = [r["copies"]["match_score_percentiles_10_50_90"], pct["same category"], pct["other category"]]
             lines.append(f"| {s} | " + " | ".join(" / ".join(f"{v:.2f}" for v in c) for c in cells) + " |")
+    lines += verified_table(results, sets)
     for s in sets:
         lines += ["", f"**{s}**", "", *md_table("variant | mAP | P@1 | P@5 | P@10 | copies rank-1 | worst edit")]
         for name, r in results.items():
@@ -111,6 +114,26 @@ def render(results: dict[str, dict[str, dict[str, Any]]], model: str, n_copies: 
                 f"{c['mean_rank1']:.3f} | {worst} {c['rank1'][worst]:.2f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def verified_table(results: dict[str, dict[str, dict[str, Any]]], sets: list[str]) -> list[str]:
+    """With ``--verify N``: per variant and set, mAP, copies rank-1 and ms per query by the vectors alone and
+    with the best N candidates compared by their pixels (``imgsearch eval --verify``)."""
+    rows = [(name, s, r[s]) for name, r in results.items() for s in sets if "verified" in r[s]]
+    if not rows:
+        return []
+    n = rows[0][2]["verified"]["candidates"]
+    head = "variant | set | mAP | verified | copies rank-1 | verified | ms / query | verified"
+    lines = ["", f"Verified ranking (`--verify {n}`: the best {n} candidates compared by their pixels):", ""]
+    lines += md_table(head)
+    for name, s, r in rows:
+        v = r["verified"]
+        ms = [1000 / x["queries_per_second"] if x["queries_per_second"] else float("nan") for x in (r, v)]
+        lines.append(
+            f"| {name} | {s} | {r['overall']['mAP']:.3f} | {v['overall']['mAP']:.3f} | "
+            f"{r['copies']['mean_rank1']:.3f} | {v['copies']['mean_rank1']:.3f} | {ms[0]:.1f} | {ms[1]:.1f} |"
+        )
+    return lines
 
 
 def verdict(default: dict[str, Any], base: dict[str, Any], cat: str, inst: str) -> str:
@@ -140,6 +163,7 @@ def main() -> None:
     parser.add_argument("--model", default="efficientnet-lite0")
     parser.add_argument("--n-copies", type=int, default=50)
     parser.add_argument("--only", nargs="*", help="run only the variants whose names contain these words")
+    parser.add_argument("--verify", type=int, default=0, metavar="N", help="also rank with N candidates verified")
     parser.add_argument("--out", type=Path, help="Markdown file with a <!-- variants --> section to fill")
     parser.add_argument("--results", type=Path, help="render these saved results (variants.json) instead of running")
     parser.add_argument("--cost-from", type=Path, help="ingest timings from this earlier (quiet) run's results")
