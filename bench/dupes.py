@@ -304,18 +304,35 @@ precision; `similar` is the vectors alone at the search page's high band (look-a
 `exact` is the content hash. Thresholds of the verifier: dupes/verify.py."""
 
 
-def scale_run(work: Path, files: int, seed: int, sample: int) -> dict[str, Any]:
-    """Level ``copies`` on ``files`` real files, by its parts: the candidate search over the whole library
-    (k-NN, per stored photo), then the first ``sample`` candidate pairs in the order they are compared:
-    their files prepared (per file) and the pairs compared (per pair, files cached), as ``find_duplicates``
-    does. The whole run, 100k and 1M photos are extrapolated from those parts."""
+def _sample(paths: list[str], chosen: list[list[int]]) -> tuple[tuple[float, float], tuple[float, float], list[bool]]:
+    """The files of ``chosen`` pairs prepared, then the pairs compared, as ``find_duplicates`` does but with every
+    file prepared once (an unbounded cache, freed on return): (wall, CPU) seconds of each, and the verdicts."""
     from concurrent.futures import ThreadPoolExecutor
 
     from imgsearch.core.runtime import usable_cpus
-    from imgsearch.dupes.find import FLOORS, NEIGHBOURS, _candidates, _locality_order
     from imgsearch.dupes.verify import Verifier
 
-    build_scale_library(work, files, seed)
+    touched = sorted({paths[i] for pair in chosen for i in pair})
+    verifier = Verifier(cache_bytes=1 << 40)
+    with ThreadPoolExecutor(usable_cpus()) as pool:
+        started, cpu = time.perf_counter(), time.process_time()
+        list(pool.map(verifier._prepared, touched))
+        prepare = time.perf_counter() - started, time.process_time() - cpu
+        started, cpu = time.perf_counter(), time.process_time()
+        same = list(pool.map(lambda ab: verifier.same_picture(paths[ab[0]], paths[ab[1]]).same, chosen))
+        compare = time.perf_counter() - started, time.process_time() - cpu
+    return prepare, compare, same
+
+
+def scale_run(work: Path, files: int, seed: int, sample: int) -> dict[str, Any]:
+    """Level ``copies`` on ``files`` real files, by its parts: the candidate search over the whole library
+    (k-NN, per stored photo), then the first ``sample`` candidate pairs in the order they are compared:
+    their files prepared (per file) and the pairs compared (per pair, files cached, each file prepared once).
+    Then ``find_duplicates`` end to end, as a user runs it (bounded cache: files prepared again), its groups
+    checked against the planted copies; 100k and 1M photos extrapolated from its search and the rest."""
+    from imgsearch.dupes.find import FLOORS, NEIGHBOURS, _candidates, _locality_order
+
+    origin = build_scale_library(work, files, seed)
     store = ingest(work / "lib", work / "db")
     before = load_average()
     stats: dict[str, Any] = {"images": 0, "stored": store.count()}
@@ -323,24 +340,19 @@ def scale_run(work: Path, files: int, seed: int, sample: int) -> dict[str, Any]:
     rows, pairs, _ = _candidates(store, None, FLOORS["copies"], NEIGHBOURS, stats, None)
     order = _locality_order(pairs, len(rows))
     search = time.perf_counter() - started
-    store.close()
     chosen = pairs[order[:sample]].tolist()
     touched = sorted({rows[i].path for pair in chosen for i in pair})
-    verifier = Verifier(cache_bytes=1 << 40)
-    with ThreadPoolExecutor(usable_cpus()) as pool:
-        started, cpu = time.perf_counter(), time.process_time()
-        list(pool.map(verifier._prepared, touched))
-        prepare, prepare_cpu = time.perf_counter() - started, time.process_time() - cpu
-        started, cpu = time.perf_counter(), time.process_time()
-        same = list(pool.map(lambda ab: verifier.same_picture(rows[ab[0]].path, rows[ab[1]].path).same, chosen))
-        compare, compare_cpu = time.perf_counter() - started, time.process_time() - cpu
+    (prepare, prepare_cpu), (compare, compare_cpu), same = _sample([m.path for m in rows], chosen)
+    whole = group_check(store, origin, "copies")
     after = load_average()
+    store.close()
     stored, n_pairs = stats["stored"], len(pairs)
     per_file, per_pair = prepare / len(touched), compare / len(chosen)
     growth = json.loads((REPO / "docs" / "dupes-scale.json").read_text())["fit"]["similar"]["b"]
+    searched = whole["stats"]["seconds_searching"]
 
-    def total(n: int) -> float:  # search grows as measured at 10k-100k vectors; preparing and comparing linearly
-        return search * (n / stored) ** growth + (len(rows) * per_file + n_pairs * per_pair) * n / stored
+    def total(n: int) -> float:  # search grows as measured at 10k-100k vectors; the rest of the run linearly
+        return searched * (n / stored) ** growth + (whole["seconds"] - searched) * n / stored
 
     return {
         "date": time.strftime("%Y-%m-%d"),
@@ -360,6 +372,8 @@ def scale_run(work: Path, files: int, seed: int, sample: int) -> dict[str, Any]:
         "cpu_ms_per_file_prepared": round(1000 * prepare_cpu / len(touched), 1),
         "cpu_ms_per_pair_compared": round(1000 * compare_cpu / len(chosen), 2),
         "search_growth_exponent": growth,
+        "end_to_end": {k: v for k, v in whole.items() if k != "wrong_groups"}
+        | {"ms_per_photo": round(1000 * whole["seconds"] / stored, 1)},
         "estimates": {
             str(n): {"minutes": round(total(n) / 60, 1), "ms_per_photo": round(1000 * total(n) / n, 1)}
             for n in (stored, 100_000, 1_000_000)
@@ -381,20 +395,35 @@ def scale_markdown(r: dict[str, Any]) -> str:
         "pair | whole run (estimate) | ms per stored photo |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    whole = r.get("end_to_end")
     for n, e in r["estimates"].items():
         pairs = f"{r['candidate_pairs']:,}" if int(n) == r["files"] else "-"
         measured = int(n) == r["files"]
+        run = f"{e['minutes']} min" + (" (measured)" if measured and whole else "")
         lines.append(
             f"| {int(n):,} | {pairs} | {r['pairs_per_photo'] if measured else '-'} | "
             f"{r['ms_per_photo_searching'] if measured else '-'} | {r['ms_per_file_prepared'] if measured else '-'} | "
-            f"{r['ms_per_pair_compared'] if measured else '-'} | {e['minutes']} min | {e['ms_per_photo']} |"
+            f"{r['ms_per_pair_compared'] if measured else '-'} | {run} | {e['ms_per_photo']} |"
         )
+    grows = "the rest of the run" if whole else "preparing and comparing"
     lines += [
         "",
         f"Larger libraries: searching grows as N^{r['search_growth_exponent']} (the fit of docs/dupes-scale.md), "
-        f"preparing and comparing linearly at the measured pairs per photo; {own['ms_per_photo']} ms per stored "
-        "photo at the measured size.",
+        f"{grows} linearly at the measured pairs per photo; {own['ms_per_photo']} ms per stored photo at the "
+        "measured size.",
     ]
+    if whole:
+        st = whole["stats"]
+        lines.append(
+            f'End to end (`find_duplicates(store, "copies")`, {r["cpus"]} threads, the default cache): '
+            f"{whole['seconds']} s, {whole['ms_per_photo']} ms per stored photo: searching "
+            f"{st['seconds_searching']} s, "
+            f"comparing {st['seconds_comparing']} s ({st['files_prepared']:,} files prepared, "
+            f"{st['files_prepared'] / r['files_with_candidates']:.2f} per file with a candidate), the rest "
+            f"{whole['seconds'] - st['seconds_searching'] - st['seconds_comparing']:.1f} s; {whole['groups']:,} "
+            f"groups, pair precision {whole['pair_precision']}, planted copy recall {whole['planted_copy_recall']}, "
+            f"{whole['groups_joining_two_originals']} groups joining two originals (the sets' own copies among them)."
+        )
     if "cpu_ms_per_pair_compared" in r:
         lines.append(
             f"CPU time (all threads), which other work on the cores does not stretch: {r['cpu_ms_per_file_prepared']} "

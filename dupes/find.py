@@ -41,6 +41,7 @@ BATCH = 256  # query vectors per k-NN round trip
 CHUNK = 256  # candidate pairs handed to the comparing threads at a time (progress is reported per chunk)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total): "searching images", then "comparing pairs"
+Join = Callable[[list[tuple[str, str]]], list[float | None]]  # (file, centre) pairs -> score if the same picture
 
 
 def find_duplicates(
@@ -76,7 +77,7 @@ def find_duplicates(
             verifier = Verifier(whole_files=whole_files)
         pairs, files = _accepted(store, where, floor, verifier, neighbours, stats, progress, workers)
         stats["accepted_pairs"] = len(pairs)
-        result.groups += _stars(pairs, files, level, None if verifier is None else _joiner(store, verifier))
+        result.groups += _stars(pairs, files, level, None if verifier is None else _joiner(store, verifier, workers))
     else:
         stats["images"] = total
     stats["seconds"] = round(time.perf_counter() - started, 2)
@@ -84,14 +85,23 @@ def find_duplicates(
     return result
 
 
-def _joiner(store: Store, verifier: Verifier) -> Callable[[str, str], float | None]:
-    """``join`` for :func:`_stars`: the two files' pixels compared, and their vectors' score."""
+def _joiner(store: Store, verifier: Verifier, workers: int | None) -> Join:
+    """``join`` for :func:`_stars`: for each (file, centre), its vectors' score if the two files' pixels are
+    the same picture, else None; compared in ``workers`` threads (a library has hundreds of such files)."""
 
-    def join(a: str, b: str) -> float | None:
-        rows = store.get([a, b], embeddings=True)
-        if len(rows) < 2 or not verifier.same_picture(stored_path(rows[a]), stored_path(rows[b])).same:
-            return None
-        return float(np.dot(rows[a]["_embedding"], rows[b]["_embedding"]))  # stored vectors are unit length
+    def join(asked: list[tuple[str, str]]) -> list[float | None]:
+        rows = store.get(sorted({i for pair in asked for i in pair}), embeddings=True)
+
+        def one(pair: tuple[str, str]) -> float | None:
+            a, b = pair
+            if a not in rows or b not in rows:
+                return None
+            if not verifier.same_picture(stored_path(rows[a]), stored_path(rows[b])).same:
+                return None
+            return float(np.dot(rows[a]["_embedding"], rows[b]["_embedding"]))  # stored vectors are unit length
+
+        with ThreadPoolExecutor(workers or usable_cpus(), thread_name_prefix="verify") as pool:
+            return list(pool.map(one, asked))
 
     return join
 
@@ -228,6 +238,17 @@ def _locality_order(pairs: np.ndarray, n: int) -> np.ndarray:
     return np.lexsort((earlier, later))
 
 
+def _next_uses(ordered: np.ndarray) -> np.ndarray:
+    """For each pair of ``ordered`` (row numbers of files) and each of its two files, the position of the
+    next pair that needs that file, or ``len(ordered)`` when none does (int64, like ``ordered``'s shape)."""
+    files = ordered.ravel()
+    by_file = np.argsort(files, kind="stable")
+    after = np.full(len(files), len(ordered), dtype=np.int64)
+    again = files[by_file[1:]] == files[by_file[:-1]]
+    after[by_file[:-1][again]] = by_file[1:][again] // 2
+    return after.reshape(ordered.shape)
+
+
 def _accepted(
     store: Store,
     where: dict[str, Any] | None,
@@ -248,11 +269,22 @@ def _accepted(
     same = np.ones(len(pairs), dtype=bool)
     if verifier is not None and len(pairs):
         order = _locality_order(pairs, len(files))
+        after = _next_uses(pairs[order])
+
+        def compare(job: tuple[Member, int, Member, int]) -> bool:
+            a, after_a, b, after_b = job
+            return verifier.same_picture(a.path, b.path, next_use=(after_a, after_b)).same
+
         with ThreadPoolExecutor(workers or usable_cpus(), thread_name_prefix="verify") as pool:
             for start in range(0, len(order), CHUNK):
                 chunk = order[start : start + CHUNK]
-                two = [sorted((files[a], files[b]), key=lambda m: m.id) for a, b in pairs[chunk].tolist()]
-                same[chunk] = list(pool.map(lambda ab: verifier.same_picture(ab[0].path, ab[1].path).same, two))
+                jobs = []
+                ahead = after[start : start + CHUNK].tolist()
+                for (a, b), (after_a, after_b) in zip(pairs[chunk].tolist(), ahead, strict=True):
+                    if files[b].id < files[a].id:
+                        a, b, after_a, after_b = b, a, after_b, after_a
+                    jobs.append((files[a], after_a, files[b], after_b))
+                same[chunk] = list(pool.map(compare, jobs))
                 if progress is not None:
                     progress("comparing pairs", start + len(chunk), len(order))
         stats["files_prepared"] = verifier.prepared
@@ -272,13 +304,13 @@ def _stars(
     pairs: dict[tuple[str, str], float],
     files: dict[str, Member],
     kind: str,
-    join: Callable[[str, str], float | None] | None = None,
+    join: Join | None = None,
 ) -> list[Group]:
     """Star clusters: every member is accepted with its group's representative (no chaining).
 
     A file whose accepted partners all went to a group whose centre it was never compared with (a
-    copy the index found only near other copies) gets one more chance: ``join(file, centre)`` gives
-    its score with that group's centre if they are the same picture (compared then), else None."""
+    copy the index found only near other copies) gets one more chance: ``join([(file, centre), ...])`` gives
+    each one's score with its group's centre if they are the same picture (compared then), else None."""
     partners: dict[str, dict[str, float]] = defaultdict(dict)
     for (a, b), score in pairs.items():
         partners[a][b] = score
@@ -293,13 +325,14 @@ def _stars(
             continue
         centre_of |= dict.fromkeys([centre, *members], centre)
         group = [files[centre]] + [replace(files[m], score=partners[centre][m]) for m in members]
-        inside = {centre, *members}
-        kept = [Pair(a, b, s, kind == "copies") for (a, b), s in sorted(pairs.items()) if a in inside and b in inside]
+        inside = {centre, *members}  # the accepted pairs between them, from their partners (not all pairs per group)
+        among = sorted((a, b) for a in inside for b in partners[a] if a < b and b in inside)
+        kept = [Pair(a, b, pairs[a, b], kind == "copies") for a, b in among]
         stars[centre] = (group, kept)
-    if join is not None:
-        for left in sorted(set(partners) - set(centre_of)):
-            centre = centre_of[max(partners[left], key=lambda m: (partners[left][m], m))]
-            score = join(left, centre)
+    if join is not None:  # a left-out file's partners are all in groups: the joins do not depend on each other
+        left_out = sorted(set(partners) - set(centre_of))
+        asked = [(left, centre_of[max(partners[left], key=lambda m: (partners[left][m], m))]) for left in left_out]
+        for (left, centre), score in zip(asked, join(asked) if asked else [], strict=True):
             if score is not None:
                 centre_of[left] = centre
                 stars[centre][0].append(replace(files[left], score=score))

@@ -22,8 +22,8 @@ The thresholds are measured on photos (``bench/dupes.py``, docs/dupes.md).
 
 from __future__ import annotations
 
+import heapq
 import threading
-from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -99,8 +99,8 @@ def _thumbs(grey: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Verifier:
-    """Compares files pairwise; keeps the prepared forms of the files last used, up to ``cache_bytes``
-    (thread-safe; a file two threads ask for at once is prepared once)."""
+    """Compares files pairwise; keeps prepared forms of files up to ``cache_bytes``: those the caller says it
+    needs soonest, else those used last (thread-safe; a file two threads ask for at once is prepared once)."""
 
     def __init__(self, cache_bytes: int = CACHE_BYTES, whole_files: bool = True) -> None:
         """``whole_files`` False: files are decoded at SIDE only and the closer-exposure test, which decodes
@@ -109,7 +109,9 @@ class Verifier:
 
         cv2.setNumThreads(1)  # pairs run in parallel threads; OpenCV's own pool would oversubscribe
         self._orb = align.detector(1500)
-        self._cache: OrderedDict[str, tuple[_Prepared | str, int]] = OrderedDict()
+        self._cache: dict[str, list] = {}  # path -> [prepared form or why not, bytes, rank]: highest rank goes first
+        self._ranks: list[tuple[int, int, str]] = []  # heap of (-rank, tick, path); entries whose rank moved are stale
+        self._tick = 0
         self._pending: dict[str, Future[_Prepared | str]] = {}
         self._bytes = 0
         self._limit = cache_bytes
@@ -117,8 +119,14 @@ class Verifier:
         self._whole_files = whole_files
         self.prepared = 0  # files prepared (a file prepared again after eviction counts again)
 
-    def same_picture(self, path_a: str, path_b: str) -> Verdict:
-        a, b = self._prepared(path_a), self._prepared(path_b)
+    def same_picture(self, path_a: str, path_b: str, next_use: tuple[int, int] | None = None) -> Verdict:
+        """``next_use``: for each file, when the caller will next ask for it (a position in its own order of
+        pairs; any number past the last pair when never): the cache then drops the file needed furthest
+        ahead (Belady's rule). Why: the files of a library's candidate pairs, in the best order found, are
+        too many to keep (2,900 at once at 10,000 files), and with the least recently used dropped first each
+        was prepared 2.6 times, 1.8 with this (docs/dupes.md)."""
+        after_a, after_b = next_use or (None, None)
+        a, b = self._prepared(path_a, after_a), self._prepared(path_b, after_b)
         if isinstance(a, str) or isinstance(b, str):
             return Verdict(False, f"unreadable: {a if isinstance(a, str) else b}")
         if _taken_apart(a.taken, b.taken):
@@ -179,11 +187,12 @@ class Verifier:
         return Measures(globals_, inliers, nest, blocks, textured, detail, closer, probe)
 
     # -- preparing a file once -------------------------------------------------------------------
-    def _prepared(self, path: str) -> _Prepared | str:
+    def _prepared(self, path: str, next_use: int | None = None) -> _Prepared | str:
         with self._lock:
             if path in self._cache:
-                self._cache.move_to_end(path)
-                return self._cache[path][0]
+                entry = self._cache[path]
+                entry[2] = self._ranked(path, next_use)
+                return entry[0]
             pending = self._pending.get(path)
             mine = pending is None
             if pending is None:
@@ -200,13 +209,27 @@ class Verifier:
         size = made.nbytes if isinstance(made, _Prepared) else len(made)
         with self._lock:
             del self._pending[path]
-            self._cache[path] = (made, size)
+            self._cache[path] = [made, size, self._ranked(path, next_use)]
             self._bytes += size
             self.prepared += 1
             while self._bytes > self._limit and len(self._cache) > 1:
-                self._bytes -= self._cache.popitem(last=False)[1][1]
+                rank, _, gone = heapq.heappop(self._ranks)
+                if gone in self._cache and self._cache[gone][2] == -rank:
+                    self._bytes -= self._cache.pop(gone)[1]
         pending.set_result(made)
         return made
+
+    def _ranked(self, path: str, next_use: int | None) -> int:
+        """The rank of a file just used (under the lock): when it is needed next, or without that the
+        reverse of when it was used (the least recently used has the highest)."""
+        self._tick += 1
+        rank = -self._tick if next_use is None else next_use
+        heapq.heappush(self._ranks, (-rank, self._tick, path))
+        if len(self._ranks) > 2 * len(self._cache) + 1024:  # stale entries: bounded by the files cached
+            self._ranks = [(-entry[2], 0, p) for p, entry in self._cache.items()]
+            self._ranks.append((-rank, self._tick, path))
+            heapq.heapify(self._ranks)
+        return rank
 
     def _prepare(self, path: str) -> _Prepared | str:
         import cv2
@@ -404,17 +427,20 @@ def _block_agreement(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> tuple[
     and the median over the blocks with texture alone (1.0 when none has any). Why both: on a plain
     ground the flat blocks agree whatever stands on it, so two product shots of two motorbikes agree on
     most blocks (0.95-0.99) yet disagree on most of those that show a motorbike.
-    All blocks at once (one array of BLOCK_GRID x BLOCK_GRID blocks; a loop over them cost ~2.5 ms a call)."""
+    All blocks at once (one array of BLOCK_GRID x BLOCK_GRID blocks; a loop over them cost ~2.5 ms a call),
+    summed down the rows of a block first, then across (contiguous, ~6x faster than both axes at once).
+    The sums are exact in any order: the pixels and their Laplacians are whole numbers, far below 2**53."""
     h, w = a.shape
     bh, bw = max(1, h // BLOCK_GRID), max(1, w // BLOCK_GRID)
     ny, nx = h // bh, w // bw
 
     def sums(x: np.ndarray) -> np.ndarray:  # per block, in float64
-        return x.reshape(ny, bh, nx, bw).sum(axis=(1, 3), dtype=np.float64).ravel()
+        return x.reshape(ny, bh, nx * bw).sum(axis=1).reshape(ny, nx, bw).sum(axis=2).ravel()
 
     pa = a[: ny * bh, : nx * bw].astype(np.float64)
     pb = b[: ny * bh, : nx * bw].astype(np.float64)
-    covered = inside[: ny * bh, : nx * bw].reshape(ny, bh, nx, bw).min(axis=(1, 3)).ravel() > 0
+    covered = inside[: ny * bh, : nx * bw].reshape(ny, bh, nx * bw).min(axis=1).reshape(ny, nx, bw).min(axis=2)
+    covered = covered.ravel() > 0
     n = bh * bw
     mean_a, mean_b = sums(pa) / n, sums(pb) / n
     var_a = np.maximum(sums(pa * pa) / n - mean_a * mean_a, 0.0)

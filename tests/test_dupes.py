@@ -38,10 +38,10 @@ def test_groups_are_stars_never_chains() -> None:
     assert [sorted(m.id for m in g.members) for g in groups] == [["A", "B", "C"]]  # D's only partner is taken
     asked: list[tuple[str, str]] = []
 
-    def joiner(answer: float | None) -> Callable[[str, str], float | None]:
-        def join(left: str, centre: str) -> float | None:  # D is compared with its partner's group's centre
-            asked.append((left, centre))
-            return answer
+    def joiner(answer: float | None) -> Callable[[list[tuple[str, str]]], list[float | None]]:
+        def join(pairs: list[tuple[str, str]]) -> list[float | None]:  # D is compared with its partner's centre
+            asked.extend(pairs)
+            return [answer] * len(pairs)
 
         return join
 
@@ -71,6 +71,27 @@ def test_pairs_are_compared_file_by_file() -> None:
     assert sorted(order.tolist()) == list(range(len(pairs)))
     cluster_of = [0 if int(a) in clusters[0] else 1 for a, _ in pairs[order]]
     assert sum(x != y for x, y in itertools.pairwise(cluster_of)) == 1  # one cluster, then the other
+
+
+def test_the_cache_keeps_the_files_needed_soonest() -> None:
+    """Told when each file is needed next, the verifier drops the one needed furthest ahead: in pairs (A, B),
+    (B, C), (A, C) with room for two files it drops B, which is done, where dropping the least recently used
+    (A) would prepare A twice. ``_next_uses`` gives those hints from an order of pairs."""
+    import numpy as np
+
+    from imgsearch.dupes.find import _next_uses
+    from imgsearch.dupes.verify import Verifier
+
+    ordered = np.array([[0, 1], [1, 2], [0, 2]])
+    assert _next_uses(ordered).tolist() == [[2, 1], [3, 2], [3, 3]]
+    a, b, c = (str(p) for p in sorted((REPO / "examples" / "library").rglob("*.jpg"))[:3])
+    sizes = [Verifier()._prepared(x).nbytes for x in (a, b, c)]  # type: ignore[union-attr]
+    room = max(x + y for x, y in itertools.combinations(sizes, 2))  # any two files fit, never three
+    for hints, prepared in ((True, 3), (False, 4)):
+        verifier = Verifier(cache_bytes=room)
+        for (x, y), after in zip(((a, b), (b, c), (a, c)), _next_uses(ordered).tolist(), strict=True):
+            verifier.same_picture(x, y, next_use=tuple(after) if hints else None)
+        assert verifier.prepared == prepared, hints
 
 
 def _plant(lib: Path) -> tuple[Path, Path, Path]:
@@ -253,9 +274,10 @@ def test_capture_times_tell_shots_from_copies(tmp_path: Path) -> None:
 
 
 def test_the_verifiers_shortcuts_change_no_answer(tmp_path: Path) -> None:
-    """The shortcuts that make a pair cheap give the answers of the work they skip: a fit through the probe
-    is exactly the full fit (same transform, same inliers), the nest bound is never below the nest the warp
-    measures, and the blocks compared all at once agree with a block-by-block loop."""
+    """The shortcuts that make a pair cheap give the answers of the work they skip: faiss' matches are
+    OpenCV's brute-force matches, a fit through the probe is exactly the full fit (same transform, same
+    inliers), the nest bound is never below the nest the warp measures, and the blocks compared all at once
+    agree with a block-by-block loop."""
     import cv2
     import numpy as np
 
@@ -275,6 +297,9 @@ def test_the_verifiers_shortcuts_change_no_answer(tmp_path: Path) -> None:
             a, b = verifier._prepared(str(src)), verifier._prepared(str(copy))
             assert not isinstance(a, str) and not isinstance(b, str)
             for m in (0, 1):
+                knn = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(b.descriptors[m], a.descriptors[0], k=2)
+                ratio = [(x.queryIdx, x.trainIdx) for x, y in knn if x.distance < 0.8 * y.distance]
+                assert list(zip(*align.good_matches(b.descriptors[m], a.descriptors[0]), strict=True)) == ratio
                 full = align.fit(a.keypoints[0], a.descriptors[0], b.keypoints[m], b.descriptors[m], 3.0, 15)
                 probed = verify._probed_fit(a.keypoints[0], a.descriptors[0], b.keypoints[m], b.descriptors[m])
                 if probed[0] is not None:
