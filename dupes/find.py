@@ -284,6 +284,11 @@ def _accepted(
                     if files[b].id < files[a].id:
                         a, b, after_a, after_b = b, a, after_b, after_a
                     jobs.append((files[a], after_a, files[b], after_b))
+                first_use: dict[str, int] = {}  # the chunk's files prepared first, all threads at work on them
+                for k, (a, _, b, _) in enumerate(jobs):
+                    first_use.setdefault(a.path, start + k)
+                    first_use.setdefault(b.path, start + k)
+                list(pool.map(lambda use: verifier.prepare(*use), first_use.items()))
                 same[chunk] = list(pool.map(compare, jobs))
                 if progress is not None:
                     progress("comparing pairs", start + len(chunk), len(order))

@@ -187,6 +187,12 @@ class Verifier:
         return Measures(globals_, inliers, nest, blocks, textured, detail, closer, probe)
 
     # -- preparing a file once -------------------------------------------------------------------
+    def prepare(self, path: str, next_use: int | None = None) -> None:
+        """Prepare ``path`` now (if not cached), ranked as in :meth:`same_picture`. Why: pairs in the compare
+        order share files, so two threads comparing them would often wait on one file's preparation; the
+        files of a batch of pairs are prepared first, in parallel, and the comparisons then find them ready."""
+        self._prepared(path, next_use)
+
     def _prepared(self, path: str, next_use: int | None = None) -> _Prepared | str:
         with self._lock:
             if path in self._cache:
