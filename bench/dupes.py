@@ -316,7 +316,7 @@ def _sample(paths: list[str], chosen: list[list[int]]) -> tuple[tuple[float, flo
     verifier = Verifier(cache_bytes=1 << 40)
     with ThreadPoolExecutor(usable_cpus()) as pool:
         started, cpu = time.perf_counter(), time.process_time()
-        list(pool.map(verifier._prepared, touched))
+        list(pool.map(verifier.prepare, touched))
         prepare = time.perf_counter() - started, time.process_time() - cpu
         started, cpu = time.perf_counter(), time.process_time()
         same = list(pool.map(lambda ab: verifier.same_picture(paths[ab[0]], paths[ab[1]]).same, chosen))

@@ -90,18 +90,22 @@ def _joiner(store: Store, verifier: Verifier, workers: int | None) -> Join:
     the same picture, else None; compared in ``workers`` threads (a library has hundreds of such files)."""
 
     def join(asked: list[tuple[str, str]]) -> list[float | None]:
-        rows = store.get(sorted({i for pair in asked for i in pair}), embeddings=True)
-
-        def one(pair: tuple[str, str]) -> float | None:
-            a, b = pair
-            if a not in rows or b not in rows:
-                return None
-            if not verifier.same_picture(stored_path(rows[a]), stored_path(rows[b])).same:
-                return None
-            return float(np.dot(rows[a]["_embedding"], rows[b]["_embedding"]))  # stored vectors are unit length
-
+        scores: list[float | None] = []
         with ThreadPoolExecutor(workers or usable_cpus(), thread_name_prefix="verify") as pool:
-            return list(pool.map(one, asked))
+            for start in range(0, len(asked), CHUNK):  # the stored rows of one chunk in memory at a time
+                chunk = asked[start : start + CHUNK]
+                rows = store.get(sorted({i for pair in chunk for i in pair}), embeddings=True)
+
+                def one(pair: tuple[str, str], rows: dict[str, dict[str, Any]] = rows) -> float | None:
+                    a, b = pair
+                    if a not in rows or b not in rows:
+                        return None
+                    if not verifier.same_picture(stored_path(rows[a]), stored_path(rows[b])).same:
+                        return None
+                    return float(np.dot(rows[a]["_embedding"], rows[b]["_embedding"]))  # stored vectors: unit length
+
+                scores += pool.map(one, chunk)
+        return scores
 
     return join
 
