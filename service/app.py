@@ -1,8 +1,10 @@
 """The web app behind ``imgsearch serve``: a search page and a JSON API over one store.
 
 Why it is shaped like this:
-- The model is loaded once per process, in a background thread, so ``/healthz`` answers at once
-  and ``/readyz`` says 503 (with the reason) until the model is loaded and the store answers.
+- The model is loaded once per process, in a background thread (:mod:`imgsearch.service.lifecycle`), so
+  ``/healthz`` answers at once and ``/readyz`` says 503 (with the reason) until the model is loaded and the
+  store answers. What each route answers, and the API's typed errors as HTTP codes, is
+  :mod:`imgsearch.service.answers`; this module holds the routes, their forms and the middleware's order.
 - ``POST /api/search`` returns exactly the object ``search --json`` prints, built by the same
   :mod:`imgsearch.search.query` functions; uploads go through the one decode + preprocessing path.
 - Pictures are served only by store id (``/api/images/{id}/thumb``): the path comes from the
@@ -29,7 +31,7 @@ Why it is shaped like this:
 - ``POST /api/dupes`` (the ``dupes --json`` object) runs one finder at a time, in the thread pool, holding
   one decode slot and comparing files at the verifier's size only: a second request while one runs gets
   503 with ``Retry-After`` (the page retries), unless the answer is cached (per level and filters, while
-  the store's count is unchanged and for at most ``DUPES_TTL``).
+  the store's count is unchanged and for at most ``answers.DUPES_TTL``).
 - With ``watch_dirs`` the ingest worker runs in this process (the one owner of an embedded store);
   with a Chroma server it usually runs as its own process (``imgsearch worker``).
 Only ``imgsearch serve`` imports this module, so fastapi is imported at the top.
@@ -39,11 +41,9 @@ import ipaddress
 import math
 import shutil
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from contextlib import asynccontextmanager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -52,17 +52,15 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Upload
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.types import Scope
 
-from imgsearch.api import BadQuery, Library, NotStored
-from imgsearch.core.config import VERIFY, Fingerprint, ModelChoice, ModelUnavailable
+from imgsearch.core.config import VERIFY, ModelChoice
 from imgsearch.core.decode import ImageError, pixel_size
-from imgsearch.core.regions import BadBox, Box, picture_box
+from imgsearch.core.regions import BadBox, Box
 from imgsearch.core.runtime import usable_cpus
-from imgsearch.core.store import Location, StoreError, StoreUnavailable, stored_path
+from imgsearch.core.store import Location
 from imgsearch.ingest.worker import default_status_path, read_status
-from imgsearch.search.filters import FilterError, parse_where
-from imgsearch.search.query import EmptyStore, result_json
 from imgsearch.search.verify import MAX_VERIFY
-from imgsearch.search.why import UnreadableResult
+from imgsearch.service.answers import Answers, Asked
+from imgsearch.service.lifecycle import RETRY, Lifecycle
 from imgsearch.service.metrics import CONTENT_TYPE, Metrics
 from imgsearch.service.middleware import (
     COOKIE,
@@ -74,24 +72,16 @@ from imgsearch.service.middleware import (
     Guard,
     Headers,
     ReadBody,
-    one_line,
     same,
     session,
 )
 from imgsearch.service.page import render_login_page, render_page
 from imgsearch.service.thumbs import Thumbnails
 
-Slot = Callable[[], AbstractContextManager[Any]]  # held while a request decodes or compares files
 MAX_K = 100
 FORM_SLACK = 64 * 1024  # bytes allowed on top of the upload limit for the form fields and multipart framing
-RETRY = 3.0  # seconds between attempts to reach the store / find its collection
-READY_EVERY = 1.0  # seconds between the background checks /readyz answers from
-LOAD_BACKOFF = (3.0, 60.0)  # seconds before retrying a model load that failed: first, doubling up to the last
 THUMB_QUEUE = 16  # thumbnails waiting for a decode slot (a page shows up to 100; a browser fetches ~6 at once)
 THUMB_CACHE = 4 * 1024 * 1024  # bytes of recent thumbnails kept
-CATEGORY_TTL = 30.0  # seconds the per-category counts are reused while the count stays (they scan every entry)
-DUPES_TTL = 300.0  # seconds a duplicates answer is reused while the count stays (a finder run reads every vector)
-DUPES_CACHE = 8  # duplicates answers kept, one per (level, filters)
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
     "frame-ancestors 'none'"
@@ -108,22 +98,6 @@ class Limits:
     concurrent: int | None = None  # decodes + model runs at once; None: from the CPUs (default_concurrency)
     queue: int | None = None  # uploads waiting for one; None: 4 per concurrent run
     read_timeout: float = 30.0  # seconds a client has to send a request's headers, and then its body (408)
-
-
-@dataclass(frozen=True)
-class Asked:
-    """What a search request asks besides its query: the form fields of both search routes."""
-
-    k: int = 5
-    where: list[str] | None = None
-    min_score: float | None = None
-    online_only: bool = False
-    box: str | None = None  # as sent: parsed in the route, so a bad one counts as that route's refusal
-    verify: int = VERIFY
-
-    def options(self) -> dict[str, Any]:
-        """These as :meth:`imgsearch.api.Library.search` takes them (all but the box)."""
-        return {k: v for k, v in asdict(self).items() if k != "box"}
 
 
 def default_concurrency() -> int:
@@ -154,265 +128,12 @@ def _thumbnail(scope: Scope) -> bool:
     return scope["method"] == "GET" and scope["path"].startswith("/api/images/")
 
 
-def _unavailable(err: StoreError) -> HTTPException:
-    """503 for a store that failed: retry when its breaker closes, or after RETRY."""
-    seconds = err.retry_after if isinstance(err, StoreUnavailable) else RETRY
-    return HTTPException(503, str(err), headers={"Retry-After": str(max(1, math.ceil(seconds)))})
-
-
 def _box(text: str | None) -> Box | None:
     """The ``box`` form field; 422 when it is not X,Y,W,H."""
     try:
         return None if text is None or not text.strip() else Box.parse(text)
     except BadBox as err:
         raise HTTPException(422, str(err)) from None
-
-
-class _Service:
-    """What requests share: one store handle, the model (loaded once) and, with watch_dirs, the worker."""
-
-    def __init__(
-        self,
-        location: Location,
-        choice: ModelChoice,
-        watch_dirs: Sequence[str],
-        interval: float,
-        settle: float,
-        status_path: Path,
-        log: Callable[[str], None],
-        follow_outside: bool = False,
-    ) -> None:
-        self.lib = Library(location, choice, follow_outside=follow_outside)
-        self.store = self.lib.store  # counted for /readyz and the stats
-        self.choice = choice
-        self.watch_dirs, self.interval, self.settle = list(watch_dirs), interval, settle
-        self.status_path = status_path
-        self.log = log
-        self.model: Fingerprint | None = None  # the loaded model's
-        self.problem: str | None = "loading the model"  # None once the model is loaded and the store answered
-        # what /readyz says, as (ready, body): kept by the loading thread, read on the event loop without a lock
-        self.readiness: tuple[bool, dict[str, Any]] = (False, {"ready": False, "reason": self.problem})
-        self.stop = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self._categories: tuple[float, int, dict[str, int]] = (0.0, -1, {})  # (made, store count, counts)
-        self._categories_lock = threading.Lock()
-        # (level, filters) -> (made, store count, the dupes --json object), oldest first
-        self._dupes: dict[tuple[str, tuple[str, ...]], tuple[float, int, dict[str, Any]]] = {}
-        self._dupes_lock = threading.Lock()  # held by the one finder running
-        self._dupes_run: dict[str, Any] = {"started": 0.0, "stage": "", "done": 0, "total": 0, "seconds": 5.0}
-
-    # -- life cycle --------------------------------------------------------------------------
-    def start(self) -> None:
-        self._spawn(self._load, "load-model")
-
-    def close(self) -> None:
-        """Stop the worker (it finishes its current row) and release the store."""
-        self.stop.set()
-        for thread in self.threads:
-            thread.join()
-        self.store.close()
-
-    def _spawn(self, target: Callable[[], None], name: str) -> None:
-        thread = threading.Thread(target=target, name=name)
-        self.threads.append(thread)
-        thread.start()
-
-    def _load(self) -> None:
-        """Load the model once and wait until the store answers (any failure is one log line and /readyz's
-        reason, then retried: the store's every RETRY s, the model's with a growing pause); start the
-        worker if asked to; then check the store every READY_EVERY s for /readyz until stopped."""
-        pause = LOAD_BACKOFF[0]
-        while self.problem is not None and not self.stop.is_set():
-            try:
-                self._load_model()
-                count = self.store.count()
-            except ModelUnavailable as err:  # wrong model for this store: retrying cannot help
-                self._not_ready(str(err), "error")
-                return
-            except StoreError as err:
-                self._not_ready(str(err))
-                self.stop.wait(RETRY)
-                continue
-            except Exception as err:  # a broken install, a bug, no memory: said, and tried again
-                self._not_ready(f"the model failed to load ({one_line(err)}); retrying in {pause:g} s", "error")
-                self.stop.wait(pause)
-                pause = min(2 * pause, LOAD_BACKOFF[1])
-                continue
-            self.problem = None
-            self._ready(count)
-        if self.watch_dirs and self.model is not None and not self.stop.is_set():
-            options = {"interval": self.interval, "settle": self.settle, "status": self.status_path, "log": self.log}
-            self._spawn(lambda: self.lib.watch(self.watch_dirs, self.stop, **options), "worker")
-        while not self.stop.wait(READY_EVERY):
-            try:
-                self._ready(self.store.count())
-            except StoreError as err:
-                self._not_ready(str(err))
-
-    def _load_model(self) -> None:
-        if self.model is not None:
-            return
-        if self.choice.model is None and not self.watch_dirs and self.lib.fingerprint() is None:
-            raise StoreError(
-                f"{self.store.location.describe()} has no collection yet, so its model is unknown: "
-                "waiting for a worker to create it (or pass --model)"
-            )
-        self.model = self.lib.load(create=bool(self.watch_dirs), warm=True)  # the worker's store made here once
-        self.log(f"model loaded: {self.model.describe()}")
-
-    def _ready(self, count: int) -> None:
-        assert self.model is not None
-        if not self.readiness[0]:
-            self.log(f"ready: {self.store.location.describe()}")
-        self.readiness = (True, {"ready": True, "model": self.model.describe(), "count": count})
-
-    def _not_ready(self, reason: str, label: str = "not ready") -> None:
-        """Say why in /readyz; log it when the reason changed. Until first ready, requests are refused too."""
-        if reason != self.readiness[1].get("reason"):
-            self.log(f"{label}: {reason}")
-        if self.problem is not None:
-            self.problem = reason
-        self.readiness = (False, {"ready": False, "reason": reason})
-
-    # -- helpers for the routes ----------------------------------------------------------------
-    def ready(self) -> Fingerprint:
-        if self.problem is not None or self.model is None:
-            raise HTTPException(503, f"not ready: {self.problem}", headers={"Retry-After": str(int(RETRY))})
-        return self.model
-
-    def entry(self, image_id: str) -> dict[str, Any]:
-        """The stored metadata of ``image_id``; 404 for anything that is not a stored id."""
-        self.ready()
-        with _answers(image_id):
-            return self.lib.entry(image_id)
-
-    def categories(self, count: int) -> dict[str, int]:
-        """Images per category, recounted when the store's ``count`` changed or the last count is old."""
-        with self._categories_lock:
-            made, counted, counts = self._categories
-            if count != counted or time.monotonic() - made > CATEGORY_TTL:
-                counts = self.store.categories()
-                self._categories = (time.monotonic(), count, counts)
-            return counts
-
-    def dupes(self, level: str, where: Sequence[str], slot: Slot = nullcontext) -> dict[str, Any]:
-        """The ``dupes --json`` object: cached, found now (holding ``slot``), or 503 (``Retry-After``) while
-        another finder runs."""
-        self.ready()
-        key = (level, tuple(where))
-        with _answers("duplicates", where):
-            count = self.store.count()
-            if (cached := self._cached_dupes(key, count)) is not None:
-                return cached
-            if not self._dupes_lock.acquire(blocking=False):
-                raise self._dupes_busy()
-            try:
-                if (cached := self._cached_dupes(key, count)) is not None:  # the run just finished was this one
-                    return cached
-                with slot():
-                    return self._find_dupes(key, count, level, where)
-            finally:
-                self._dupes_lock.release()
-
-    def _cached_dupes(self, key: tuple[str, tuple[str, ...]], count: int) -> dict[str, Any] | None:
-        made, counted, found = self._dupes.get(key, (0.0, -1, {}))
-        return found if counted == count and time.monotonic() - made <= DUPES_TTL else None
-
-    def dupes_progress(self) -> dict[str, Any]:
-        """How far the running finder is (``running`` False when none runs): what the page shows meanwhile."""
-        run, running = self._dupes_run, self._dupes_lock.locked()
-        elapsed = time.monotonic() - run["started"] if running else 0.0
-        return {
-            "running": running,
-            "stage": run["stage"],
-            "done": int(run["done"]),
-            "total": int(run["total"]),
-            "seconds": round(elapsed, 1),
-        }
-
-    def _dupes_busy(self) -> HTTPException:
-        run = self._dupes_run
-        elapsed = time.monotonic() - run["started"]
-        seconds = max(1, min(60, math.ceil(run["seconds"] - elapsed)))
-        done = f", {run['stage']}: {int(run['done'])} of {int(run['total'])}" if run["total"] else ""
-        detail = f"busy: finding duplicates (one search at a time: {elapsed:.0f} s so far{done}); retry in {seconds} s"
-        return HTTPException(503, detail, headers={"Retry-After": str(seconds)})
-
-    def _find_dupes(
-        self, key: tuple[str, tuple[str, ...]], count: int, level: str, where: Sequence[str]
-    ) -> dict[str, Any]:
-        """Run the finder (the caller holds ``_dupes_lock``) and cache its answer under ``key``. One thread
-        compares files, at the verifier's size only (not whole, as ``dupes``' closer-exposure test does): a
-        web request must not decode a library of 100 MP files at full size on every core."""
-        run = self._dupes_run
-        run.update(started=time.monotonic(), stage="", done=0, total=0)
-
-        def progress(stage: str, done: int, total: int) -> None:
-            run.update(stage=stage, done=done, total=total)
-
-        found = self.lib.dupes(level, where=where, progress=progress, workers=1, whole_files=False).as_dict()
-        run["seconds"] = time.monotonic() - run["started"]
-        self._dupes.pop(key, None)
-        self._dupes[key] = (time.monotonic(), count, found)
-        while len(self._dupes) > DUPES_CACHE:
-            del self._dupes[next(iter(self._dupes))]
-        return found
-
-    def why(
-        self, query: str, result_id: str, slot: Slot, box: Box | None = None, stored: bool = False, name: str = ""
-    ) -> dict[str, Any]:
-        """The ``POST /api/why`` object for ``query`` (an uploaded file, called ``name``; with ``stored``, a stored
-        id; ``box``: a region of it) and the stored ``result_id``, both decoded holding ``slot``."""
-        self.ready()
-        with _answers(name or query), slot():
-            found = self.lib.why_by_id(query, result_id, box=box) if stored else self.lib.why(query, result_id, box=box)
-            return found.as_dict()
-
-    def search(self, name: str, path: str, asked: Asked, slot: Slot, box: Box | None = None) -> dict[str, Any]:
-        """The ``search --json`` object for the uploaded file at ``path`` (``box``: a region of it), found holding
-        ``slot`` while it is decoded, embedded and its best ``verify`` candidates compared by their pixels."""
-        model = self.ready()
-        with _answers(name, asked.where), slot():
-            try:
-                hits = self.lib.search(path, box=box, **asked.options())
-            except EmptyStore:  # the worker made the collection and has stored nothing yet
-                hits = []
-            shown = picture_box(path, box) if box is not None else None
-        return result_json(name, hits, model.recipe.model, asked.k, parse_where(asked.where), shown)
-
-    def similar(self, image_id: str, asked: Asked, slot: Slot, box: Box | None = None) -> dict[str, Any]:
-        """More like the stored ``image_id`` (or ``box`` of it, its file read again): the ``search --json``
-        object, whose ``query`` is its path."""
-        model = self.ready()
-        with _answers(image_id):
-            path = stored_path(self.lib.entry(image_id))
-        with _answers(path, asked.where), slot():
-            hits, shown = self.lib.similar(image_id, box=box, **asked.options())
-        return result_json(path, hits, model.recipe.model, asked.k, parse_where(asked.where), shown)
-
-
-@contextmanager
-def _answers(name: str, where: Sequence[str] | None = None) -> Iterator[None]:
-    """The API's typed errors as HTTP answers, ``name`` naming the query: no stored image 404; an unusable query
-    415 (not an image) or 422; a filter that cannot be read, or that the store refused, 422; a stored file that
-    cannot be read now 404; the store down 503."""
-    try:
-        yield
-    except NotStored as err:
-        raise HTTPException(404, str(err)) from None
-    except BadQuery as err:
-        code = 415 if err.reason.startswith(("not an image", "empty file")) else 422
-        raise HTTPException(code, f"{name}: {err.reason}") from None
-    except UnreadableResult as err:
-        raise HTTPException(404, f"stored, but cannot be compared now: {err}") from None
-    except ImageError as err:  # a stored file: gone, offline or changed since it was stored
-        raise HTTPException(404, f"{name}: its file cannot be read now: {err}") from None
-    except FilterError as err:
-        raise HTTPException(422, str(err)) from None
-    except StoreError as err:
-        raise _unavailable(err) from None
-    except ValueError as err:  # Chroma refusing a filter, e.g. mixed value types in one list
-        raise HTTPException(422, f"the store refused the filter {list(where or [])}: {err}") from None
 
 
 def create_app(
@@ -438,9 +159,8 @@ def create_app(
     """
     status_path = status_path or default_status_path(location)
     limits = limits or Limits()
-    service = _Service(
-        location, choice or ModelChoice(), watch_dirs, interval, settle, status_path, log, follow_outside
-    )
+    life = Lifecycle(location, choice or ModelChoice(), watch_dirs, interval, settle, status_path, log, follow_outside)
+    service = Answers(life)
     concurrent = limits.concurrent or default_concurrency()
     gate = Gate(concurrent, 4 * concurrent if limits.queue is None else limits.queue)
     thumbs = Thumbnails(THUMB_CACHE, follow_outside)
@@ -454,9 +174,9 @@ def create_app(
         # requests waiting for a slot block threads: leave enough for every other route
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(limiter.total_tokens, sum(places.values()) + 16)
-        service.start()
+        life.start()
         yield
-        await anyio.to_thread.run_sync(service.close)
+        await anyio.to_thread.run_sync(life.close)
 
     # /docs and /redoc load their scripts from a CDN (a page of another site, running on this origin): off
     app = FastAPI(
@@ -532,7 +252,7 @@ def create_app(
         async def scrape() -> PlainTextResponse:
             """Prometheus' text format 0.0.4 (``imgsearch serve --metrics``; needs the token like the API):
             searches by kind and outcome, their latency, the decode queue, store rows, the worker's lag."""
-            text = counters.render(gate, service.readiness, read_status(status_path))
+            text = counters.render(gate, life.readiness, read_status(status_path))
             return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
     @app.get("/healthz")
@@ -544,7 +264,7 @@ def create_app(
     async def readyz() -> JSONResponse:
         """Model loaded and store answering, as the loading thread last found (every READY_EVERY s): answered
         on the event loop from that state alone, so no burst of requests or hung store delays it."""
-        ready, body = service.readiness
+        ready, body = life.readiness
         if ready:
             return JSONResponse(body)
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(int(RETRY))})
@@ -552,25 +272,12 @@ def create_app(
     @app.get("/api/stats")
     def stats() -> dict[str, Any]:
         """The ``stats --json`` object, plus the worker's status when it writes one."""
-        service.ready()
-        try:
-            count = service.store.count()
-            out: dict[str, Any] = {
-                "count": count,
-                "categories": service.categories(count),
-                "model": recorded.as_dict() if (recorded := service.store.fingerprint()) else None,
-                "store": location.describe(),
-                "offline": service.store.offline_roots(),
-            }
-        except StoreError as err:
-            raise _unavailable(err) from None
-        out["worker"] = read_status(status_path)
-        return out
+        return service.stats()
 
     @contextmanager
     def upload(image: UploadFile) -> Iterator[tuple[str, str]]:
         """The uploaded query's name and a temporary file holding it, once its header passed the pixel cap."""
-        service.ready()
+        life.ready()
         name = image.filename or "upload"
         with tempfile.NamedTemporaryFile(prefix="imgsearch-query-") as tmp:
             shutil.copyfileobj(image.file, tmp)

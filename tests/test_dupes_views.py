@@ -305,7 +305,8 @@ def test_one_finder_at_a_time_and_answers_are_cached(monkeypatch: pytest.MonkeyP
     import imgsearch.dupes.find
     from imgsearch.core.config import ModelChoice
     from imgsearch.core.store import Location
-    from imgsearch.service.app import _Service
+    from imgsearch.service.answers import Answers
+    from imgsearch.service.lifecycle import Lifecycle
 
     running, release = threading.Event(), threading.Event()
     runs: list[tuple[str, Any]] = []
@@ -333,8 +334,9 @@ def test_one_finder_at_a_time_and_answers_are_cached(monkeypatch: pytest.MonkeyP
             return self.n
 
     monkeypatch.setattr(imgsearch.dupes.find, "find_duplicates", held)
-    service = _Service(Location(db=tmp_path / "db"), ModelChoice(), [], 1.0, 1.0, tmp_path / "s.json", print)
-    service.store, service.problem, service.model = Counted(), None, object()  # type: ignore[assignment]
+    life = Lifecycle(Location(db=tmp_path / "db"), ModelChoice(), [], 1.0, 1.0, tmp_path / "s.json", print)
+    life.store, life.problem, life.model = Counted(), None, object()  # type: ignore[assignment]
+    service = Answers(life)
     answers: list[dict[str, Any]] = []
     first = threading.Thread(target=lambda: answers.append(service.dupes("copies", [])))
     first.start()

@@ -272,7 +272,7 @@ def test_a_hung_chroma_server_fails_fast_and_recovers(tmp_path: Path) -> None:
 
 def test_a_model_load_that_fails_is_reported_and_retried(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Anything the model load raises is /readyz's reason and tried again, not "loading the model" forever."""
-    import imgsearch.service.app as app_module
+    import imgsearch.service.lifecycle as lifecycle
     from imgsearch.core.config import ModelChoice
     from imgsearch.core.store import Location
 
@@ -285,9 +285,9 @@ def test_a_model_load_that_fails_is_reported_and_retried(monkeypatch: pytest.Mon
             raise RuntimeError("CUDA driver went away\nsecond line")
         return SimpleNamespace(describe=lambda: MODEL)
 
-    monkeypatch.setattr(app_module, "LOAD_BACKOFF", (0.05, 0.1))
-    monkeypatch.setattr(app_module, "READY_EVERY", 0.05)
-    service = app_module._Service(
+    monkeypatch.setattr(lifecycle, "LOAD_BACKOFF", (0.05, 0.1))
+    monkeypatch.setattr(lifecycle, "READY_EVERY", 0.05)
+    service = lifecycle.Lifecycle(
         Location(db=tmp_path / "db"), ModelChoice(MODEL), [], 1.0, 1.0, tmp_path / "s.json", logged.append
     )
     monkeypatch.setattr(service.lib, "load", flaky)
