@@ -4,8 +4,12 @@
 search; the demo library), each on a store of its own made by the real ingest; cost per image is ingest's on
 caltech101-dev. ``--out`` fills the file's ``<!-- variants -->`` section and writes variants.json beside it;
 ``--results`` renders saved results; ``--cost-from`` takes the timings from a run on a quiet machine.
+``--verify N`` ranks each set's queries again with N candidates verified by their pixels and fills the
+``<!-- variants-verified -->`` section (variants-verified.json) with that table alone; ``--sample Q`` takes Q
+leave-one-out queries of a set without held-out ones (verified search costs ~0.3 s a query on photos).
 
-    python bench/variants.py [--model efficientnet-lite0] [--only WORD ...] [--verify N] [--out docs/quality.md]
+    python bench/variants.py [--model efficientnet-lite0] [--only WORD ...] [--out docs/quality.md]
+    python bench/variants.py --verify 20 --sample 500 --only preset --out docs/quality.md
     python bench/variants.py --results docs/variants.json --cost-from QUIET.json --out docs/quality.md
 """
 
@@ -48,10 +52,12 @@ def datasets(root: Path) -> dict[str, list[str]]:
     return {name: args for name, args in sets.items() if Path(args[0]).is_dir()}
 
 
-def run(eval_args: list[str], model: str, extra: list[str], n_copies: int, verify: int = 0) -> dict[str, Any]:
-    cmd = cli("eval", *eval_args, "--model", model, "--copies", "--n-copies", n_copies, "--json", *extra)
-    if verify:  # the same queries ranked again with the best `verify` candidates compared by their pixels
-        cmd += ["--verify", str(verify)]
+def run(eval_args: list[str], model: str, extra: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    cmd = cli("eval", *eval_args, "--model", model, "--copies", "--n-copies", args.n_copies, "--json", *extra)
+    # the same queries ranked again with the best `verify` candidates compared by their pixels (0: vectors only)
+    cmd += ["--verify", str(args.verify)]
+    if args.sample and "--queries" not in eval_args:
+        cmd += ["--sample", str(args.sample)]
     return json.loads(run_checked(cmd, " ".join(cmd)))
 
 
@@ -66,7 +72,7 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
             continue
         for set_name, eval_args in sets.items():
             log(f"running: {name} on {set_name}")
-            results.setdefault(name, {})[set_name] = run(eval_args, args.model, extra, args.n_copies, args.verify)
+            results.setdefault(name, {})[set_name] = run(eval_args, args.model, extra, args)
     return results
 
 
@@ -103,7 +109,6 @@ def render(results: dict[str, dict[str, dict[str, Any]]], model: str, n_copies: 
             pct = r["score_percentiles_10_50_90"]
             cells = [r["copies"]["match_score_percentiles_10_50_90"], pct["same category"], pct["other category"]]
             lines.append(f"| {s} | " + " | ".join(" / ".join(f"{v:.2f}" for v in c) for c in cells) + " |")
-    lines += verified_table(results, sets)
     for s in sets:
         lines += ["", f"**{s}**", "", *md_table("variant | mAP | P@1 | P@5 | P@10 | copies rank-1 | worst edit")]
         for name, r in results.items():
@@ -164,6 +169,7 @@ def main() -> None:
     parser.add_argument("--n-copies", type=int, default=50)
     parser.add_argument("--only", nargs="*", help="run only the variants whose names contain these words")
     parser.add_argument("--verify", type=int, default=0, metavar="N", help="also rank with N candidates verified")
+    parser.add_argument("--sample", type=int, metavar="Q", help="leave-one-out sets: Q seeded queries, not all")
     parser.add_argument("--out", type=Path, help="Markdown file with a <!-- variants --> section to fill")
     parser.add_argument("--results", type=Path, help="render these saved results (variants.json) instead of running")
     parser.add_argument("--cost-from", type=Path, help="ingest timings from this earlier (quiet) run's results")
@@ -179,11 +185,19 @@ def main() -> None:
             f"Cost per image (ms / image, cost x handout): from an earlier run on a quiet machine "
             f"({args.cost_from.name}); quality: from this run."
         )
-    text = render(results, args.model, args.n_copies, note)
+    verified = any("verified" in r for per_set in results.values() for r in per_set.values())
+    if verified:  # its own section: the full table above stays the run over every query of every variant
+        sets = list(next(iter(results.values())))
+        sampled = f"; leave-one-out sets: {args.sample} seeded queries each" if args.sample else ""
+        text = f"Model `{args.model}`; copy detection: {args.n_copies} library images x 10 edits per set{sampled}.\n"
+        text += "\n".join(verified_table(results, sets)) + "\n"
+    else:
+        text = render(results, args.model, args.n_copies, note)
     print(text)
     if args.out:
-        replace_section(args.out, "variants", text)
-        write_json(args.out.with_name("variants.json"), results, indent=1)
+        name = "variants-verified" if verified else "variants"
+        replace_section(args.out, name, text)
+        write_json(args.out.with_name(f"{name}.json"), results, indent=1)
 
 
 if __name__ == "__main__":
