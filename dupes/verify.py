@@ -36,6 +36,7 @@ SIDE = 480  # pixels of the longer side both images are compared at
 THUMBS = (16, 32, 64)  # sides of the global thumbnails measured
 THUMB = 32  # the side the global test uses
 GLOBAL_MIN = 0.993  # thumbnail correlation above which two pictures are the same framing
+KEYPOINTS = 600  # ORB keypoints kept per prepared picture (as is, and mirrored): matching costs their square
 MIN_INLIERS = 15  # keypoint matches that agree on one transform
 PROBE = 3  # every PROBE-th keypoint of the warped side is matched first ...
 PROBE_MIN = 5  # ... and a pair whose probe agrees on fewer keypoints than this is turned down there
@@ -108,7 +109,7 @@ class Verifier:
         import cv2
 
         cv2.setNumThreads(1)  # pairs run in parallel threads; OpenCV's own pool would oversubscribe
-        self._orb = align.detector(1500)
+        self._orb = align.detector(KEYPOINTS)
         self._cache: dict[str, list] = {}  # path -> [prepared form or why not, bytes, rank]: highest rank goes first
         self._ranks: list[tuple[int, int, str]] = []  # heap of (-rank, tick, path); entries whose rank moved are stale
         self._tick = 0
@@ -318,12 +319,13 @@ def _probed_fit(
     when those few matches agree on fewer than PROBE_MIN keypoints the pair is turned down there, where the
     full fit nearly always turns it down too (MIN_INLIERS inliers hold ~MIN_INLIERS / PROBE of them; a fit
     of 20-30 inliers loses its probe 3.6 % of the time, of 30 or more never, and the pairs of one picture
-    accepted had 33 or more: measured on candidate pairs of 10,000 real files, docs/dupes.md). Otherwise
+    accepted had 33 or more: measured on candidate pairs of 10,000 real files with 1,500 keypoints a picture;
+    with KEYPOINTS, the groups found end to end are checked again, docs/dupes.md). Otherwise
     the other keypoints are matched too and the fit is the full one: each keypoint's nearest and
     second-nearest match do not depend on which other keypoints of ``b`` are matched, and the matches are
     put back in ``b``'s order, so the transform and its inliers are exactly ``align.fit``'s. Why: nearly
-    every candidate pair is matched twice (as is and mirrored), and two 1,500 x 1,500 Hamming matches were
-    most of a pair's cost; most pairs are turned down by the probe at a third of that. Not used when a
+    every candidate pair is matched twice (as is and mirrored), and two KEYPOINTS x KEYPOINTS Hamming matches
+    are most of a pair's cost; most pairs are turned down by the probe at a third of that. Not used when a
     file is under SIDE / 2 pixels (a thumbnail enlarged 2x or more to be compared holds few repeatable
     keypoints: a 81 x 60 copy's fit with a captioned copy had 15 inliers, 4 of them in the probe)."""
     if found_a is None or found_b is None or len(found_a) < 2 or len(found_b) < 2:
